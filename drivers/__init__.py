@@ -1,0 +1,1 @@
+"""Protocol drivers: turn OPC UA and Modbus TCP reads into Readings batches."""

@@ -1,0 +1,1 @@
+"""The vectorized indicator engine: arrays in, arrays out, no I/O and no clocks."""

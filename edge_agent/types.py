@@ -1,0 +1,236 @@
+"""Core data types shared by drivers, the indicator core and the sinks: Readings, quality codes, the signal table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+class Quality(IntEnum):
+    """Quality of one value, one byte; the top two bits follow OPC UA (00 good, 01 uncertain, 10 bad).
+
+    Anything >= BAD never enters a statistic. The sub-codes keep the reason so a
+    dashboard can tell a timeout from an unknown register.
+    """
+
+    GOOD = 0x00
+    UNCERTAIN = 0x40
+    UNCERTAIN_LAST_USABLE = 0x41  # stale: the device repeated an old value
+    UNCERTAIN_SENSOR_NOT_ACCURATE = 0x42
+    UNCERTAIN_EU_EXCEEDED = 0x43  # outside the engineering-unit range
+    UNCERTAIN_SUBNORMAL = 0x44
+    BAD = 0x80
+    BAD_CONFIG = 0x81  # unknown node, illegal address: fix the config, not the wire
+    BAD_NOT_CONNECTED = 0x82
+    BAD_DEVICE_FAILURE = 0x83
+    BAD_SENSOR_FAILURE = 0x84
+    BAD_COMM_FAILURE = 0x85
+    BAD_OUT_OF_SERVICE = 0x86
+    BAD_TIMEOUT = 0x87
+    BAD_DEVICE_BUSY = 0x88
+    BAD_GATEWAY_PATH = 0x89  # Modbus exception 0x0A
+    BAD_GATEWAY_TARGET = 0x8A  # Modbus exception 0x0B
+    BAD_VALUE = 0x8B  # NaN/Inf or undecodable bytes
+    BAD_WAITING_FOR_INITIAL = 0x8C
+
+    @property
+    def is_good(self) -> bool:
+        """True for the good range."""
+        return self < Quality.UNCERTAIN
+
+    @property
+    def is_bad(self) -> bool:
+        """True for the bad range (the value must not be used)."""
+        return self >= Quality.BAD
+
+
+#: Smallest code that counts as bad; `quality >= BAD_THRESHOLD` is the vectorized test.
+BAD_THRESHOLD = np.uint8(Quality.BAD)
+
+# OPC UA StatusCode (Part 4, 7.39 / Part 6 annex) -> quality. Codes not listed keep
+# their severity (good/uncertain/bad) with the generic sub-code.
+_OPCUA_STATUS: dict[int, Quality] = {
+    0x00000000: Quality.GOOD,
+    0x40000000: Quality.UNCERTAIN,
+    0x40900000: Quality.UNCERTAIN_LAST_USABLE,  # UncertainLastUsableValue
+    0x40930000: Quality.UNCERTAIN_SENSOR_NOT_ACCURATE,  # UncertainSensorNotAccurate
+    0x40940000: Quality.UNCERTAIN_EU_EXCEEDED,  # UncertainEngineeringUnitsExceeded
+    0x40950000: Quality.UNCERTAIN_SUBNORMAL,  # UncertainSubNormal
+    0x80000000: Quality.BAD,
+    0x80330000: Quality.BAD_CONFIG,  # BadNodeIdInvalid
+    0x80340000: Quality.BAD_CONFIG,  # BadNodeIdUnknown
+    0x80350000: Quality.BAD_CONFIG,  # BadAttributeIdInvalid
+    0x80890000: Quality.BAD_CONFIG,  # BadConfigurationError
+    0x808A0000: Quality.BAD_NOT_CONNECTED,  # BadNotConnected
+    0x80310000: Quality.BAD_NOT_CONNECTED,  # BadNoCommunication
+    0x800D0000: Quality.BAD_NOT_CONNECTED,  # BadServerNotConnected
+    0x80AE0000: Quality.BAD_NOT_CONNECTED,  # BadConnectionClosed
+    0x80860000: Quality.BAD_NOT_CONNECTED,  # BadSecureChannelClosed
+    0x808B0000: Quality.BAD_DEVICE_FAILURE,  # BadDeviceFailure
+    0x808C0000: Quality.BAD_SENSOR_FAILURE,  # BadSensorFailure
+    0x80050000: Quality.BAD_COMM_FAILURE,  # BadCommunicationError
+    0x808D0000: Quality.BAD_OUT_OF_SERVICE,  # BadOutOfService
+    0x800A0000: Quality.BAD_TIMEOUT,  # BadTimeout
+    0x80320000: Quality.BAD_WAITING_FOR_INITIAL,  # BadWaitingForInitialData
+}
+
+
+def quality_from_opcua_status(code: int) -> Quality:
+    """Map an OPC UA StatusCode value to a Quality, keeping the known sub-codes."""
+    code &= 0xFFFF0000  # the low 16 bits are info bits (overflow, limits), not the reason
+    known = _OPCUA_STATUS.get(code)
+    if known is not None:
+        return known
+    severity = code >> 30
+    if severity == 0:
+        return Quality.GOOD
+    if severity == 1:
+        return Quality.UNCERTAIN
+    return Quality.BAD
+
+
+# Modbus exception codes (Modbus Application Protocol v1.1b3, section 7).
+MODBUS_EXCEPTION_QUALITY: dict[int, Quality] = {
+    0x01: Quality.BAD_CONFIG,  # illegal function: the device has no such table
+    0x02: Quality.BAD_CONFIG,  # illegal data address: the register map is wrong
+    0x03: Quality.BAD_CONFIG,  # illegal data value: quantity out of range
+    0x04: Quality.BAD_DEVICE_FAILURE,  # server device failure
+    0x05: Quality.BAD_DEVICE_BUSY,  # acknowledge: long operation in progress
+    0x06: Quality.BAD_DEVICE_BUSY,  # server device busy
+    0x08: Quality.BAD_DEVICE_FAILURE,  # memory parity error
+    0x0A: Quality.BAD_GATEWAY_PATH,  # gateway path unavailable
+    0x0B: Quality.BAD_GATEWAY_TARGET,  # gateway target device failed to respond
+}
+
+
+def quality_from_modbus_exception(code: int) -> Quality:
+    """Map a Modbus exception code to a Quality (unknown codes are plain BAD)."""
+    return MODBUS_EXCEPTION_QUALITY.get(code, Quality.BAD)
+
+
+def _as(arr: object, dtype: type) -> NDArray:
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+@dataclass(frozen=True, slots=True)
+class Readings:
+    """A columnar batch of values: one poll or one subscription burst of one device.
+
+    `value` is NaN wherever `quality` is bad, so a consumer that forgets the
+    quality still cannot average a bad value into a statistic.
+    """
+
+    signal: NDArray[np.int32]
+    t_ns: NDArray[np.int64]
+    value: NDArray[np.float64]
+    quality: NDArray[np.uint8]
+
+    def __post_init__(self) -> None:
+        n = self.signal.shape[0]
+        if not (self.t_ns.shape == self.value.shape == self.quality.shape == (n,)):
+            raise ValueError(
+                "Readings columns differ in length: "
+                f"signal {self.signal.shape}, t_ns {self.t_ns.shape}, "
+                f"value {self.value.shape}, quality {self.quality.shape}"
+            )
+
+    @classmethod
+    def of(
+        cls,
+        signal: Iterable[int] | NDArray,
+        t_ns: Iterable[int] | NDArray | int,
+        value: Iterable[float] | NDArray,
+        quality: Iterable[int] | NDArray | int = Quality.GOOD,
+    ) -> Readings:
+        """Build a batch from array-likes; scalars for t_ns or quality are broadcast. Bad values become NaN."""
+        sig = _as(signal, np.int32)
+        n = sig.shape[0]
+        ts = _as(np.broadcast_to(np.asarray(t_ns, dtype=np.int64), (n,)), np.int64)
+        val = np.array(value, dtype=np.float64, copy=True).reshape(n)
+        q = _as(np.broadcast_to(np.asarray(quality, dtype=np.uint8), (n,)), np.uint8)
+        non_finite = ~np.isfinite(val)
+        if non_finite.any():
+            q = q.copy()
+            q[non_finite & (q < BAD_THRESHOLD)] = Quality.BAD_VALUE
+        val[q >= BAD_THRESHOLD] = np.nan
+        return cls(sig, ts, val, q)
+
+    @classmethod
+    def empty(cls) -> Readings:
+        """A batch with no values."""
+        return cls(
+            np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.uint8)
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[Readings]) -> Readings:
+        """Join several batches into one, in order."""
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            np.concatenate([p.signal for p in parts]),
+            np.concatenate([p.t_ns for p in parts]),
+            np.concatenate([p.value for p in parts]),
+            np.concatenate([p.quality for p in parts]),
+        )
+
+    def __len__(self) -> int:
+        return int(self.signal.shape[0])
+
+    @property
+    def good(self) -> NDArray[np.bool_]:
+        """Mask of the values that may enter a statistic (not bad, finite)."""
+        return (self.quality < BAD_THRESHOLD) & np.isfinite(self.value)
+
+    def take(self, index: NDArray) -> Readings:
+        """The subset at `index` (a mask or integer positions)."""
+        return Readings(self.signal[index], self.t_ns[index], self.value[index], self.quality[index])
+
+
+class SignalTable:
+    """Gives every (device, tag) a row number; the engine's state arrays are indexed by it.
+
+    Rows are only ever appended, so a row number stays valid for the life of the
+    agent (a config reload adds rows, it does not renumber).
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str], int] = {}
+        self.devices: list[str] = []
+        self.tags: list[str] = []
+        self.units: list[str] = []
+
+    def add(self, device: str, tag: str, unit: str = "") -> int:
+        """Return the row of (device, tag), adding it if new."""
+        key = (device, tag)
+        row = self._rows.get(key)
+        if row is None:
+            row = len(self.devices)
+            self._rows[key] = row
+            self.devices.append(device)
+            self.tags.append(tag)
+            self.units.append(unit)
+        return row
+
+    def row(self, device: str, tag: str) -> int:
+        """The row of (device, tag); KeyError names both when it is unknown."""
+        try:
+            return self._rows[(device, tag)]
+        except KeyError:
+            raise KeyError(f"no signal {device}/{tag} in the signal table") from None
+
+    def rows_of(self, device: str) -> NDArray[np.int32]:
+        """All rows of one device, in insertion order."""
+        return np.array([r for (d, _), r in self._rows.items() if d == device], dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._rows
