@@ -205,8 +205,8 @@ class OpcUaEvent(Model):
     """NodeId of the event type, e.g. `nsu=http://opcfoundation.org/UA/IMM2MES/;i=1006`."""
     source: str = "i=2253"
     """Node that emits the events (default: the Server object)."""
-    fields: list[str] = Field(min_length=1)
-    """Browse names of the event fields to keep, e.g. `CycleTime`, `InjectionUnitCycleParameters_1/CushionVolume`."""
+    fields: dict[Name, str] = Field(min_length=1)
+    """Signal name -> event field browse path, e.g. `cushion = "InjectionUnitCycleParameters_1/CushionVolume"`."""
 
 
 class OpcUaOptions(Model):
@@ -352,6 +352,10 @@ class ModbusDevice(DeviceBase):
         _check_unique(v, "tag")
         return v
 
+    def signal_names(self) -> list[str]:
+        """The tags in file order: the device's rows in the signal table."""
+        return [t.name for t in self.tags]
+
 
 class OpcUaDevice(DeviceBase):
     """A device read over OPC UA."""
@@ -381,8 +385,18 @@ class OpcUaDevice(DeviceBase):
     def _something_to_read(self) -> OpcUaDevice:
         if not self.tags and not self.events:
             raise ValueError("an OPC UA device needs at least one tag or event")
-        _check_unique([*self.tags, *self.events], "tag or event")
+        _check_unique(self.tags, "tag")
+        _check_unique(self.events, "event")
+        tag_names = {t.name for t in self.tags}
+        for event in self.events:
+            for signal in event.fields:
+                if signal in tag_names:
+                    raise ValueError(f"event {event.name!r} field signal {signal!r} has the name of a tag")
         return self
+
+    def signal_names(self) -> list[str]:
+        """Tags, then event-field signals, in file order: the device's rows in the signal table."""
+        return [t.name for t in self.tags] + [s for e in self.events for s in e.fields]
 
 
 Device = Annotated[ModbusDevice | OpcUaDevice, Field(discriminator="protocol")]
@@ -547,7 +561,7 @@ class Config(Model):
 
     def summary(self) -> str:
         """One line: how many devices, tags and sinks."""
-        tags = sum(len(d.tags) + len(getattr(d, "events", [])) for d in self.devices)
+        tags = sum(len(d.signal_names()) for d in self.devices)
         sinks = [name for name in ("mqtt", "influx") if getattr(self.sinks, name) is not None]
         protocols = sorted({d.protocol for d in self.devices})
         return (

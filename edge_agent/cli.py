@@ -1,0 +1,124 @@
+"""The `edge-agent` command line: check-config, read, simulate, certs, run, demo, discover."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from edge_agent import __version__
+
+#: simulator name on the command line -> module with `main(argv) -> int`
+SIMULATORS = {
+    "die-casting": "simulators.die_casting",
+    "mold-tcu": "simulators.mold_tcu",
+    "imm": "simulators.imm",
+    "furnace": "simulators.furnace",
+}
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from edge_agent.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}", file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s); nothing was started.", file=sys.stderr)
+        return 2
+    print(f"OK {args.file}: {config.summary()}")
+    return 0
+
+
+def _delegate(module: str, function: str = "main") -> object:
+    """Import a command's module only when it runs, so `check-config` stays fast and light."""
+    return getattr(importlib.import_module(module), function)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    main = _delegate(SIMULATORS[args.machine])
+    return int(main(args.args))  # type: ignore[operator]
+
+
+def _read(args: argparse.Namespace) -> int:
+    return int(_delegate("edge_agent.commissioning", "read_command")(args))  # type: ignore[operator]
+
+
+def _certs(args: argparse.Namespace) -> int:
+    return int(_delegate("edge_agent.certs")(args.args))  # type: ignore[operator]
+
+
+def _run(args: argparse.Namespace) -> int:
+    return int(_delegate("edge_agent.agent", "run_command")(args))  # type: ignore[operator]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return int(_delegate("edge_agent.demo", "demo_command")(args))  # type: ignore[operator]
+
+
+def _discover(args: argparse.Namespace) -> int:
+    return int(_delegate("edge_agent.discover", "discover_command")(args))  # type: ignore[operator]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Poll shop-floor machines over OPC UA and Modbus TCP, compute process-quality "
+        "indicators, publish to MQTT and InfluxDB.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check-config", help="validate a config file and print a one-line summary")
+    p.add_argument("file", help="agent config (TOML)")
+    p.set_defaults(func=_check_config)
+
+    p = sub.add_parser("read", help="poll every configured device once and print one JSON line per tag")
+    p.add_argument("-c", "--config", required=True, help="agent config (TOML)")
+    p.add_argument("--device", action="append", help="only this device (repeatable)")
+    p.set_defaults(func=_read)
+
+    p = sub.add_parser("simulate", help="run a simulated machine until Ctrl-C", add_help=False)
+    p.add_argument("machine", choices=sorted(SIMULATORS), help="which machine")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="simulator options (see MACHINE --help)")
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("certs", help="make OPC UA application certificates", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER, help="see `edge-agent certs --help`")
+    p.set_defaults(func=_certs)
+
+    p = sub.add_parser("run", help="run the agent")
+    p.add_argument("-c", "--config", required=True, help="agent config (TOML)")
+    p.add_argument("--once", action="store_true", help="poll once, print the records as JSON lines, exit")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("demo", help="run the four simulators and the agent, with a live view")
+    p.add_argument("--mqtt-url", help="publish to this broker instead of an embedded one")
+    p.add_argument("--influx-url", help="also write to this InfluxDB (v2 write API)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--speed", type=float, default=20.0, help="simulated time per wall-clock second")
+    p.add_argument("--fault", action="append", default=[], help="inject a fault, e.g. imm:check_ring_wear")
+    p.add_argument("--plain", action="store_true", help="print summary lines instead of the live view")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("discover", help="browse a machine and print a config skeleton")
+    p.add_argument("protocol", choices=["opcua", "modbus"])
+    p.add_argument("target", help="opc.tcp://HOST:PORT or HOST:PORT")
+    p.set_defaults(func=_discover)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `edge-agent` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
