@@ -1,0 +1,1 @@
+"""Tests of the edge agent; they run real brokers, TSDBs and protocol servers on loopback."""
