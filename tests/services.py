@@ -76,7 +76,9 @@ class _Process(abc.ABC):
         except TimeoutError:
             self.stop()
             tail = (self.workdir / "server.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{self.__class__.__name__} did not start on port {self.port}:\n{tail}") from None
+            raise RuntimeError(
+                f"{self.__class__.__name__} did not start on port {self.port}:\n{tail}"
+            ) from None
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL after 10 s)."""
@@ -168,6 +170,6 @@ class VictoriaMetrics(_Process):
     def reset(self) -> None:
         """Delete every series, so a test starts from an empty database."""
         data = urllib.parse.urlencode({"match[]": '{__name__!=""}'}).encode()
-        with contextlib.suppress(urllib.error.HTTPError):
-            with urllib.request.urlopen(f"{self.url}/api/v1/admin/tsdb/delete_series", data=data, timeout=10):
-                pass
+        url = f"{self.url}/api/v1/admin/tsdb/delete_series"
+        with contextlib.suppress(urllib.error.HTTPError), urllib.request.urlopen(url, data=data, timeout=10):
+            pass
