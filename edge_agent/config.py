@@ -187,13 +187,21 @@ class OpcUaTag(Model):
     def _one_address(self) -> OpcUaTag:
         if (self.node is None) == (self.path is None):
             raise ValueError("give exactly one of `node` (a NodeId) or `path` (a browse path)")
-        if self.node is not None and not re.match(r"^(ns=\d+;|nsu=[^;]+;)?[isgb]=.+$", self.node):
-            raise ValueError(
-                f"{self.node!r} is not a NodeId; write e.g. 'ns=2;s=Machine.Temp' or 'nsu=urn:x;i=1001'"
-            )
-        if self.path is not None and not self.path.startswith("/"):
-            raise ValueError("a browse path starts at Objects with '/', e.g. '/2:IMM_1/2:MachineStatus'")
         return self
+
+    @field_validator("node")
+    @classmethod
+    def _node_id(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(ns=\d+;|nsu=[^;]+;)?[isgb]=.+$", v):
+            raise ValueError("not a NodeId; write e.g. 'ns=2;s=Machine.Temp' or 'nsu=urn:x;i=1001'")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _browse_path(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("a browse path starts at Objects with '/', e.g. '/2:IMM_1/2:MachineStatus'")
+        return v
 
 
 class OpcUaEvent(Model):
@@ -573,13 +581,17 @@ class Config(Model):
 # --------------------------------------------------------------------------- error reporting
 
 
+def _is_discriminator(loc: tuple[int | str, ...], i: int) -> bool:
+    """pydantic puts the device union's tag in the path (devices.0.opcua...); a person never wrote it."""
+    return i == 2 and loc[0] == "devices" and loc[i] in ("modbus", "opcua")
+
+
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("modbus", "opcua") and out.endswith("]"):
-            # pydantic puts the union's discriminator value in the path; a person never wrote it
+        elif _is_discriminator(loc, i):
             continue
         else:
             out += f".{part}" if out else str(part)
@@ -590,11 +602,11 @@ def _model_at(loc: tuple[int | str, ...], data: Any) -> type[BaseModel] | None:
     """The model class that owns the last key of `loc`, found by walking the annotations and the input."""
     model: Any = Config
     node = data
-    for part in loc[:-1]:
+    for i, part in enumerate(loc[:-1]):
         if isinstance(part, int):
             node = node[part] if isinstance(node, list) and part < len(node) else None
             continue
-        if part in ("modbus", "opcua") and isinstance(node, dict) and node.get("protocol") == part:
+        if _is_discriminator(loc, i):
             model = ModbusDevice if part == "modbus" else OpcUaDevice
             continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
@@ -625,6 +637,9 @@ def _unwrap_model(annotation: Any, node: Any) -> Any:
     return annotation
 
 
+_SECRET_KEYS = {"password", "token"}
+
+
 def _describe(error: Any, data: Any) -> str:
     loc = tuple(error["loc"])
     where = _format_loc(loc)
@@ -648,7 +663,8 @@ def _describe(error: Any, data: Any) -> str:
         return f"{where}.protocol: unknown protocol {error['ctx']['tag']!r}; expected 'modbus' or 'opcua'"
     if kind == "union_tag_not_found":
         return f"{where}: missing key 'protocol' ('modbus' or 'opcua')"
-    shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+    secret = bool(loc) and loc[-1] in _SECRET_KEYS
+    shown = "" if secret or isinstance(value, dict | list) or value is None else f" (got {value!r})"
     return f"{where}: {message}{shown}"
 
 

@@ -1,0 +1,117 @@
+"""Config loading: golden good and bad cases, secrets, the check-config command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import ConfigError, load_config, parse_config
+
+CASES = Path(__file__).parent / "cases"
+REPO = Path(__file__).resolve().parent.parent
+CASE_DIRS = sorted(p for p in CASES.iterdir() if (p / "config.toml").exists())
+
+
+def test_there_are_enough_bad_cases() -> None:
+    assert sum((p / "error.txt").exists() for p in CASE_DIRS) >= 12
+
+
+@pytest.mark.parametrize("case", CASE_DIRS, ids=[p.name for p in CASE_DIRS])
+def test_golden_case(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGE_AGENT_TEST_UNSET_PASSWORD", raising=False)
+    error_file, summary_file = case / "error.txt", case / "summary.txt"
+    assert error_file.exists() != summary_file.exists(), f"{case.name}: give error.txt or summary.txt"
+    if summary_file.exists():
+        assert load_config(case / "config.toml").summary() == summary_file.read_text().strip()
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(case / "config.toml")
+    assert info.value.problems == error_file.read_text().strip().splitlines()
+    assert info.value.source == str(case / "config.toml")
+
+
+@pytest.mark.parametrize("example", sorted(REPO.glob("config/*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFLUX_TOKEN", "t")
+    config = load_config(example)
+    assert config.devices, f"{example.name} configures no device"
+
+
+def test_secret_is_resolved_from_env_and_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER_PW", "s3cr3t-value")
+    config = parse_config('[sinks.mqtt]\nusername = "agent"\npassword = "${BROKER_PW}"\n')
+    assert config.sinks.mqtt is not None and config.sinks.mqtt.password is not None
+    assert config.sinks.mqtt.password.get_secret_value() == "s3cr3t-value"
+    assert "s3cr3t-value" not in repr(config)
+    assert "s3cr3t-value" not in str(config.model_dump())
+
+
+def test_plaintext_secret_is_not_echoed_in_the_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config('[sinks.influx]\ntoken = "hunter2-plaintext"\n')
+    assert "hunter2" not in str(info.value)
+    assert info.value.problems == [
+        "sinks.influx.token: secrets are written as an environment reference like '${MQTT_PASSWORD}'"
+    ]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = """
+[[devices]]
+name = "a"
+protocol = "modbus"
+profile = "die_casting"
+endpoint = "modbus-tcp://h:1"
+tags = [{ name = "x", address = 70000 }, { name = "y", address = 1, type = "float16" }]
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "devices[0].tags[0].address",
+        "devices[0].tags[1].type",
+    ]
+
+
+def test_outbox_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[outbox]\ndir = "spool"\n')
+    assert load_config(path).outbox.dir == tmp_path.resolve() / "spool"
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        timeout=60,
+    )
+
+
+def test_check_config_command_ok() -> None:
+    done = _cli("check-config", "config/example.toml", env={"INFLUX_TOKEN": "t"})
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout == "OK config/example.toml: 2 devices (modbus, opcua), 8 tags, 2 sinks (mqtt, influx)\n"
+    )
+
+
+def test_check_config_command_reports_problems_with_exit_2() -> None:
+    case = CASES / "unknown_key" / "config.toml"
+    done = _cli("check-config", str(case))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines()[0] == (
+        f"{case}: devices[0].pol_interval: unknown key 'pol_interval'; did you mean 'poll_interval'?"
+    )
+
+
+def test_check_config_missing_file() -> None:
+    done = _cli("check-config", "no/such.toml")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == "no/such.toml: no such file"
