@@ -1,0 +1,266 @@
+"""SpcEngine against the pure-Python reference on random data, and against published worked examples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edge_agent.core import constants as C
+from edge_agent.core.spc import NoData, Rule, SpcEngine, SpcParams
+from edge_agent.types import Quality, Readings
+from tests.core_reference import RefSpc
+
+# per-row configurations exercising every path: estimated and given limits, subgroups, specs, windows
+CONFIGS = [
+    dict(window=5, phase1_n=10, subgroup_n=1, lsl=-2.5, usl=3.0),
+    dict(window=50, phase1_n=20, subgroup_n=5, lsl=-3.0, usl=3.0),
+    dict(window=7, phase1_n=12, subgroup_n=3, usl=2.0),
+    dict(window=64, phase1_n=30, subgroup_n=10, lsl=-1.0),
+    dict(window=2, phase1_n=2, subgroup_n=2, ewma_lambda=0.05, ewma_L=2.615),
+    dict(window=33, phase1_n=9, subgroup_n=1, centre=0.2, sigma=0.9, cusum_k=0.25, cusum_h=4.0),
+    dict(window=16, phase1_n=8, subgroup_n=4, centre=0.0, sigma=1.0, lsl=-3, usl=3),
+    dict(window=20, phase1_n=18, subgroup_n=6, centre=0.1),
+    dict(window=11, phase1_n=14, subgroup_n=7, sigma=1.2),
+    dict(window=40, phase1_n=25, subgroup_n=1, ewma_lambda=0.4, ewma_L=3.054),
+]
+REF_NAMES = dict(
+    ewma_lambda="lam", ewma_L="L", cusum_k="k", cusum_h="h", subgroup_n="sub_n", sigma="sigma_given"
+)
+
+
+def make_engine(configs: list[dict], capacity: int | None = None) -> SpcEngine:
+    """An engine with one row per config (extra rows keep the defaults)."""
+    eng = SpcEngine(capacity or len(configs), max_window=64)
+    for row, cfg in enumerate(configs):
+        eng.configure([row], SpcParams(**cfg))
+    return eng
+
+
+def make_refs(configs: list[dict]) -> list[RefSpc]:
+    """One reference per config."""
+    return [RefSpc(**{REF_NAMES.get(k, k): v for k, v in cfg.items()}) for cfg in configs]
+
+
+def process_values(rng: np.random.Generator, n: int) -> np.ndarray:
+    """In-control noise with shifts, trends and alternation so every rule fires somewhere."""
+    x = rng.standard_normal(n)
+    seg = n // 6
+    x[seg : 2 * seg] += 1.5  # shift: runs, CUSUM, EWMA
+    x[2 * seg : 3 * seg] += np.linspace(0, 4, seg)  # trend: Nelson 3
+    x[3 * seg : 4 * seg] = 0.1 * rng.standard_normal(seg)  # hugging: Nelson 7
+    alt = np.where(np.arange(seg) % 2 == 0, 1.6, -1.6)
+    x[4 * seg : 5 * seg] = alt + 0.1 * rng.standard_normal(seg)  # alternation and N8
+    spikes = rng.random(n) < 0.01
+    x[spikes] += rng.choice([-5.0, 5.0], spikes.sum())
+    return x
+
+
+def test_engine_matches_reference_on_random_batches() -> None:
+    """Random subsets in random order, repeats within a batch, NaN and bad quality: masks and statistics match."""
+    rng = np.random.default_rng(7)
+    S = len(CONFIGS)
+    eng, refs = make_engine(CONFIGS), make_refs(CONFIGS)
+    per_row = 600
+    values = np.stack([process_values(rng, per_row) for _ in range(S)])
+    cursor = np.zeros(S, int)
+    seq = 0
+    expected: dict[tuple[int, int], int] = {}
+    got: dict[tuple[int, int], int] = {}
+    while (cursor < per_row).any():
+        rows, ts, vals, qual = [], [], [], []
+        for _ in range(int(rng.integers(1, 30))):
+            live = np.flatnonzero(cursor < per_row)
+            if live.size == 0:
+                break
+            r = int(rng.choice(live))
+            v = float(values[r, cursor[r]])
+            cursor[r] += 1
+            q = Quality.GOOD
+            u = rng.random()
+            if u < 0.04:
+                v = math.nan
+            elif u < 0.08:
+                q = Quality.BAD_TIMEOUT
+            elif u < 0.10:
+                q = Quality.UNCERTAIN_LAST_USABLE  # uncertain still counts as usable
+            rows.append(r)
+            ts.append(seq)
+            vals.append(v)
+            qual.append(int(q))
+            good = q < Quality.BAD and not math.isnan(v)
+            m = refs[r].add(v, good)
+            if m:
+                expected[(r, seq)] = m
+            seq += 1
+        upd = eng.update(Readings.of(rows, ts, vals, qual))
+        for r, t, m in zip(upd.hits.row, upd.hits.t_ns, upd.hits.mask, strict=True):
+            got[(int(r), int(t))] = int(m)
+    assert len(expected) > 200
+    fired = 0
+    for m in expected.values():
+        fired |= m
+    assert fired == (1 << 23) - 1, f"some rule never fired in the test data: {fired:#x}"
+    assert got == expected
+    snap = eng.snapshot()
+    for row, ref in enumerate(refs):
+        st = ref.stats()
+        for key, want in st.items():
+            np.testing.assert_allclose(snap[key][row], want, rtol=1e-9, atol=1e-9, err_msg=f"row {row} {key}")
+
+
+def test_full_tick_path_matches_reference() -> None:
+    """The slice fast path (every row once, in order) gives the same answers as the reference."""
+    rng = np.random.default_rng(3)
+    cfgs = [CONFIGS[i % len(CONFIGS)] for i in range(30)]
+    eng, refs = make_engine(cfgs), make_refs(cfgs)
+    sig = np.arange(30, dtype=np.int32)
+    data = np.stack([process_values(rng, 240) for _ in range(30)], axis=1)
+    for i in range(240):
+        upd = eng.update(Readings.of(sig, i, data[i]))
+        want = {r: m for r in range(30) if (m := refs[r].add(float(data[i, r])))}
+        assert dict(zip(upd.hits.row.tolist(), upd.hits.mask.tolist(), strict=True)) == want
+    snap = eng.snapshot()
+    for r in range(30):
+        for key, want in refs[r].stats().items():
+            np.testing.assert_allclose(snap[key][r], want, rtol=1e-9, atol=1e-9, err_msg=f"row {r} {key}")
+
+
+def test_missing_values_are_no_data_not_zero() -> None:
+    """A signal that only ever saw bad values reports NaN with a reason, and counts the misses."""
+    eng = SpcEngine(3, SpcParams(window=5, phase1_n=4, lsl=0, usl=10))
+    eng.update(
+        Readings.of([0, 0, 1, 2], 1, [1.0, 2.0, math.nan, 5.0], [0, 0, 0, int(Quality.BAD_COMM_FAILURE)])
+    )
+    s = eng.snapshot()
+    assert s["missing"].tolist() == [0, 1, 1]
+    assert np.isnan(s["mean"][1]) and s["reason_window"][1] == NoData.NO_SAMPLES
+    assert s["mean"][0] == 1.5 and s["reason_window"][0] == NoData.OK
+    assert np.isnan(s["sd"][2]) and np.isnan(s["cl"][0]) and s["reason_limits"][0] == NoData.BASELINE
+    assert np.isnan(s["cpk"][1]) and s["reason_capability"][1] == NoData.NO_SAMPLES
+    assert s["n"].tolist() == [2, 0, 0]
+
+
+def test_rebaseline_restarts_phase1_with_new_limits() -> None:
+    """After a re-baseline the limits come from the next phase1_n samples only."""
+    eng = SpcEngine(1, SpcParams(window=10, phase1_n=4))
+    eng.update(Readings.of([0] * 4, range(4), [1.0, 2.0, 1.0, 2.0]))
+    assert eng.snapshot()["cl"][0] == pytest.approx(1.5)
+    assert eng.snapshot()["sigma"][0] == pytest.approx(1.0 / 1.128)
+    eng.rebaseline([0])
+    assert eng.snapshot()["phase"][0] == 0 and np.isnan(eng.snapshot()["cl"][0])
+    eng.update(Readings.of([0] * 4, range(4, 8), [10.0, 12.0, 10.0, 12.0]))
+    assert eng.snapshot()["cl"][0] == pytest.approx(11.0)
+    assert eng.snapshot()["sigma"][0] == pytest.approx(2.0 / 1.128)
+    eng.rebaseline([0], centre=5.0, sigma=0.5)
+    s = eng.snapshot()
+    assert s["phase"][0] == 1 and s["ucl"][0] == pytest.approx(6.5)
+
+
+def test_bad_config_and_rows_name_the_fix() -> None:
+    """Invalid parameters and unknown rows raise errors that say where and what to do."""
+    with pytest.raises(ValueError, match=r"row 0 has window=100; use 2..64"):
+        SpcEngine(2, SpcParams(window=100))
+    with pytest.raises(ValueError, match="multiple of subgroup_n"):
+        SpcEngine(2, SpcParams(phase1_n=21, subgroup_n=5))
+    with pytest.raises(ValueError, match="LSL must be below USL"):
+        SpcEngine(1, SpcParams(lsl=5, usl=1))
+    eng = SpcEngine(2)
+    with pytest.raises(ValueError, match=r"row 7 is outside 0..1"):
+        eng.update(Readings.of([7], 0, [1.0]))
+
+
+def test_constants_match_the_domain_table() -> None:
+    """Factors derived from d2, d3 and the exact c4 agree with the tabulated values (DOMAIN.md §5)."""
+    table = {  # n: c4, A2, D3, D4, A3, B3, B4
+        2: (0.7979, 1.880, 0, 3.267, 2.659, 0, 3.267),
+        3: (0.8862, 1.023, 0, 2.574, 1.954, 0, 2.568),
+        4: (0.9213, 0.729, 0, 2.282, 1.628, 0, 2.266),
+        5: (0.9400, 0.577, 0, 2.114, 1.427, 0, 2.089),
+        6: (0.9515, 0.483, 0, 2.004, 1.287, 0.030, 1.970),
+        7: (0.9594, 0.419, 0.076, 1.924, 1.182, 0.118, 1.882),
+        8: (0.9650, 0.373, 0.136, 1.864, 1.099, 0.185, 1.815),
+        9: (0.9693, 0.337, 0.184, 1.816, 1.032, 0.239, 1.761),
+        10: (0.9727, 0.308, 0.223, 1.777, 0.975, 0.284, 1.716),
+    }
+    for n, (c4, a2, d3, d4, a3, b3, b4) in table.items():
+        assert C.C4[n] == pytest.approx(c4, abs=6e-5)
+        for got, want in ((C.A2, a2), (C.D3, d3), (C.D4, d4), (C.A3, a3), (C.B3, b3), (C.B4, b4)):
+            assert got[n] == pytest.approx(want, abs=2.5e-3), (n, want)
+
+
+# Montgomery, Introduction to Statistical Quality Control, Table 6.3: piston-ring inside diameters (mm),
+# 25 phase I subgroups of 5 and 15 later subgroups (the data as shipped with R's qcc, `pistonrings`).
+PISTON = np.array(
+    [
+        [74.030, 74.002, 74.019, 73.992, 74.008], [73.995, 73.992, 74.001, 74.011, 74.004],
+        [73.988, 74.024, 74.021, 74.005, 74.002], [74.002, 73.996, 73.993, 74.015, 74.009],
+        [73.992, 74.007, 74.015, 73.989, 74.014], [74.009, 73.994, 73.997, 73.985, 73.993],
+        [73.995, 74.006, 73.994, 74.000, 74.005], [73.985, 74.003, 73.993, 74.015, 73.988],
+        [74.008, 73.995, 74.009, 74.005, 74.004], [73.998, 74.000, 73.990, 74.007, 73.995],
+        [73.994, 73.998, 73.994, 73.995, 73.990], [74.004, 74.000, 74.007, 74.000, 73.996],
+        [73.983, 74.002, 73.998, 73.997, 74.012], [74.006, 73.967, 73.994, 74.000, 73.984],
+        [74.012, 74.014, 73.998, 73.999, 74.007], [74.000, 73.984, 74.005, 73.998, 73.996],
+        [73.994, 74.012, 73.986, 74.005, 74.007], [74.006, 74.010, 74.018, 74.003, 74.000],
+        [73.984, 74.002, 74.003, 74.005, 73.997], [74.000, 74.010, 74.013, 74.020, 74.003],
+        [73.988, 74.001, 74.009, 74.005, 73.996], [74.004, 73.999, 73.990, 74.006, 74.009],
+        [74.010, 73.989, 73.990, 74.009, 74.014], [74.015, 74.008, 73.993, 74.000, 74.010],
+        [73.982, 73.984, 73.995, 74.017, 74.013],
+        [74.012, 74.015, 74.030, 73.986, 74.000], [73.995, 74.010, 73.990, 74.015, 74.001],
+        [73.987, 73.999, 73.985, 74.000, 73.990], [74.008, 74.010, 74.003, 73.991, 74.006],
+        [74.003, 74.000, 74.001, 73.986, 73.997], [73.994, 74.003, 74.015, 74.020, 74.004],
+        [74.008, 74.002, 74.018, 73.995, 74.005], [74.001, 74.004, 73.990, 73.996, 73.998],
+        [74.015, 74.000, 74.016, 74.025, 74.000], [74.030, 74.005, 74.000, 74.016, 74.012],
+        [74.001, 73.990, 73.995, 74.010, 74.024], [74.015, 74.020, 74.024, 74.005, 74.019],
+        [74.035, 74.010, 74.012, 74.015, 74.026], [74.017, 74.013, 74.036, 74.025, 74.026],
+        [74.010, 74.005, 74.029, 74.000, 74.020],
+    ]
+)  # fmt: skip
+
+
+def test_piston_ring_xbar_r_and_s_charts_match_montgomery() -> None:
+    """Published (Montgomery, Example 6.1): X̿ = 74.001, R̄ = 0.023, X̄ limits 74.014 / 73.988, R UCL 0.049, Cp = 1.68.
+
+    The book rounds R̄ to 0.023 before using it; tolerances below are that rounding
+    carried through the formula, not a fudge.
+    """
+    eng = SpcEngine(1, SpcParams(window=64, phase1_n=125, subgroup_n=5, lsl=73.95, usl=74.05))
+    flat = PISTON.reshape(-1)
+    upd1 = eng.update(Readings.of(np.zeros(125, int), np.arange(125), flat[:125]))
+    assert len(upd1.hits) == 0
+    s = eng.snapshot()
+    rbar_lo, rbar_hi = 0.0225, 0.0235  # R̄ = 0.023 as published
+    assert s["xbar_cl"][0] == pytest.approx(74.001, abs=5e-4)
+    assert rbar_lo <= s["r_cl"][0] <= rbar_hi
+    assert s["xbar_ucl_r"][0] == pytest.approx(74.014, abs=5e-4)
+    assert s["xbar_lcl_r"][0] == pytest.approx(73.988, abs=5e-4)
+    assert 2.114 * rbar_lo <= s["r_ucl"][0] <= 2.114 * rbar_hi and abs(s["r_ucl"][0] - 0.049) < 1.1e-3
+    assert s["r_lcl"][0] == 0.0
+    assert 0.1 / (6 * rbar_hi / 2.326) <= s["cp"][0] <= 0.1 / (6 * rbar_lo / 2.326)
+    assert abs(s["cp"][0] - 1.68) < 0.03
+    # X̄-S on the same data: s̄ is the mean subgroup sd; its X̄ limits land on the same published 74.014 / 73.988
+    sbar = PISTON[:25].std(axis=1, ddof=1).mean()
+    assert s["s_cl"][0] == pytest.approx(sbar, rel=1e-12)
+    assert s["s_ucl"][0] == pytest.approx(C.B4[5] * sbar, rel=1e-12)
+    assert s["xbar_ucl_s"][0] == pytest.approx(74.014, abs=5e-4)
+    assert s["xbar_lcl_s"][0] == pytest.approx(73.988, abs=5e-4)
+    upd2 = eng.update(Readings.of(np.zeros(75, int), np.arange(125, 200), flat[125:]))
+    out = upd2.hits.t_ns[(upd2.hits.mask & Rule.XBAR_R) != 0]
+    # the chart's story: subgroups 37, 38 and 39 plot above the X̄ UCL
+    assert ((out // 5) + 1).tolist() == [37, 38, 39]
+
+
+def test_capability_textbook_example_and_one_sided() -> None:
+    """Montgomery: USL 62, LSL 38, μ 53, σ 2 gives Cp 2.0, Cpk 1.5; with only the USL, Cpk = Cpu = 1.5."""
+    x = np.array([51.0, 55.0] * 50)  # mean 53, given σ = 2
+    eng = SpcEngine(2, SpcParams(window=10, phase1_n=10, centre=53.0, sigma=2.0))
+    eng.configure([0], SpcParams(window=10, centre=53.0, sigma=2.0, lsl=38.0, usl=62.0))
+    eng.configure([1], SpcParams(window=10, centre=53.0, sigma=2.0, usl=62.0))
+    for row in (0, 1):
+        eng.update(Readings.of(np.full(100, row), np.arange(100), x))
+    s = eng.snapshot()
+    assert s["cp"][0] == pytest.approx(2.0) and s["cpk"][0] == pytest.approx(1.5)
+    assert np.isnan(s["cp"][1]) and s["cpk"][1] == pytest.approx(1.5)
+    # overall σ of the alternating data is 2·sqrt(100/99)
+    assert s["pp"][0] == pytest.approx(24 / (6 * 2 * math.sqrt(100 / 99)))
