@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("discover", help="browse a machine and print a config skeleton")
     p.add_argument("protocol", choices=["opcua", "modbus"])
     p.add_argument("target", help="opc.tcp://HOST:PORT or HOST:PORT")
+    p.add_argument("--units", default="1-10", help="modbus: unit ids to probe, e.g. 1-10 or 1,2,5")
+    p.add_argument("--max-address", type=int, default=200, help="modbus: probe registers below this address")
+    p.add_argument("--max-nodes", type=int, default=5000, help="opcua: stop browsing after this many nodes")
     p.set_defaults(func=_discover)
     return parser
 

@@ -1,0 +1,277 @@
+"""`edge-agent discover`: browse an OPC UA server or probe a Modbus TCP device and print a config skeleton."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+IMM2MES_URI = "http://opcfoundation.org/UA/IMM2MES/"
+
+#: EUROMAP 77 browse-name path suffixes -> the injection_molding profile's signal names.
+EUROMAP77_SIGNALS: dict[tuple[str, ...], str] = {
+    ("MachineStatus", "MachineMode"): "machine_mode",
+    ("ProductionControl", "ProductionStatus"): "production_status",
+    ("MachineMESStatus", "ProductionStatus"): "production_status",
+    ("ActiveJobValues", "JobCycleCounter"): "job_cycle_counter",
+    ("ActiveJobValues", "JobPartsCounter"): "job_parts_counter",
+    ("ActiveJobValues", "JobGoodPartsCounter"): "job_good_parts_counter",
+    ("ActiveJobValues", "JobBadPartsCounter"): "job_bad_parts_counter",
+    ("ActiveJobValues", "LastCycleTime"): "last_cycle_time",
+}
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True, console=None
+    )
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _tag_name(parts: Iterable[str]) -> str:
+    name = "_".join(parts)
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    name = re.sub(r"[^a-z0-9_]+", "_", name).strip("_")
+    return name[:64] or "tag"
+
+
+# --------------------------------------------------------------------------- OPC UA
+
+
+@dataclass(frozen=True)
+class FoundVariable:
+    """A variable found while browsing: where it is and what it would be called."""
+
+    path: tuple[str, ...]
+    node: str
+    data_type: str
+
+
+async def browse_opcua(
+    url: str, max_depth: int = 8, max_nodes: int = 5000
+) -> tuple[list[FoundVariable], bool]:
+    """Browse Objects breadth-first; return the variables and whether a EUROMAP 77 machine was seen."""
+    from asyncua import Client, ua
+
+    found: list[FoundVariable] = []
+    euromap = False
+    async with Client(url, timeout=10) as client:
+        namespaces = await client.get_namespace_array()
+        euromap = IMM2MES_URI in namespaces
+        objects = client.nodes.objects
+        frontier: list[tuple[Any, tuple[str, ...]]] = [(objects, ())]
+        seen = 0
+        with _progress() as progress:
+            task = progress.add_task(f"browsing {url}", total=None)
+            for _depth in range(max_depth):
+                next_frontier: list[tuple[Any, tuple[str, ...]]] = []
+                for node, path in frontier:
+                    children = await node.get_children_descriptions(refs=ua.ObjectIds.HierarchicalReferences)
+                    for ref in children:
+                        name = ref.BrowseName.Name
+                        if not path and name == "Server":
+                            continue  # the server's own diagnostics are not machine data
+                        child_path = (*path, name)
+                        seen += 1
+                        if ref.NodeClass == ua.NodeClass.Variable:
+                            nid = ref.NodeId
+                            uri = (
+                                namespaces[nid.NamespaceIndex] if nid.NamespaceIndex < len(namespaces) else ""
+                            )
+                            node_str = nid.to_string()
+                            if nid.NamespaceIndex > 0:
+                                # nsu= survives a server that renumbers its namespaces on restart
+                                node_str = "nsu=" + uri + ";" + node_str.split(";", 1)[1]
+                            found.append(FoundVariable(child_path, node_str, ""))
+                        elif ref.NodeClass == ua.NodeClass.Object:
+                            next_frontier.append((client.get_node(ref.NodeId), child_path))
+                        progress.update(
+                            task, description=f"browsing {url}: {seen} nodes, {len(found)} variables"
+                        )
+                        if seen >= max_nodes:
+                            return found, euromap
+                frontier = next_frontier
+                if not frontier:
+                    break
+    return found, euromap
+
+
+def opcua_skeleton(url: str, variables: list[FoundVariable], euromap: bool) -> str:
+    """A device config for the browsed server: EUROMAP 77 signals by their profile names, the rest commented."""
+    profile = "injection_molding" if euromap else "CHOOSE_A_PROFILE"
+    lines = [
+        f"# discovered from {url}: {len(variables)} variables"
+        + (" (EUROMAP 77 / OPC 40077 machine recognised)" if euromap else ""),
+        "[[devices]]",
+        'name = "machine-1"',
+        'protocol = "opcua"',
+        f'profile = "{profile}"',
+        f"endpoint = {_toml_str(url)}",
+        "",
+        "[devices.opcua]",
+        "# choose the security the server offers; None only for a lab",
+        'security_policy = "None"',
+        'security_mode = "None"',
+        "allow_insecure = true",
+        "",
+    ]
+    used: set[str] = set()
+    mapped: list[tuple[str, FoundVariable]] = []
+    others: list[FoundVariable] = []
+    for var in variables:
+        signal = next(
+            (s for suffix, s in EUROMAP77_SIGNALS.items() if var.path[-len(suffix) :] == suffix), None
+        )
+        if euromap and signal and signal not in used:
+            used.add(signal)
+            mapped.append((signal, var))
+        else:
+            others.append(var)
+    for signal, var in mapped:
+        lines += ["[[devices.tags]]", f'name = "{signal}"', f"node = {_toml_str(var.node)}", ""]
+    if others:
+        lines.append("# other variables: uncomment what the profile should see")
+    for var in others:
+        name = _tag_name(var.path[-2:])
+        lines += [
+            f"# [[devices.tags]]  # {'/'.join(var.path)}",
+            f'# name = "{name}"',
+            f"# node = {_toml_str(var.node)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- Modbus
+
+
+@dataclass(frozen=True)
+class RegisterRange:
+    """A run of readable registers in one table of one unit."""
+
+    unit: int
+    table: str
+    start: int
+    count: int
+
+
+async def probe_modbus(
+    host: str, port: int, units: list[int], max_address: int, response_timeout: float = 0.5
+) -> tuple[list[int], list[RegisterRange]]:
+    """Find the unit ids that answer and the readable holding/input register ranges of each."""
+    from pymodbus.client import AsyncModbusTcpClient
+    from pymodbus.exceptions import ModbusException
+
+    client = AsyncModbusTcpClient(host, port=port, timeout=response_timeout, retries=0)
+    if not await client.connect():
+        raise ConnectionError(f"cannot connect to {host}:{port}: is the device on and the port right?")
+    present: list[int] = []
+    ranges: list[RegisterRange] = []
+
+    async def readable(unit: int, table: str, address: int, count: int) -> bool | None:
+        read = client.read_holding_registers if table == "holding_register" else client.read_input_registers
+        try:
+            rr = await read(address, count=count, device_id=unit)
+        except ModbusException:
+            return None  # no answer at all: no such unit behind the gateway
+        return not rr.isError()
+
+    try:
+        with _progress() as progress:
+            task = progress.add_task("probing", total=None)
+            for unit in units:
+                progress.update(task, description=f"probing {host}:{port} unit {unit}")
+                answer = await readable(unit, "holding_register", 0, 1)
+                if answer is None:
+                    answer = await readable(unit, "input_register", 0, 1)
+                if answer is None:
+                    continue
+                present.append(unit)
+                for table in ("holding_register", "input_register"):
+                    start: int | None = None
+                    for address in range(0, max_address, 1):
+                        if address % 50 == 0:
+                            progress.update(task, description=f"unit {unit} {table} {address}/{max_address}")
+                        ok = await readable(unit, table, address, 1)
+                        if ok and start is None:
+                            start = address
+                        elif not ok and start is not None:
+                            ranges.append(RegisterRange(unit, table, start, address - start))
+                            start = None
+                    if start is not None:
+                        ranges.append(RegisterRange(unit, table, start, max_address - start))
+    finally:
+        client.close()
+    return present, ranges
+
+
+def modbus_skeleton(host: str, port: int, units: list[int], ranges: list[RegisterRange]) -> str:
+    """A device config listing every readable register as a uint16 tag, to be renamed and typed."""
+    lines = [
+        f"# discovered at {host}:{port}: unit ids {', '.join(map(str, units)) or 'none'}",
+        "# every readable register is listed as uint16; merge pairs into 32-bit types and name them",
+        "[[devices]]",
+        'name = "machine-1"',
+        'protocol = "modbus"',
+        'profile = "CHOOSE_A_PROFILE"',
+        f'endpoint = "modbus-tcp://{host}:{port}"',
+        "",
+        "[devices.modbus]",
+        f"unit_id = {units[0] if units else 1}",
+        "",
+    ]
+    for r in ranges:
+        lines.append(f"# unit {r.unit} {r.table} {r.start}..{r.start + r.count - 1} readable")
+        for address in range(r.start, r.start + r.count):
+            short = "hr" if r.table == "holding_register" else "ir"
+            lines += [
+                "[[devices.tags]]",
+                f'name = "u{r.unit}_{short}{address}"',
+                f'table = "{r.table}"',
+                f"address = {address}",
+                'type = "uint16"',
+                *([f"unit_id = {r.unit}"] if units and r.unit != units[0] else []),
+                "",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def _units(spec: str) -> list[int]:
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    if not out or min(out) < 0 or max(out) > 255:
+        raise ValueError(f"unit ids {spec!r}: give numbers 0-255, e.g. 1-10 or 1,2,5")
+    return out
+
+
+def discover_command(args: argparse.Namespace) -> int:
+    """Run `edge-agent discover opcua URL` or `edge-agent discover modbus HOST:PORT`."""
+    try:
+        if args.protocol == "opcua":
+            if not args.target.startswith("opc.tcp://"):
+                print(f"discover opcua: {args.target!r} is not an opc.tcp:// URL", file=sys.stderr)
+                return 2
+            variables, euromap = asyncio.run(browse_opcua(args.target, max_nodes=args.max_nodes))
+            sys.stdout.write(opcua_skeleton(args.target, variables, euromap))
+            return 0
+        host, _, port_text = args.target.rpartition(":")
+        if not host or not port_text.isdigit():
+            print(f"discover modbus: {args.target!r} is not HOST:PORT, e.g. 192.0.2.10:502", file=sys.stderr)
+            return 2
+        units = _units(args.units)
+        present, ranges = asyncio.run(probe_modbus(host, int(port_text), units, args.max_address))
+        sys.stdout.write(modbus_skeleton(host, int(port_text), present, ranges))
+        return 0 if present else 1
+    except (OSError, ValueError, TimeoutError) as exc:
+        print(f"discover {args.protocol} {args.target}: {exc}", file=sys.stderr)
+        return 1
