@@ -370,8 +370,8 @@ class OpcUaDevice(DeviceBase):
 
     protocol: Literal["opcua"]
     """Protocol of the device."""
-    opcua: OpcUaOptions = Field(default_factory=OpcUaOptions)
-    """Security, identity and limits of the session."""
+    opcua: OpcUaOptions
+    """Security, identity and limits of the session; required, so the security choice is always written down."""
     tags: list[OpcUaTag] = Field(default_factory=list)
     """Variables to poll or subscribe to."""
     events: list[OpcUaEvent] = Field(default_factory=list)

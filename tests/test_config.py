@@ -115,3 +115,10 @@ def test_check_config_missing_file() -> None:
     done = _cli("check-config", "no/such.toml")
     assert done.returncode == 2
     assert done.stderr.splitlines()[0] == "no/such.toml: no such file"
+
+
+def test_configuration_reference_is_current() -> None:
+    from edge_agent.config_reference import render
+
+    doc = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert doc == render(), "regenerate: python -m edge_agent.config_reference > docs/configuration.md"

@@ -1,0 +1,139 @@
+"""Render the configuration reference (docs/configuration.md) from the config models' field docstrings."""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from edge_agent.config import (
+    AgentConfig,
+    InfluxSink,
+    ModbusDevice,
+    ModbusOptions,
+    ModbusTag,
+    MqttSink,
+    OpcUaDevice,
+    OpcUaEvent,
+    OpcUaOptions,
+    OpcUaTag,
+    OutboxConfig,
+    SiteConfig,
+    SpecLimits,
+    TlsOptions,
+)
+
+# Sections in reading order: (TOML header as a user writes it, model).
+SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("[agent]", AgentConfig),
+    ("[site]", SiteConfig),
+    ('[[devices]] with protocol = "modbus"', ModbusDevice),
+    ("[devices.modbus]", ModbusOptions),
+    ("[[devices.tags]] of a Modbus device", ModbusTag),
+    ('[[devices]] with protocol = "opcua"', OpcUaDevice),
+    ("[devices.opcua]", OpcUaOptions),
+    ("[[devices.tags]] of an OPC UA device", OpcUaTag),
+    ("[[devices.events]]", OpcUaEvent),
+    ("[devices.limits.SIGNAL]", SpecLimits),
+    ("[sinks.mqtt]", MqttSink),
+    ("[sinks.mqtt.tls]", TlsOptions),
+    ("[sinks.influx]", InfluxSink),
+    ("[outbox]", OutboxConfig),
+]
+    ("[site]", Config.model_fields["site"].annotation),  # type: ignore[list-item]
+    ('[[devices]] with protocol = "modbus"', ModbusDevice),
+    ("[devices.modbus]", ModbusDevice.model_fields["modbus"].annotation),  # type: ignore[list-item]
+    ("[[devices.tags]] of a Modbus device", ModbusTag),
+    ('[[devices]] with protocol = "opcua"', OpcUaDevice),
+    ("[devices.opcua]", OpcUaDevice.model_fields["opcua"].annotation),  # type: ignore[list-item]
+    ("[[devices.tags]] of an OPC UA device", OpcUaTag),
+    ("[[devices.events]]", OpcUaEvent),
+    ("[devices.limits.SIGNAL]", typing.get_args(ModbusDevice.model_fields["limits"].annotation)[1]),
+    (
+        "[sinks.mqtt]",
+        typing.get_args(Config.model_fields["sinks"].annotation.model_fields["mqtt"].annotation)[0],
+    ),  # type: ignore[union-attr]
+    (
+        "[sinks.mqtt.tls]",
+        typing.get_args(
+            typing.get_args(Config.model_fields["sinks"].annotation.model_fields["mqtt"].annotation)[0]
+            .model_fields["tls"]
+            .annotation
+        )[0],
+    ),  # type: ignore[union-attr]
+    (
+        "[sinks.influx]",
+        typing.get_args(Config.model_fields["sinks"].annotation.model_fields["influx"].annotation)[0],
+    ),  # type: ignore[union-attr]
+    ("[outbox]", Config.model_fields["outbox"].annotation),  # type: ignore[list-item]
+]
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _type_name(typing.get_args(annotation)[0])
+    if origin is typing.Literal:
+        return " \\| ".join(repr(a).replace("'", '"') for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return " \\| ".join(_type_name(a) for a in args)
+    if origin in (list, dict, tuple):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(annotation))}]"
+    if isinstance(annotation, type):
+        if issubclass(annotation, BaseModel):
+            return "table"
+        return {
+            "str": "string",
+            "float": "number",
+            "int": "integer",
+            "bool": "boolean",
+            "Path": "path",
+            "SecretStr": "secret `${ENV}`",
+        }.get(annotation.__name__, annotation.__name__)
+    return str(annotation)
+
+
+def _default(info: Any) -> str:
+    if info.default is PydanticUndefined and info.default_factory is None:
+        return "**required**"
+    if info.default is PydanticUndefined:
+        return ""  # a table or list built by a factory: its own keys carry the defaults
+    value = info.default
+    return f"`{value}`" if value is not None else ""
+
+
+def render() -> str:
+    """The whole reference as Markdown."""
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from the field docstrings in `edge_agent/config.py` by",
+        "`python -m edge_agent.config_reference > docs/configuration.md`; a test keeps it current.",
+        "Unknown keys are errors. Secrets are written as `${ENV_NAME}` and never printed.",
+        "",
+    ]
+    for header, model in SECTIONS:
+        out += [
+            f"## `{header}`",
+            "",
+            (model.__doc__ or "").strip().splitlines()[0],
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
+        for name, info in model.model_fields.items():
+            if name == "protocol":
+                continue
+            key = info.alias or name
+            doc = " ".join((info.description or "").split())
+            out.append(f"| `{key}` | {_type_name(info.annotation)} | {_default(info)} | {doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
