@@ -43,33 +43,6 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("[sinks.influx]", InfluxSink),
     ("[outbox]", OutboxConfig),
 ]
-    ("[site]", Config.model_fields["site"].annotation),  # type: ignore[list-item]
-    ('[[devices]] with protocol = "modbus"', ModbusDevice),
-    ("[devices.modbus]", ModbusDevice.model_fields["modbus"].annotation),  # type: ignore[list-item]
-    ("[[devices.tags]] of a Modbus device", ModbusTag),
-    ('[[devices]] with protocol = "opcua"', OpcUaDevice),
-    ("[devices.opcua]", OpcUaDevice.model_fields["opcua"].annotation),  # type: ignore[list-item]
-    ("[[devices.tags]] of an OPC UA device", OpcUaTag),
-    ("[[devices.events]]", OpcUaEvent),
-    ("[devices.limits.SIGNAL]", typing.get_args(ModbusDevice.model_fields["limits"].annotation)[1]),
-    (
-        "[sinks.mqtt]",
-        typing.get_args(Config.model_fields["sinks"].annotation.model_fields["mqtt"].annotation)[0],
-    ),  # type: ignore[union-attr]
-    (
-        "[sinks.mqtt.tls]",
-        typing.get_args(
-            typing.get_args(Config.model_fields["sinks"].annotation.model_fields["mqtt"].annotation)[0]
-            .model_fields["tls"]
-            .annotation
-        )[0],
-    ),  # type: ignore[union-attr]
-    (
-        "[sinks.influx]",
-        typing.get_args(Config.model_fields["sinks"].annotation.model_fields["influx"].annotation)[0],
-    ),  # type: ignore[union-attr]
-    ("[outbox]", Config.model_fields["outbox"].annotation),  # type: ignore[list-item]
-]
 
 
 def _type_name(annotation: Any) -> str:
