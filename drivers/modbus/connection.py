@@ -1,0 +1,253 @@
+"""One Modbus TCP connection per endpoint, shared by every device and unit id behind it, with serialized requests and reconnect backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
+
+log = logging.getLogger("edge_agent.modbus")
+
+
+class ModbusExceptionResponse(Exception):
+    """The device answered a request with a Modbus exception code."""
+
+    def __init__(self, code: int, where: str) -> None:
+        self.code = code
+        super().__init__(f"{where}: Modbus exception 0x{code:02X}")
+
+
+class NotConnected(Exception):
+    """The connection is down (refused, lost, or waiting for the next reconnect attempt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Capped exponential backoff with jitter between reconnect attempts."""
+
+    initial: float = 0.5
+    """Wait after the first failed attempt, seconds."""
+    maximum: float = 30.0
+    """Cap of the wait, seconds."""
+    jitter: float = 0.5
+    """The wait is drawn uniformly from [(1 - jitter) * w, w], so many agents do not retry in step."""
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        """Seconds to wait after `failures` consecutive failed attempts (>= 1)."""
+        ceiling = min(self.maximum, self.initial * 2 ** max(0, failures - 1))
+        return ceiling * (1.0 - self.jitter * rng.random())
+
+
+_READERS = {
+    "coil": "read_coils",
+    "discrete_input": "read_discrete_inputs",
+    "holding_register": "read_holding_registers",
+    "input_register": "read_input_registers",
+}
+
+
+class ModbusConnection:
+    """A pymodbus client for one host:port; requests are serialized because a pymodbus client is not concurrency-safe."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        request_pause: float = 0.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.endpoint = f"modbus-tcp://{host}:{port}"
+        self.connect_timeout = connect_timeout
+        self.request_pause = request_pause
+        self.backoff = backoff or Backoff()
+        self.users: set[str] = set()
+        """Names of the devices using the connection (for log lines)."""
+        self.last_error: str | None = None
+        """Why the connection is down, or None while it is up."""
+        # pymodbus gets a long timeout and no retries or reconnects of its own: the
+        # per-request timeout and the reconnect backoff are ours, so they are per device
+        # and logged once per state change.
+        self._client = AsyncModbusTcpClient(
+            host,
+            port=port,
+            timeout=3600.0,
+            retries=0,
+            reconnect_delay=0.0,
+            trace_connect=self._on_connect_change,
+        )
+        self._client.set_max_no_responses(1 << 30)
+        self._lock = asyncio.Lock()
+        self._connect_lock = asyncio.Lock()
+        self._state = "new"  # new -> up <-> down; closed
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._down_since = 0.0
+        self._last_request_end = 0.0
+        self._rng = random.Random()
+
+    @property
+    def connected(self) -> bool:
+        """True while the TCP connection is open."""
+        return self._client.connected
+
+    def _who(self) -> str:
+        return f"{', '.join(sorted(self.users)) or 'modbus'} at {self.endpoint}"
+
+    def _on_connect_change(self, connected: bool) -> None:
+        if not connected and self._state == "up":
+            self._mark_down("connection lost")
+
+    def _mark_down(self, reason: str) -> None:
+        now = time.monotonic()
+        self.last_error = reason
+        if self._state == "up":
+            log.warning(
+                "%s: %s; reconnecting with backoff up to %.0f s", self._who(), reason, self.backoff.maximum
+            )
+            self._down_since = now
+            self._failures = 0
+            self._next_attempt = now  # the first reconnect is immediate
+        elif self._state == "new":
+            log.warning(
+                "%s: cannot connect (%s); retrying with backoff up to %.0f s",
+                self._who(),
+                reason,
+                self.backoff.maximum,
+            )
+            self._down_since = now
+        self._state = "down"
+
+    async def ensure_connected(self) -> bool:
+        """Connect if down and the backoff allows an attempt now; never waits for the backoff."""
+        if self._state == "closed":
+            return False
+        if self._client.connected:
+            return True
+        async with self._connect_lock:
+            if self._client.connected:
+                return True
+            now = time.monotonic()
+            if self._state == "down" and now < self._next_attempt:
+                return False
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    ok = await self._client.connect()
+            except TimeoutError:
+                ok = False
+            if ok and self._client.connected:
+                if self._state == "down":
+                    log.warning(
+                        "%s: reconnected after %d failed attempt(s), %.1f s down",
+                        self._who(),
+                        self._failures,
+                        time.monotonic() - self._down_since,
+                    )
+                else:
+                    log.info("%s: connected", self._who())
+                self._state = "up"
+                self._failures = 0
+                self.last_error = None
+                return True
+            self._mark_down(f"no connection within {self.connect_timeout:g} s (refused or unreachable)")
+            self._failures += 1
+            self._next_attempt = time.monotonic() + self.backoff.delay(self._failures, self._rng)
+            return False
+
+    async def read(
+        self, table: str, unit_id: int, start: int, count: int, response_timeout: float
+    ) -> Sequence[int] | Sequence[bool]:
+        """Read one block; raises ModbusExceptionResponse, TimeoutError or NotConnected."""
+        reader = getattr(self._client, _READERS[table])
+        async with self._lock:
+            if not self._client.connected:
+                raise NotConnected(self.last_error or "not connected")
+            if self.request_pause > 0.0:
+                wait = self._last_request_end + self.request_pause - time.monotonic()
+                if wait > 0.0:
+                    await asyncio.sleep(wait)
+            try:
+                async with asyncio.timeout(response_timeout):
+                    response: ModbusPDU = await reader(start, count=count, device_id=unit_id)
+            except ConnectionException as exc:
+                self._mark_down(f"connection lost ({exc})")
+                raise NotConnected(self.last_error or "not connected") from None
+            except ModbusIOException as exc:
+                if not self._client.connected:
+                    self._mark_down("connection lost")
+                    raise NotConnected(self.last_error or "not connected") from None
+                raise TimeoutError(str(exc)) from None
+            finally:
+                self._last_request_end = time.monotonic()
+        if response.isError():
+            where = f"{self._who()} unit {unit_id} {table} {start}+{count}"
+            raise ModbusExceptionResponse(int(getattr(response, "exception_code", 0)), where)
+        if table in ("coil", "discrete_input"):
+            return response.bits[:count]
+        return response.registers
+
+    def close(self) -> None:
+        """Close the TCP connection; idempotent."""
+        if self._state != "closed":
+            self._state = "closed"
+            self._client.close()
+
+
+_PoolKey = tuple[str, int]
+_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_PoolKey, tuple[ModbusConnection, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def acquire_connection(
+    host: str,
+    port: int,
+    user: str,
+    *,
+    connect_timeout: float,
+    request_pause: float,
+    backoff: Backoff | None = None,
+) -> ModbusConnection:
+    """The shared connection to host:port in the running event loop (made on first use, reference counted)."""
+    pool = _POOLS.setdefault(asyncio.get_running_loop(), {})
+    key = (host, port)
+    entry = pool.get(key)
+    if entry is None or entry[0]._state == "closed":
+        conn = ModbusConnection(
+            host, port, connect_timeout=connect_timeout, request_pause=request_pause, backoff=backoff
+        )
+        entry = (conn, 0)
+    conn, refs = entry
+    # A gateway is only as gentle as its most demanding device asks.
+    conn.request_pause = max(conn.request_pause, request_pause)
+    conn.users.add(user)
+    pool[key] = (conn, refs + 1)
+    return conn
+
+
+def release_connection(conn: ModbusConnection, user: str) -> None:
+    """Drop one reference; the last one closes the connection."""
+    pool = _POOLS.get(asyncio.get_running_loop(), {})
+    key = (conn.host, conn.port)
+    entry = pool.get(key)
+    conn.users.discard(user)
+    if entry is None or entry[0] is not conn:
+        conn.close()
+        return
+    refs = entry[1] - 1
+    if refs <= 0:
+        del pool[key]
+        conn.close()
+    else:
+        pool[key] = (conn, refs)

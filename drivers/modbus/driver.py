@@ -1,0 +1,243 @@
+"""The Modbus TCP driver: plans each scan group's requests once, then reads and decodes them into Readings."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import numpy as np
+from numpy.typing import NDArray
+
+from drivers.base import TagGroup, scan_groups
+from drivers.modbus.codec import DecodeBatch, build_batches, decode_string, is_bit_table, tag_width
+from drivers.modbus.connection import (
+    Backoff,
+    ModbusConnection,
+    ModbusExceptionResponse,
+    NotConnected,
+    acquire_connection,
+    release_connection,
+)
+from drivers.modbus.planner import ReadRequest, TagSpan, plan_modbus_requests
+from edge_agent.config import ByteOrder, ModbusDevice, ModbusTag
+from edge_agent.types import Quality, Readings, quality_from_modbus_exception
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRead:
+    """A planned request with its decode rules and the output slots of its tags."""
+
+    request: ReadRequest
+    batches: tuple[DecodeBatch, ...]
+    slots: NDArray[np.intp]
+    """Output positions of all tags of the request (strings included)."""
+    strings: tuple[tuple[str, int, int, int, ByteOrder], ...]
+    """(tag name, output position, offset in block, registers, byte order) of the string tags."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPlan:
+    """Everything needed to poll one scan group: requests, signal rows, numeric-tag mask."""
+
+    group: TagGroup
+    reads: tuple[PlannedRead, ...]
+    rows: NDArray[np.int32]
+    numeric: NDArray[np.bool_]
+    """False for string tags: text is not a number, so it stays out of Readings."""
+
+
+def _protocol_address(device: ModbusDevice, tag: ModbusTag) -> int:
+    address = tag.address - device.modbus.address_base
+    if address < 0:
+        raise ValueError(
+            f"device {device.name!r} tag {tag.name!r}: address {tag.address} is below the device's "
+            f"address_base {device.modbus.address_base}; use addresses from {device.modbus.address_base}"
+        )
+    return address
+
+
+def plan_group(device: ModbusDevice, group: TagGroup, rows: Mapping[str, int]) -> GroupPlan:
+    """Plan the requests of one scan group of a device; errors name the device and tag."""
+    by_name = {t.name: t for t in device.tags}
+    tags = [by_name[name] for name in group.tags]
+    opts = device.modbus
+    spans = []
+    for tag in tags:
+        width = tag_width(tag)
+        cap = opts.max_bits_per_request if is_bit_table(tag.table) else opts.max_registers_per_request
+        if width > cap:
+            raise ValueError(
+                f"device {device.name!r} tag {tag.name!r} spans {width} registers, more than "
+                f"max_registers_per_request = {cap}; raise the cap or shorten the tag"
+            )
+        start = _protocol_address(device, tag)
+        if start + width > 65536:
+            raise ValueError(
+                f"device {device.name!r} tag {tag.name!r} ends past address 65535 "
+                f"(starts at {tag.address}, {width} wide)"
+            )
+        unit = tag.unit_id if tag.unit_id is not None else opts.unit_id
+        spans.append(TagSpan(unit, tag.table, start, width))
+    requests = plan_modbus_requests(
+        spans,
+        max_gap=opts.max_gap,
+        max_registers=opts.max_registers_per_request,
+        max_bits=opts.max_bits_per_request,
+    )
+    reads = []
+    for req in requests:
+        members = []
+        strings = []
+        for i in req.tags:
+            tag = tags[i]
+            order: ByteOrder = tag.byte_order or opts.byte_order
+            offset = spans[i].start - req.start
+            members.append((i, offset, tag, order))
+            if tag.type == "string":
+                strings.append((tag.name, i, offset, spans[i].width, order))
+        reads.append(
+            PlannedRead(
+                req,
+                tuple(build_batches(members)),
+                np.array(req.tags, dtype=np.intp),
+                tuple(strings),
+            )
+        )
+    missing = [name for name in group.tags if name not in rows]
+    if missing:
+        raise KeyError(f"device {device.name!r}: no signal-table row for tag(s) {', '.join(missing)}")
+    return GroupPlan(
+        group=group,
+        reads=tuple(reads),
+        rows=np.array([rows[name] for name in group.tags], dtype=np.int32),
+        numeric=np.array([t.type != "string" for t in tags], dtype=bool),
+    )
+
+
+class ModbusDriver:
+    """Polls one Modbus TCP device: planned block reads, per-request fault isolation, shared connection per endpoint."""
+
+    def __init__(
+        self,
+        device: ModbusDevice,
+        rows: Mapping[str, int],
+        *,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.name = device.name
+        self.device = device
+        parts = urlsplit(device.endpoint)
+        assert parts.hostname is not None and parts.port is not None  # checked by the config
+        self.host: str = parts.hostname
+        self.port: int = parts.port
+        self.backoff = backoff or Backoff()
+        self._groups = scan_groups([(t.name, t.interval, True) for t in device.tags], device.poll_interval)
+        self._plans = {g: plan_group(device, g, rows) for g in self._groups}
+        self._conn: ModbusConnection | None = None
+        self.last_strings: dict[str, tuple[str, Quality]] = {}
+        """Text and quality of each string tag from the last read (text is not a number, so not in Readings)."""
+        self.last_error: str | None = None
+        """Why the last read did not fully succeed (None if it did)."""
+        self.requests_sent = 0
+        """Requests put on the wire since start (for metrics and benchmarks)."""
+
+    def groups(self) -> list[TagGroup]:
+        """The scan groups (one per poll interval), fastest first."""
+        return list(self._groups)
+
+    def plan(self, group: TagGroup) -> list[ReadRequest]:
+        """The read requests one poll of `group` sends."""
+        return [r.request for r in self._plans[group].reads]
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection to the endpoint is open."""
+        return self._conn is not None and self._conn.connected
+
+    async def connect(self) -> None:
+        """Join (or open) the shared connection; an unreachable device is retried by `read`, never raised."""
+        if self._conn is None:
+            self._conn = acquire_connection(
+                self.host,
+                self.port,
+                self.name,
+                connect_timeout=self.device.modbus.timeout,
+                request_pause=self.device.modbus.request_pause,
+                backoff=self.backoff,
+            )
+        if not await self._conn.ensure_connected():
+            self.last_error = self._conn.last_error
+
+    async def read(self, group: TagGroup) -> Readings:
+        """Poll one scan group; every failure becomes a bad quality on the tags it touched."""
+        plan = self._plans[group]
+        n = len(plan.rows)
+        value = np.full(n, np.nan)
+        quality = np.full(n, Quality.BAD_NOT_CONNECTED, dtype=np.uint8)
+        t_ns = np.full(n, time.time_ns(), dtype=np.int64)
+        errors: list[str] = []
+        if self._conn is None:
+            await self.connect()
+        conn = self._conn
+        assert conn is not None
+        if not await conn.ensure_connected():
+            self.last_error = conn.last_error or "not connected"
+            return self._readings(plan, t_ns, value, quality)
+        timeout = self.device.modbus.timeout
+        silent_units: set[int] = set()
+        for planned in plan.reads:
+            req = planned.request
+            if req.unit_id in silent_units:
+                # One timeout per unit id and poll: a dead unit behind a gateway must not
+                # cost a timeout for each of its requests.
+                quality[planned.slots] = Quality.BAD_TIMEOUT
+                continue
+            try:
+                self.requests_sent += 1
+                block = await conn.read(req.table, req.unit_id, req.start, req.count, timeout)
+            except ModbusExceptionResponse as exc:
+                quality[planned.slots] = quality_from_modbus_exception(exc.code)
+                errors.append(str(exc))
+                continue
+            except TimeoutError:
+                quality[planned.slots] = Quality.BAD_TIMEOUT
+                silent_units.add(req.unit_id)
+                errors.append(f"unit {req.unit_id}: no response within {timeout:g} s")
+                continue
+            except NotConnected as exc:
+                quality[planned.slots] = Quality.BAD_NOT_CONNECTED
+                errors.append(str(exc))
+                # The rest of the poll would fail the same way; `ensure_connected` retries next poll.
+                break
+            t_ns[planned.slots] = time.time_ns()
+            self._decode(planned, block, value, quality)
+        for planned in plan.reads:
+            for name, pos, *_ in planned.strings:
+                if quality[pos] != Quality.GOOD:
+                    self.last_strings[name] = ("", Quality(int(quality[pos])))
+        self.last_error = "; ".join(errors) if errors else None
+        return self._readings(plan, t_ns, value, quality)
+
+    def _decode(
+        self, planned: PlannedRead, block: Sequence[int] | Sequence[bool], value: NDArray, quality: NDArray
+    ) -> None:
+        table = planned.request.table
+        arr = np.asarray(block, dtype=bool if is_bit_table(table) else np.uint16)
+        for batch in planned.batches:
+            value[batch.out] = batch.decode(arr)
+            quality[batch.out] = Quality.GOOD
+        for name, pos, offset, width, order in planned.strings:
+            quality[pos] = Quality.GOOD
+            self.last_strings[name] = (decode_string(arr[offset : offset + width], order), Quality.GOOD)
+
+    def _readings(self, plan: GroupPlan, t_ns: NDArray, value: NDArray, quality: NDArray) -> Readings:
+        keep = plan.numeric
+        return Readings.of(plan.rows[keep], t_ns[keep], value[keep], quality[keep])
+
+    async def close(self) -> None:
+        """Leave the shared connection (the last user closes it); idempotent."""
+        if self._conn is not None:
+            release_connection(self._conn, self.name)
+            self._conn = None
