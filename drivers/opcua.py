@@ -1,0 +1,823 @@
+"""OPC UA driver: secure sessions, address resolution, batched reads, subscriptions and events as Readings."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from asyncua import Client, ua
+from asyncua.crypto import security_policies, uacrypto
+from asyncua.crypto.truststore import TrustStore
+from cryptography import x509
+from numpy.typing import NDArray
+
+from drivers.base import ReadingsCallback, TagGroup, scan_groups
+from edge_agent.config import OpcUaDevice, OpcUaOptions, OpcUaTag
+from edge_agent.types import Quality, Readings, quality_from_opcua_status
+
+log = logging.getLogger(__name__)
+
+_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+_MODES = {
+    "None": ua.MessageSecurityMode.None_,
+    "Sign": ua.MessageSecurityMode.Sign,
+    "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt,
+}
+# Identity and trust failures: retrying cannot help, a person must change the config or the server.
+_REFUSAL_CODES = {
+    ua.StatusCodes.BadUserAccessDenied: "the server refused the user name or password",
+    ua.StatusCodes.BadIdentityTokenRejected: "the server does not accept this kind of login "
+    "(anonymous, user name or certificate); configure the identity the server asks for",
+    ua.StatusCodes.BadIdentityTokenInvalid: "the server found the login token invalid",
+    ua.StatusCodes.BadCertificateUntrusted: "the server does not trust the client certificate; "
+    "copy it into the server's trusted-clients folder",
+    ua.StatusCodes.BadCertificateInvalid: "the server found the client certificate invalid",
+    ua.StatusCodes.BadCertificateUriInvalid: "the application URI in the client certificate does not "
+    "match `application_uri`",
+    ua.StatusCodes.BadSecurityChecksFailed: "the server rejected the secure channel (certificate or key)",
+    ua.StatusCodes.BadSecurityPolicyRejected: "the server rejected the security policy",
+}
+_NODE_ID = re.compile(r"^(?:ns=(\d+);|nsu=([^;]+);)?([isgb])=(.+)$", re.DOTALL)
+_PATH_ELEMENT = re.compile(r"\{[^}]*\}[^/]*|[^/]+")
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+_OVERFLOW_BITS = 0x00000480  # InfoType=DataValue | Overflow: the server's queue dropped values
+_MAX_NODES_PER_READ = ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead
+
+
+def make_node_id(identifier: int | str | uuid.UUID | bytes, ns_index: int = 0) -> ua.NodeId:
+    """A NodeId from plain Python values (asyncua annotates its constructor with its own UA scalar types)."""
+    return ua.NodeId(identifier, ns_index)  # type: ignore[arg-type]
+
+
+class OpcUaRefused(ConnectionError):
+    """The server (or the driver, for an untrusted server) refused the connection; fix config, not network."""
+
+
+class OpcUaConfigError(ValueError):
+    """A device configuration the driver cannot use; the message names the device and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedNodeId:
+    """A NodeId as written in the config: namespace index or URI, identifier type and identifier."""
+
+    identifier: int | str | uuid.UUID | bytes
+    ns_index: int | None = None
+    ns_uri: str | None = None
+
+    def resolve(self, namespaces: Sequence[str]) -> ua.NodeId | None:
+        """The NodeId with the namespace URI replaced by its index in `namespaces`; None if unknown."""
+        if self.ns_uri is None:
+            return make_node_id(self.identifier, self.ns_index or 0)
+        try:
+            return make_node_id(self.identifier, list(namespaces).index(self.ns_uri))
+        except ValueError:
+            return None
+
+
+def parse_node_id(text: str) -> ParsedNodeId:
+    """Parse `ns=2;s=X`, `nsu=URI;i=5`, `i=2258`, `g=<uuid>`, `b=<base64>`; ValueError names the text."""
+    m = _NODE_ID.match(text.strip())
+    if m is None:
+        raise ValueError(f"{text!r} is not a NodeId; write e.g. 'ns=2;s=Machine.Temp' or 'nsu=urn:x;i=1001'")
+    ns, uri, kind, ident = m.groups()
+    value: int | str | uuid.UUID | bytes
+    if kind == "i":
+        value = int(ident)
+    elif kind == "g":
+        value = uuid.UUID(ident)
+    elif kind == "b":
+        value = base64.b64decode(ident)
+    else:
+        value = ident
+    return ParsedNodeId(value, int(ns) if ns is not None else None, uri)
+
+
+@dataclass(frozen=True, slots=True)
+class PathElement:
+    """One step of a browse path: a browse name with its namespace index or URI."""
+
+    name: str
+    ns_index: int | None = None
+    ns_uri: str | None = None
+
+    def qualified_name(self, namespaces: Sequence[str]) -> ua.QualifiedName | None:
+        """The QualifiedName in the server's current namespace table; None if the URI is unknown."""
+        if self.ns_uri is None:
+            return ua.QualifiedName(self.name, self.ns_index or 0)
+        try:
+            return ua.QualifiedName(self.name, list(namespaces).index(self.ns_uri))
+        except ValueError:
+            return None
+
+
+def parse_browse_path(text: str) -> list[PathElement]:
+    """Parse `/2:IMM_1/2:MachineStatus` or `/{http://uri/}IMM_1/...` (a URI in braces in place of the index)."""
+    if not text.startswith("/"):
+        raise ValueError(f"browse path {text!r} must start at Objects with '/'")
+    elements = []
+    for token in _PATH_ELEMENT.findall(text):
+        if token.startswith("{"):
+            uri, _, name = token[1:].partition("}")
+            elements.append(PathElement(name, ns_uri=uri))
+        elif re.match(r"^\d+:", token):
+            idx, _, name = token.partition(":")
+            elements.append(PathElement(name, ns_index=int(idx)))
+        else:
+            elements.append(PathElement(token, ns_index=0))
+    if not elements or any(not e.name for e in elements):
+        raise ValueError(f"browse path {text!r} has an empty element")
+    return elements
+
+
+def datetime_to_ns(dt: datetime) -> int:
+    """Nanoseconds since the Unix epoch of an aware UTC datetime (microsecond resolution, as OPC UA decodes)."""
+    return ((dt - _UNIX_EPOCH) // _ONE_US) * 1000
+
+
+def _as_float(value: Any) -> float | None:
+    """A number for the engine; bools and enums count, text and structures do not."""
+    kind = type(value)
+    if kind is float or kind is int or kind is bool:
+        return float(value)
+    if isinstance(value, int | float):  # IntEnum, numpy scalars
+        return float(value)
+    return None
+
+
+def datavalues_to_readings(rows: NDArray[np.int32], values: Sequence[ua.DataValue], now_ns: int) -> Readings:
+    """Convert DataValues (one per row) to Readings: status to quality, source then server timestamp, else now."""
+    n = len(values)
+    val = np.empty(n, np.float64)
+    q = np.empty(n, np.uint8)
+    ts = np.empty(n, np.int64)
+    for i, dv in enumerate(values):
+        code = dv.StatusCode.value if dv.StatusCode is not None else 0
+        quality = Quality.GOOD if code == 0 else quality_from_opcua_status(code)
+        variant = dv.Value
+        number = _as_float(variant.Value) if variant is not None else None
+        if number is None:
+            number = np.nan
+            if quality < Quality.BAD:
+                quality = Quality.BAD_VALUE
+        val[i] = number
+        q[i] = quality
+        stamp = dv.SourceTimestamp or dv.ServerTimestamp
+        ts[i] = datetime_to_ns(stamp) if stamp is not None else now_ns
+    return Readings.of(rows, ts, val, q)
+
+
+@dataclass(slots=True)
+class _GroupPlan:
+    """How one scan group is read on the current connection."""
+
+    rows: NDArray[np.int32]
+    """Signal-table rows of the group, in tag order."""
+    readable: NDArray[np.intp] = field(default_factory=lambda: np.empty(0, np.intp))
+    """Positions in `rows` whose node resolved."""
+    chunks: list[list[ua.ReadValueId]] = field(default_factory=list)
+    """Read requests, each within MaxNodesPerRead."""
+    quality: NDArray[np.uint8] = field(default_factory=lambda: np.empty(0, np.uint8))
+    """BAD_CONFIG where the node did not resolve, GOOD elsewhere."""
+
+
+@dataclass(slots=True)
+class DriverStats:
+    """Counters a status page or a test can read."""
+
+    connects: int = 0
+    notifications: int = 0
+    events: int = 0
+    overflows: int = 0
+    missed_publishes: int = 0
+
+
+def _abs(base: Path, path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    return path if path.is_absolute() else base / path
+
+
+def _thumbprint(der: bytes) -> str:
+    return hashlib.sha1(der).hexdigest()  # OPC UA identifies certificates by SHA-1 thumbprint
+
+
+def _first_certificate(der: bytes) -> bytes:
+    """The leaf of a DER certificate chain (servers may send the chain concatenated)."""
+    length = int.from_bytes(der[2:4], "big") + 4
+    return der[:length]
+
+
+class OpcUaDriver:
+    """One OPC UA device: a session kept alive, batched polls per scan group, subscriptions and events."""
+
+    def __init__(
+        self,
+        device: OpcUaDevice,
+        rows: Mapping[str, int],
+        *,
+        config_dir: Path,
+        on_readings: ReadingsCallback | None = None,
+        retry_delay: tuple[float, float] = (0.5, 10.0),
+    ) -> None:
+        self.name = device.name
+        self.device = device
+        self.options: OpcUaOptions = device.opcua
+        self.on_readings = on_readings
+        self.stats = DriverStats()
+        self._config_dir = config_dir
+        self._retry_delay = retry_delay
+        missing = [s for s in device.signal_names() if s not in rows]
+        if missing:
+            raise OpcUaConfigError(f"device {device.name}: no signal-table row for {', '.join(missing)}")
+        self._rows = {s: int(rows[s]) for s in device.signal_names()}
+        self._tags = {t.name: t for t in device.tags}
+        self._groups = scan_groups(
+            [(t.name, t.interval, t.mode == "poll") for t in device.tags], device.poll_interval
+        )
+        self._plans: dict[TagGroup, _GroupPlan] = {
+            g: _GroupPlan(np.array([self._rows[t] for t in g.tags], np.int32)) for g in self._groups
+        }
+        self._subscribed = [t for t in device.tags if t.mode == "subscribe"]
+        self._sub_rows = np.array([self._rows[t.name] for t in self._subscribed], np.int32)
+        self._event_rows = [np.array([self._rows[s] for s in e.fields], np.int32) for e in device.events]
+        self._check_security()
+        self._client: Client | None = None
+        self._connected = False
+        self._state = "new"
+        self._lost = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._subscription_id: int | None = None
+        self._last_sequence: int | None = None
+        self._max_nodes_per_read = 0
+        self._bad_config_logged: set[str] = set()
+
+    # ------------------------------------------------------------------ public API
+
+    def groups(self) -> list[TagGroup]:
+        """The polled tag groups (scan classes), fastest first."""
+        return list(self._groups)
+
+    @property
+    def connected(self) -> bool:
+        """True while a session is up."""
+        return self._connected
+
+    async def connect(self) -> None:
+        """Connect once and keep reconnecting in the background; raises OpcUaRefused if trust or login fail."""
+        if self._task is not None:
+            return
+        self._closing = False
+        try:
+            await self._connect_once()
+        except OpcUaRefused as exc:
+            self._set_state("refused", str(exc), logging.ERROR)
+            raise
+        except Exception as exc:
+            self._set_state("unreachable", f"cannot connect ({_why(exc)}); retrying in the background")
+        self._task = asyncio.create_task(self._supervise(), name=f"opcua-{self.name}")
+
+    async def read(self, group: TagGroup) -> Readings:
+        """One batched Read of a scan group (chunked by MaxNodesPerRead); problems become qualities."""
+        plan = self._plans[group]
+        now_ns = time.time_ns()
+        client = self._client
+        if client is None or not self._connected:
+            return Readings.of(plan.rows, now_ns, np.full(len(plan.rows), np.nan), Quality.BAD_NOT_CONNECTED)
+        try:
+            parts = await asyncio.gather(*(self._read_chunk(client, chunk) for chunk in plan.chunks))
+        except (TimeoutError, ua.UaStatusCodeError) as exc:
+            code = exc.code if isinstance(exc, ua.UaStatusCodeError) else ua.StatusCodes.BadTimeout
+            return Readings.of(
+                plan.rows, now_ns, np.full(len(plan.rows), np.nan), quality_from_opcua_status(code)
+            )
+        except (ConnectionError, OSError, ua.UaError) as exc:
+            log.debug("%s: read failed: %s", self.name, exc)
+            return Readings.of(plan.rows, now_ns, np.full(len(plan.rows), np.nan), Quality.BAD_NOT_CONNECTED)
+        values = [dv for part in parts for dv in part]
+        if len(plan.readable) == len(plan.rows):
+            return datavalues_to_readings(plan.rows, values, now_ns)
+        good = datavalues_to_readings(plan.rows[plan.readable], values, now_ns)
+        out_val = np.full(len(plan.rows), np.nan)
+        out_q = plan.quality.copy()
+        out_t = np.full(len(plan.rows), now_ns, np.int64)
+        out_val[plan.readable] = good.value
+        out_q[plan.readable] = good.quality
+        out_t[plan.readable] = good.t_ns
+        return Readings.of(plan.rows, out_t, out_val, out_q)
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the session; idempotent."""
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._drop_client(graceful=True)
+        self._connected = False
+
+    # ------------------------------------------------------------------ connection lifecycle
+
+    def _set_state(self, state: str, message: str, level: int = logging.WARNING) -> None:
+        """Log only when the connection state changes, so an outage is one line, not one per retry."""
+        if state != self._state:
+            log.log(level, "%s (%s): %s", self.name, self.device.endpoint, message)
+            self._state = state
+
+    async def _supervise(self) -> None:
+        delay = self._retry_delay[0]
+        while not self._closing:
+            if self._connected:
+                await self._lost.wait()
+                self._lost.clear()
+                if self._closing:
+                    return
+                self._connected = False
+                self._set_state("lost", "connection lost; marking values not connected and reconnecting")
+                self._deliver_not_connected()
+                await self._drop_client(graceful=False)
+                delay = self._retry_delay[0]
+                continue
+            await asyncio.sleep(delay)
+            try:
+                await self._connect_once()
+            except OpcUaRefused as exc:
+                self._set_state("refused", str(exc), logging.ERROR)
+                delay = self._retry_delay[1]
+            except Exception as exc:
+                self._set_state("unreachable", f"cannot connect ({_why(exc)}); retrying")
+                delay = min(delay * 2, self._retry_delay[1])
+
+    async def _on_connection_lost(self, exc: Exception) -> None:
+        log.debug("%s: asyncua reported connection loss: %r", self.name, exc)
+        self._lost.set()
+
+    def _deliver_not_connected(self) -> None:
+        rows = np.concatenate([self._sub_rows, *self._event_rows]) if self._event_rows else self._sub_rows
+        if self.on_readings is not None and len(rows):
+            self.on_readings(
+                Readings.of(rows, time.time_ns(), np.full(len(rows), np.nan), Quality.BAD_NOT_CONNECTED)
+            )
+
+    async def _drop_client(self, graceful: bool) -> None:
+        client, self._client = self._client, None
+        self._subscription_id = None
+        if client is None:
+            return
+        client.connection_lost_callback = None
+        try:
+            if graceful:
+                await asyncio.wait_for(client.disconnect(), timeout=2.0)
+            else:
+                await asyncio.wait_for(client.close_session(), timeout=1.0)
+        except Exception as exc:
+            log.debug("%s: closing the old session: %r", self.name, exc)
+        client.disconnect_socket()
+
+    async def _connect_once(self) -> None:
+        opts = self.options
+        client = Client(self.device.endpoint, timeout=opts.timeout, watchdog_intervall=opts.watchdog_interval)
+        client.application_uri = opts.application_uri
+        client.name = client.description = f"edge-agent {self.name}"
+        client.session_timeout = int(opts.session_timeout * 1000)
+        await self._setup_security(client)
+        try:
+            await client.connect()
+        except ua.UaStatusCodeError as exc:
+            reason = _REFUSAL_CODES.get(exc.code)
+            if reason is not None:
+                raise OpcUaRefused(f"{reason} ({ua.StatusCode(exc.code).name})") from None
+            raise
+        try:
+            client.connection_lost_callback = self._on_connection_lost
+            namespaces = await client.get_namespace_array()
+            await self._read_limits(client)
+            await self._plan_reads(client, namespaces)
+            await self._subscribe(client, namespaces)
+        except BaseException:
+            client.connection_lost_callback = None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), timeout=2.0)
+            raise
+        self._client = client
+        self._lost.clear()
+        self._connected = True
+        self.stats.connects += 1
+        self._set_state("connected", "connected", logging.INFO)
+
+    # ------------------------------------------------------------------ security
+
+    def _check_security(self) -> None:
+        opts = self.options
+        if opts.security_policy == "None":
+            return
+        if opts.server_certificate is None and opts.trust_store is None:
+            raise OpcUaConfigError(
+                f"device {self.name}: a secure channel needs the server to be trusted; set "
+                "`server_certificate` (pin) or `trust_store` (folder of trusted certificates)"
+            )
+
+    async def _setup_security(self, client: Client) -> None:
+        opts = self.options
+        if opts.username is not None and opts.password is not None:
+            client.set_user(opts.username)
+            client.set_password(opts.password.get_secret_value())
+        user_cert = _abs(self._config_dir, opts.user_certificate)
+        user_key = _abs(self._config_dir, opts.user_private_key)
+        if user_cert is not None and user_key is not None:
+            await client.load_client_certificate(str(user_cert))
+            await client.load_private_key(user_key)
+        endpoints = await client.connect_and_get_server_endpoints()
+        mode = _MODES[opts.security_mode]
+        policy_uri = (
+            security_policies.SecurityPolicyNone.URI
+            if opts.security_policy == "None"
+            else _POLICIES[opts.security_policy].URI
+        )
+        matching = [e for e in endpoints if e.SecurityMode == mode and e.SecurityPolicyUri == policy_uri]
+        if not matching:
+            offered = sorted(
+                {f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints}
+            )
+            raise OpcUaRefused(
+                f"the server offers no endpoint with {opts.security_policy}/{opts.security_mode}; "
+                f"it offers {', '.join(offered)}"
+            )
+        if opts.security_policy == "None":
+            return
+        server_der = _first_certificate(matching[0].ServerCertificate)
+        await self._check_trusted(server_der)
+        cert = _abs(self._config_dir, opts.certificate)
+        key = _abs(self._config_dir, opts.private_key)
+        assert cert is not None and key is not None  # enforced by the config model
+        for path, what in ((cert, "certificate"), (key, "private_key")):
+            if not path.is_file():
+                raise OpcUaRefused(
+                    f"client {what} {path} does not exist; make one with `edge-agent certs create`"
+                )
+        await client.set_security(
+            _POLICIES[opts.security_policy], str(cert), str(key), server_certificate=server_der, mode=mode
+        )
+
+    async def _check_trusted(self, server_der: bytes) -> None:
+        """Refuse a server whose certificate is neither pinned nor in (or issued from) the trust store."""
+        opts = self.options
+        pinned = _abs(self._config_dir, opts.server_certificate)
+        store = _abs(self._config_dir, opts.trust_store)
+        if pinned is not None:
+            if not pinned.is_file():
+                raise OpcUaRefused(f"pinned server_certificate {pinned} does not exist")
+            pinned_der = uacrypto.der_from_x509(await uacrypto.load_certificate(str(pinned)))
+            if pinned_der == server_der:
+                return
+        if store is not None:
+            if not store.is_dir():
+                raise OpcUaRefused(f"trust_store {store} is not a folder")
+            for path in sorted(store.iterdir()):
+                if path.suffix.lower() in (".der", ".pem", ".crt", ".cer") and path.is_file():
+                    with contextlib.suppress(Exception):
+                        cert = await uacrypto.load_certificate(str(path))
+                        if uacrypto.der_from_x509(cert) == server_der:
+                            return
+            trust = TrustStore([store], [])
+            await trust.load()
+            leaf = x509.load_der_x509_certificate(server_der)
+            if trust.is_trusted(leaf) and not trust.is_revoked(leaf):
+                return
+        leaf = x509.load_der_x509_certificate(server_der)
+        where = (
+            f"pin it with server_certificate or copy it into trust_store {store}"
+            if store
+            else ("pin the right certificate with server_certificate")
+        )
+        raise OpcUaRefused(
+            f"the server certificate is not trusted (subject {leaf.subject.rfc4514_string()}, "
+            f"SHA-1 thumbprint {_thumbprint(server_der)}); if this is the right server, {where}"
+        )
+
+    # ------------------------------------------------------------------ addressing and reads
+
+    async def _read_limits(self, client: Client) -> None:
+        cap = self.options.max_nodes_per_read or 0
+        try:
+            server_cap = int(await client.get_node(make_node_id(_MAX_NODES_PER_READ)).read_value() or 0)
+        except Exception:
+            server_cap = 0
+        limits = [c for c in (cap, server_cap) if c > 0]
+        self._max_nodes_per_read = min(limits) if limits else 0
+
+    def _bad_config(self, tag: str, why: str) -> None:
+        if tag not in self._bad_config_logged:
+            self._bad_config_logged.add(tag)
+            log.warning("%s: signal %r marked BAD_CONFIG: %s", self.name, tag, why)
+
+    async def _resolve_tags(
+        self, client: Client, tags: Sequence[OpcUaTag], namespaces: Sequence[str]
+    ) -> list[ua.NodeId | None]:
+        """NodeIds of the tags on this connection (URIs and browse paths resolved now); None = unknown."""
+        out: list[ua.NodeId | None] = [None] * len(tags)
+        paths: list[tuple[int, ua.BrowsePath]] = []
+        for i, tag in enumerate(tags):
+            if tag.node is not None:
+                node = parse_node_id(tag.node).resolve(namespaces)
+                if node is None:
+                    self._bad_config(tag.name, f"namespace URI of {tag.node} is not on the server")
+                out[i] = node
+                continue
+            assert tag.path is not None
+            names = [e.qualified_name(namespaces) for e in parse_browse_path(tag.path)]
+            if any(n is None for n in names):
+                self._bad_config(tag.name, f"a namespace URI of {tag.path} is not on the server")
+                continue
+            bp = ua.BrowsePath()
+            bp.StartingNode = make_node_id(ua.ObjectIds.ObjectsFolder)
+            for qn in names:
+                el: Any = ua.RelativePathElement()
+                el.ReferenceTypeId = make_node_id(ua.ObjectIds.HierarchicalReferences)
+                el.IsInverse = False  # asyncua defaults to True
+                el.IncludeSubtypes = True
+                el.TargetName = qn
+                bp.RelativePath.Elements.append(el)
+            paths.append((i, bp))
+        if paths:
+            results = await client.uaclient.translate_browsepaths_to_nodeids([bp for _, bp in paths])
+            for (i, _), res in zip(paths, results, strict=True):
+                if res.StatusCode.is_good() and res.Targets:
+                    out[i] = res.Targets[0].TargetId
+                else:
+                    self._bad_config(
+                        tags[i].name, f"browse path {tags[i].path} not found ({res.StatusCode.name})"
+                    )
+        # A NodeId that parses may still not exist: one batched read of NodeClass finds the unknown ones.
+        known = [(i, n) for i, n in enumerate(out) if n is not None]
+        if known:
+            checks = await client.uaclient.read_attributes([n for _, n in known], ua.AttributeIds.NodeClass)
+            for (i, _), dv in zip(known, checks, strict=True):
+                if dv.StatusCode is not None and not dv.StatusCode.is_good():
+                    self._bad_config(
+                        tags[i].name, f"node {tags[i].node or tags[i].path} is unknown to the server"
+                    )
+                    out[i] = None
+        return out
+
+    async def _plan_reads(self, client: Client, namespaces: Sequence[str]) -> None:
+        for group, plan in self._plans.items():
+            tags = [self._tags[name] for name in group.tags]
+            nodes = await self._resolve_tags(client, tags, namespaces)
+            readable = [i for i, n in enumerate(nodes) if n is not None]
+            plan.readable = np.array(readable, np.intp)
+            plan.quality = np.full(len(tags), Quality.BAD_CONFIG, np.uint8)
+            plan.quality[plan.readable] = Quality.GOOD
+            ids = [ua.ReadValueId(NodeId=nodes[i], AttributeId=ua.AttributeIds.Value) for i in readable]
+            size = self._max_nodes_per_read or len(ids) or 1
+            plan.chunks = [ids[k : k + size] for k in range(0, len(ids), size)]
+
+    async def _read_chunk(self, client: Client, chunk: list[ua.ReadValueId]) -> list[ua.DataValue]:
+        params = ua.ReadParameters()
+        params.TimestampsToReturn = ua.TimestampsToReturn.Both
+        params.NodesToRead = chunk
+        return await client.uaclient.read(params)
+
+    # ------------------------------------------------------------------ subscriptions and events
+
+    async def _subscribe(self, client: Client, namespaces: Sequence[str]) -> None:
+        if not self._subscribed and not self.device.events:
+            return
+        opts = self.options
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = opts.publishing_interval * 1000
+        # Keep-alive and lifetime sized so a slow publish cycle never expires the subscription.
+        params.RequestedMaxKeepAliveCount = max(3, int(opts.watchdog_interval / opts.publishing_interval))
+        params.RequestedLifetimeCount = params.RequestedMaxKeepAliveCount * 10
+        params.PublishingEnabled = True
+        self._last_sequence = None
+        result = await client.uaclient.create_subscription(params, self._on_publish)
+        self._subscription_id = result.SubscriptionId
+        requests: list[ua.MonitoredItemCreateRequest] = []
+        nodes = await self._resolve_tags(client, self._subscribed, namespaces)
+        for handle, (tag, node) in enumerate(zip(self._subscribed, nodes, strict=True)):
+            if node is None:
+                continue
+            requests.append(self._data_change_request(handle, tag, node))
+        for k in range(len(self.device.events)):
+            req = await self._event_request(client, namespaces, k)
+            if req is not None:
+                requests.append(req)
+        if not requests:
+            return
+        create = ua.CreateMonitoredItemsParameters()
+        create.SubscriptionId = result.SubscriptionId
+        create.TimestampsToReturn = ua.TimestampsToReturn.Both
+        create.ItemsToCreate = requests
+        results = await client.uaclient.create_monitored_items(create)
+        for req, res in zip(requests, results, strict=True):
+            if not res.StatusCode.is_good():
+                handle = req.RequestedParameters.ClientHandle
+                what = self._subscribed[handle].name if handle < len(self._subscribed) else "an event"
+                log.warning("%s: monitored item for %s refused: %s", self.name, what, res.StatusCode.name)
+        bad = [t.name for t, n in zip(self._subscribed, nodes, strict=True) if n is None]
+        if bad and self.on_readings is not None:
+            rows = np.array([self._rows[b] for b in bad], np.int32)
+            self.on_readings(
+                Readings.of(rows, time.time_ns(), np.full(len(rows), np.nan), Quality.BAD_CONFIG)
+            )
+
+    def _data_change_request(
+        self, handle: int, tag: OpcUaTag, node: ua.NodeId
+    ) -> ua.MonitoredItemCreateRequest:
+        mparams = ua.MonitoringParameters()
+        mparams.ClientHandle = handle
+        mparams.SamplingInterval = (tag.interval or self.device.poll_interval) * 1000
+        mparams.QueueSize = tag.queue_size
+        mparams.DiscardOldest = True
+        if tag.deadband > 0:
+            flt = ua.DataChangeFilter()
+            flt.Trigger = ua.DataChangeTrigger.StatusValue
+            flt.DeadbandType = (
+                ua.DeadbandType.Absolute if tag.deadband_type == "absolute" else ua.DeadbandType.Percent
+            )
+            flt.DeadbandValue = tag.deadband
+            mparams.Filter = flt
+        req = ua.MonitoredItemCreateRequest()
+        req.ItemToMonitor = ua.ReadValueId(NodeId=node, AttributeId=ua.AttributeIds.Value)
+        req.MonitoringMode = ua.MonitoringMode.Reporting
+        req.RequestedParameters = mparams
+        return req
+
+    async def _event_request(
+        self, client: Client, namespaces: Sequence[str], k: int
+    ) -> ua.MonitoredItemCreateRequest | None:
+        event = self.device.events[k]
+        type_id = parse_node_id(event.event_type).resolve(namespaces)
+        source = parse_node_id(event.source).resolve(namespaces)
+        if type_id is None or source is None:
+            for signal in event.fields:
+                self._bad_config(signal, f"event type {event.event_type} or source {event.source} is unknown")
+            return None
+        fields = await self._resolve_event_fields(client, type_id, list(event.fields.values()))
+        select = [_select(make_node_id(ua.ObjectIds.BaseEventType), [ua.QualifiedName("Time", 0)])]
+        for signal, path in zip(event.fields, fields, strict=True):
+            if path is None:
+                self._bad_config(
+                    signal, f"field {event.fields[signal]} is not in event type {event.event_type}"
+                )
+                # Keep the position so field i stays select clause i + 1; the server returns null for it.
+                path = [ua.QualifiedName(event.fields[signal], 0)]
+            select.append(_select(type_id, path))
+        where = ua.ContentFilter()
+        element = ua.ContentFilterElement()
+        element.FilterOperator = ua.FilterOperator.OfType
+        operand = ua.LiteralOperand()
+        operand.Value = ua.Variant(type_id)
+        element.FilterOperands = [operand]
+        where.Elements = [element]
+        flt = ua.EventFilter()
+        flt.SelectClauses = select
+        flt.WhereClause = where
+        mparams = ua.MonitoringParameters()
+        mparams.ClientHandle = len(self._subscribed) + k
+        mparams.SamplingInterval = 0
+        mparams.QueueSize = 1000  # one event per cycle: a long publish gap must not lose cycles
+        mparams.DiscardOldest = True
+        mparams.Filter = flt
+        req = ua.MonitoredItemCreateRequest()
+        req.ItemToMonitor = ua.ReadValueId(NodeId=source, AttributeId=ua.AttributeIds.EventNotifier)
+        req.MonitoringMode = ua.MonitoringMode.Reporting
+        req.RequestedParameters = mparams
+        return req
+
+    async def _resolve_event_fields(
+        self, client: Client, type_id: ua.NodeId, paths: list[str]
+    ) -> list[list[ua.QualifiedName] | None]:
+        """Find each field's browse names (with their namespaces) in the event type or its supertypes."""
+        children: dict[str, ua.QualifiedName] = {}
+        node = client.get_node(type_id)
+        for _ in range(10):  # the type hierarchy is shallow; the bound guards against a cycle
+            for child in await node.get_children():
+                qn = await child.read_browse_name()
+                children.setdefault(qn.Name, qn)
+            parents = await node.get_referenced_nodes(
+                refs=ua.ObjectIds.HasSubtype, direction=ua.BrowseDirection.Inverse
+            )
+            if not parents:
+                break
+            node = parents[0]
+        out: list[list[ua.QualifiedName] | None] = []
+        for path in paths:
+            parts = [p for p in path.split("/") if p]
+            head = children.get(parts[0])
+            if head is None:
+                out.append(None)
+                continue
+            names = [head]
+            start = client.get_node(type_id)
+            try:
+                target = await start.get_child([f"{head.NamespaceIndex}:{head.Name}"])
+                for part in parts[1:]:
+                    found = None
+                    for child in await target.get_children():
+                        qn = await child.read_browse_name()
+                        if qn.Name == part:
+                            found = (child, qn)
+                            break
+                    if found is None:
+                        raise KeyError(part)
+                    target = found[0]
+                    names.append(found[1])
+            except Exception:
+                # The head is inherited from a supertype: keep the names with the head's namespace.
+                if len(parts) > 1:
+                    names += [ua.QualifiedName(p, head.NamespaceIndex) for p in parts[1:]]
+            out.append(names)
+        return out
+
+    def _on_publish(self, result: ua.PublishResult) -> None:
+        """Turn one PublishResponse into one Readings batch (data changes) plus one batch per event."""
+        message = result.NotificationMessage
+        if result.SubscriptionId != self._subscription_id or not message.NotificationData:
+            return
+        seq = message.SequenceNumber
+        if self._last_sequence is not None and seq != self._last_sequence + 1:
+            missed = seq - self._last_sequence - 1
+            if missed > 0:
+                self.stats.missed_publishes += missed
+                log.warning("%s: %d notification message(s) missing before #%d", self.name, missed, seq)
+        self._last_sequence = seq
+        now_ns = time.time_ns()
+        for notification in message.NotificationData:
+            if isinstance(notification, ua.DataChangeNotification):
+                self._on_data_change(notification.MonitoredItems, now_ns)
+            elif isinstance(notification, ua.EventNotificationList):
+                self._on_events(notification.Events, now_ns)
+            elif isinstance(notification, ua.StatusChangeNotification):
+                log.warning("%s: subscription status changed: %s", self.name, notification.Status.name)
+                self._lost.set()
+
+    def _on_data_change(self, items: list[ua.MonitoredItemNotification], now_ns: int) -> None:
+        n = len(items)
+        if n == 0 or self.on_readings is None:
+            return
+        handles = np.fromiter((it.ClientHandle for it in items), np.int64, n)
+        values = [it.Value for it in items]
+        overflow = sum(
+            1
+            for dv in values
+            if dv.StatusCode is not None and dv.StatusCode.value & _OVERFLOW_BITS == _OVERFLOW_BITS
+        )
+        if overflow:
+            self.stats.overflows += overflow
+            log.warning("%s: server queue overflow on %d item(s): raise queue_size", self.name, overflow)
+        self.stats.notifications += n
+        self.on_readings(datavalues_to_readings(self._sub_rows[handles], values, now_ns))
+
+    def _on_events(self, events: list[ua.EventFieldList], now_ns: int) -> None:
+        base = len(self._subscribed)
+        for ev in events:
+            k = ev.ClientHandle - base
+            if not 0 <= k < len(self._event_rows) or self.on_readings is None:
+                continue
+            rows = self._event_rows[k]
+            fields = ev.EventFields
+            stamp = fields[0].Value if fields else None
+            t_ns = datetime_to_ns(stamp) if isinstance(stamp, datetime) else now_ns
+            vals = np.full(len(rows), np.nan)
+            qual = np.full(len(rows), Quality.BAD_CONFIG, np.uint8)
+            for j, variant in enumerate(fields[1 : len(rows) + 1]):
+                number = _as_float(variant.Value) if variant is not None else None
+                if number is not None:
+                    vals[j] = number
+                    qual[j] = Quality.GOOD
+            self.stats.events += 1
+            self.on_readings(Readings.of(rows, t_ns, vals, qual))
+
+
+def _select(type_id: ua.NodeId, path: list[ua.QualifiedName]) -> ua.SimpleAttributeOperand:
+    op = ua.SimpleAttributeOperand()
+    op.TypeDefinitionId = type_id
+    op.BrowsePath = path
+    op.AttributeId = ua.AttributeIds.Value
+    return op
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 200 else text[:200] + "..."
