@@ -282,3 +282,59 @@ class RefSpc:
         res["cp"], res["cpk"] = idx(within)
         res["pp"], res["ppk"] = idx(overall)
         return res
+
+
+@dataclass
+class RefSegmenter:
+    """One channel's hysteresis segmentation into cycles, sample by sample."""
+
+    on: float
+    off: float
+    cycle: list[tuple[int, float]] | None = None
+    out: list[tuple[int, int, float, float, float]] = field(default_factory=list)
+
+    def add(self, t: int, v: float) -> None:
+        """Feed one sample (NaN skipped); completed cycles go to `out` as (start, end, peak, ttp_s, integral)."""
+        if math.isnan(v):
+            return
+        if self.cycle is None:
+            if v >= self.on:
+                self.cycle = [(t, v)]
+            return
+        self.cycle.append((t, v))
+        if v <= self.off:
+            c = self.cycle
+            self.cycle = None
+            peak = max(x for _, x in c)
+            t_peak = next(tt for tt, x in c if x == peak)
+            integral = sum((a[1] + b[1]) / 2 * (b[0] - a[0]) / 1e9 for a, b in itertools.pairwise(c))
+            self.out.append((c[0][0], t, peak, (t_peak - c[0][0]) / 1e9, integral))
+
+
+@dataclass
+class RefAlarm:
+    """One alarm channel: start after the raise persisted on_delay, clear after the clear persisted off_delay."""
+
+    on_delay: int = 0
+    off_delay: int = 0
+    active: bool = False
+    since: int | None = None
+    events: list[tuple[int, bool]] = field(default_factory=list)
+
+    def add(self, t: int, raised: bool, cleared: bool) -> None:
+        """Feed one observation."""
+        if not self.active:
+            if raised:
+                self.since = t if self.since is None else self.since
+                if t - self.since >= self.on_delay:
+                    self.active, self.since = True, None
+                    self.events.append((t, True))
+            else:
+                self.since = None
+        elif cleared:
+            self.since = t if self.since is None else self.since
+            if t - self.since >= self.off_delay:
+                self.active, self.since = False, None
+                self.events.append((t, False))
+        else:
+            self.since = None

@@ -1,0 +1,137 @@
+"""OEE per ISO 22400-2 for many machines at once: availability, performance (effectiveness), quality, OEE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from edge_agent.core._batch import check_rows, occurrence_rounds
+from edge_agent.core.spc import NoData
+
+
+class OeeAccumulator:
+    """Accumulates, per machine and period (e.g. a shift), APT, PQ and GQ from state and part counters.
+
+    ISO 22400-2: PBT = POT - PDOT; availability = APT/PBT; effectiveness = PRI·PQ/APT
+    with PRI = ideal cycle time / cavities; quality rate = GQ/PQ; OEE = the product.
+    The interval between two updates of a machine counts as APT when the machine
+    was producing at its start and the interval is not longer than `stop_gap_s`
+    (a silent machine is not producing). A negative counter step is a reset: the
+    new counter value is the count since the reset.
+    """
+
+    def __init__(
+        self,
+        n_machines: int,
+        ideal_cycle_s: ArrayLike,
+        cavities: ArrayLike = 1,
+        stop_gap_s: ArrayLike = np.inf,
+    ) -> None:
+        M = n_machines
+        self.n = M
+        self.ideal = np.broadcast_to(np.asarray(ideal_cycle_s, np.float64), (M,)).copy()
+        self.cavities = np.broadcast_to(np.asarray(cavities, np.float64), (M,)).copy()
+        self.stop_gap_ns = np.broadcast_to(np.asarray(stop_gap_s, np.float64) * 1e9, (M,)).copy()
+        if not ((self.ideal > 0).all() and (self.cavities >= 1).all() and (self.stop_gap_ns > 0).all()):
+            raise ValueError(
+                "OeeAccumulator: ideal_cycle_s > 0, cavities >= 1 and stop_gap_s > 0 are required"
+            )
+        self.period_start = np.full(M, -1, np.int64)
+        self.pdot_s = np.zeros(M)
+        self.apt_ns = np.zeros(M)
+        self.pq = np.zeros(M)
+        self.gq = np.zeros(M)
+        self.last_t = np.full(M, -1, np.int64)
+        self.last_producing = np.zeros(M, bool)
+        self.last_parts = np.full(M, np.nan)
+        self.last_good = np.full(M, np.nan)
+
+    def start_period(self, machines: ArrayLike, t_ns: ArrayLike, planned_downtime_s: ArrayLike = 0.0) -> None:
+        """Begin a new period at `t_ns` (counter baselines are kept, so no part is lost between periods)."""
+        m = np.asarray(machines, np.int64).reshape(-1)
+        check_rows("OeeAccumulator.start_period machines", m, self.n)
+        self.period_start[m] = t_ns
+        self.pdot_s[m] = planned_downtime_s
+        self.apt_ns[m] = 0.0
+        self.pq[m] = 0.0
+        self.gq[m] = 0.0
+        self.last_t[m] = np.where(self.last_t[m] >= 0, np.maximum(self.last_t[m], t_ns), -1)
+
+    def add_planned_downtime(self, machines: ArrayLike, seconds: ArrayLike) -> None:
+        """Add planned downtime (breaks, planned maintenance) to the current period."""
+        m = np.asarray(machines, np.int64).reshape(-1)
+        np.add.at(self.pdot_s, m, np.broadcast_to(np.asarray(seconds, np.float64), m.shape))
+
+    def update(
+        self, machine: ArrayLike, t_ns: ArrayLike, producing: ArrayLike, parts: ArrayLike, good: ArrayLike
+    ) -> None:
+        """Feed polls (machines may repeat, in time order); NaN counters are skipped for counting only."""
+        m = np.asarray(machine, np.int64).reshape(-1)
+        check_rows("OeeAccumulator.update machine", m, self.n)
+        k = m.shape[0]
+        t = np.broadcast_to(np.asarray(t_ns, np.int64), (k,))
+        prod = np.broadcast_to(np.asarray(producing, bool), (k,))
+        pa = np.broadcast_to(np.asarray(parts, np.float64), (k,))
+        gd = np.broadcast_to(np.asarray(good, np.float64), (k,))
+        for i in occurrence_rounds(m):
+            self._round(m[i], t[i], prod[i], pa[i], gd[i])
+
+    def _round(
+        self,
+        m: NDArray[np.int64],
+        t: NDArray[np.int64],
+        prod: NDArray[np.bool_],
+        pa: NDArray[np.float64],
+        gd: NDArray[np.float64],
+    ) -> None:
+        lt = self.last_t[m]
+        dt = (t - lt).astype(np.float64)
+        counted = (lt >= 0) & (self.period_start[m] >= 0) & self.last_producing[m] & (dt > 0)
+        counted &= dt <= self.stop_gap_ns[m]
+        self.apt_ns[m] += np.where(counted, dt, 0.0)
+        self.pq[m] += _counter_step(self.last_parts[m], pa) * (self.period_start[m] >= 0)
+        self.gq[m] += _counter_step(self.last_good[m], gd) * (self.period_start[m] >= 0)
+        self.last_parts[m] = np.where(np.isnan(pa), self.last_parts[m], pa)
+        self.last_good[m] = np.where(np.isnan(gd), self.last_good[m], gd)
+        self.last_t[m] = t
+        self.last_producing[m] = prod
+
+    def result(self, t_ns: int, machines: ArrayLike | None = None) -> dict[str, NDArray[Any]]:
+        """KPIs of the current period up to `t_ns`; NaN with reason NO_SAMPLES / TOO_FEW where a denominator is 0."""
+        m = np.arange(self.n) if machines is None else np.asarray(machines, np.int64).reshape(-1)
+        started = self.period_start[m] >= 0
+        pot = np.where(started, (t_ns - self.period_start[m]) / 1e9, np.nan)
+        pbt = pot - self.pdot_s[m]
+        apt = self.apt_ns[m] / 1e9
+        pq, gq = self.pq[m], self.gq[m]
+        pri = self.ideal[m] / self.cavities[m]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            avail = np.where(pbt > 0, apt / pbt, np.nan)
+            perf = np.where(apt > 0, pri * pq / apt, np.nan)
+            qual = np.where(pq > 0, gq / pq, np.nan)
+        oee = avail * perf * qual
+        reason = np.where(
+            ~started, NoData.NO_SAMPLES, np.where(np.isnan(oee), NoData.TOO_FEW, NoData.OK)
+        ).astype(np.uint8)
+        return {
+            "machine": m,
+            "pot_s": pot,
+            "pbt_s": pbt,
+            "apt_s": apt,
+            "pq": pq.copy(),
+            "gq": gq.copy(),
+            "availability": avail,
+            "performance": perf,
+            "quality": qual,
+            "oee": oee,
+            "reason": reason,
+        }
+
+
+def _counter_step(last: NDArray[np.float64], now: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Parts added between two counter readings; a negative step is a reset (count since the reset)."""
+    step = now - last
+    out = np.where(step < 0, now, step)
+    return np.where(np.isnan(out), 0.0, out)
