@@ -364,7 +364,7 @@ def render_device_toml(
             lines.append(f"bit = {f.bit}")
         if f.length is not None:
             lines.append(f"length = {f.length}")
-        if f.width > 1 and f.type != "string" and f.byte_order != byte_order:
+        if f.table not in ("coil", "discrete_input") and f.type != "bool" and f.byte_order != byte_order:
             lines.append(f'byte_order = "{f.byte_order}"')
         if f.scale != 1.0:
             lines.append(f"scale = {f.scale!r}")

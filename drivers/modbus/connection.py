@@ -106,22 +106,29 @@ class ModbusConnection:
         return f"{', '.join(sorted(self.users)) or 'modbus'} at {self.endpoint}"
 
     def _on_connect_change(self, connected: bool) -> None:
-        if not connected and self._state == "up":
+        if connected:
+            return
+        if self._state == "up":
             self._mark_down("connection lost")
+        # pymodbus leaves a request in flight waiting for its timeout when the peer closes;
+        # failing it now turns a lost connection into BAD_NOT_CONNECTED at once.
+        pending = getattr(self._client.ctx, "response_future", None)
+        if isinstance(pending, asyncio.Future) and not pending.done():
+            pending.set_exception(ConnectionException("connection closed by the device"))
 
     def _mark_down(self, reason: str) -> None:
         now = time.monotonic()
         self.last_error = reason
         if self._state == "up":
             log.warning(
-                "%s: %s; reconnecting with backoff up to %.0f s", self._who(), reason, self.backoff.maximum
+                "%s: %s; reconnecting with backoff up to %g s", self._who(), reason, self.backoff.maximum
             )
             self._down_since = now
             self._failures = 0
             self._next_attempt = now  # the first reconnect is immediate
         elif self._state == "new":
             log.warning(
-                "%s: cannot connect (%s); retrying with backoff up to %.0f s",
+                "%s: cannot connect (%s); retrying with backoff up to %g s",
                 self._who(),
                 reason,
                 self.backoff.maximum,

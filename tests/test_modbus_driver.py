@@ -1,0 +1,346 @@
+"""The Modbus driver against real pymodbus servers (the simulators) over loopback TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from drivers.base import make_driver
+from drivers.modbus import Backoff, ModbusDriver
+from edge_agent.config import ModbusDevice, parse_config
+from edge_agent.types import Quality, Readings
+from simulators.die_casting import DieCastingSimulator
+from simulators.modbus_server import RegisterField, RegisterMapServer, render_device_toml
+from simulators.mold_tcu import MoldTcuSimulator
+
+FAST = Backoff(initial=0.05, maximum=0.2)
+
+
+def device_of(toml: str, **modbus_options: object) -> ModbusDevice:
+    """Parse one [[devices]] block, with extra [devices.modbus] options appended."""
+    extra = "".join(f"\n{k} = {v!r}" for k, v in modbus_options.items()).replace("'", '"')
+    text = toml.replace("[devices.modbus]", "[devices.modbus]" + extra, 1)
+    device = parse_config(text).devices[0]
+    assert isinstance(device, ModbusDevice)
+    return device
+
+
+def driver_for(device: ModbusDevice) -> ModbusDriver:
+    return ModbusDriver(device, {name: i for i, name in enumerate(device.signal_names())}, backoff=FAST)
+
+
+def by_tag(device: ModbusDevice, readings: Readings) -> dict[str, tuple[float, Quality]]:
+    names = device.signal_names()
+    return {
+        names[row]: (v, Quality(q))
+        for row, v, q in zip(
+            readings.signal.tolist(), readings.value.tolist(), readings.quality.tolist(), strict=True
+        )
+    }
+
+
+async def poll(driver: ModbusDriver) -> Readings:
+    return Readings.concat([await driver.read(g) for g in driver.groups()])
+
+
+@pytest.fixture
+async def die() -> AsyncIterator[DieCastingSimulator]:
+    sim = DieCastingSimulator(speed=0, seed=7)
+    await sim.start()
+    sim.advance(2 * 3600)
+    yield sim
+    await sim.stop()
+
+
+@pytest.fixture
+async def tcu() -> AsyncIterator[MoldTcuSimulator]:
+    sim = MoldTcuSimulator(speed=0, seed=3)
+    await sim.start()
+    sim.advance(1800)
+    yield sim
+    await sim.stop()
+
+
+async def test_die_casting_map_reads_what_the_simulator_wrote(die: DieCastingSimulator) -> None:
+    device = device_of(die.device_config())
+    driver = make_driver(device, {n: i for i, n in enumerate(device.signal_names())}, config_dir=".")  # type: ignore[arg-type]
+    assert isinstance(driver, ModbusDriver)
+    await driver.connect()
+    got = by_tag(device, await poll(driver))
+    await driver.close()
+    expected = die.values()
+    assert set(got) == set(expected)
+    for name, (value, quality) in got.items():
+        assert quality == Quality.GOOD, name
+        assert value == pytest.approx(expected[name], rel=1e-9, abs=1e-9), name
+    assert expected["shot_counter"] > 100  # two simulated hours of ~60 s shots
+    assert 195 < got["die_temp_1"][0] < 205  # warmed up to its 200 °C setpoint
+
+
+async def test_tcu_map_with_coil_and_one_request_per_table(tcu: MoldTcuSimulator) -> None:
+    device = device_of(tcu.device_config())
+    driver = driver_for(device)
+    plan = [r for g in driver.groups() for r in driver.plan(g)]
+    assert sorted(r.table for r in plan) == ["coil", "holding_register", "input_register"]
+    got = by_tag(device, await poll(driver))
+    await driver.close()
+    expected = tcu.values()
+    for name, (value, quality) in got.items():
+        assert quality == Quality.GOOD, name
+        assert value == pytest.approx(expected[name]), name
+    assert got["pump_running"][0] == 1.0
+    assert got["setpoint"][0] == pytest.approx(80.0)
+
+
+ALL_TYPES = [
+    RegisterField("c0", "coil", 3, "bool"),
+    RegisterField("c1", "coil", 9, "bool"),
+    RegisterField("d0", "discrete_input", 0, "bool"),
+    RegisterField("i16", "holding_register", 0, "int16", "BADC", scale=0.5),
+    RegisterField("u16", "holding_register", 1, "uint16", offset=-100.0),
+    RegisterField("i32", "holding_register", 2, "int32", "CDAB"),
+    RegisterField("u32", "holding_register", 4, "uint32", "DCBA"),
+    RegisterField("f32", "holding_register", 6, "float32", "BADC"),
+    RegisterField("i64", "holding_register", 8, "int64", "CDAB"),
+    RegisterField("u64", "holding_register", 12, "uint64", "DCBA"),
+    RegisterField("f64", "holding_register", 16, "float64", "ABCD"),
+    RegisterField("name", "holding_register", 20, "string", "BADC", length=4),
+    RegisterField("flag7", "holding_register", 24, "bool", bit=7),
+    RegisterField("ir", "input_register", 50, "float32", "DCBA"),
+    RegisterField("other_unit", "holding_register", 0, "int16", unit_id=2),
+]
+ALL_VALUES: dict[str, float | str] = {
+    "c0": True,
+    "c1": False,
+    "d0": True,
+    "i16": -12.5,
+    "u16": 65000 - 100,
+    "i32": -70000,
+    "u32": 4_000_000_000,
+    "f32": 3.25,
+    "i64": -(2**40) - 3,
+    "u64": 2**52 + 1,
+    "f64": -1.0e-3,
+    "name": "AL-7",
+    "flag7": True,
+    "ir": 1.5e6,
+    "other_unit": -7,
+}
+
+
+async def test_every_table_type_and_byte_order_over_tcp() -> None:
+    server = RegisterMapServer(ALL_TYPES, unit_ids=(1, 2))
+    for name, value in ALL_VALUES.items():
+        server.write(name, value)
+    server.write("flag7", True)
+    port = await server.start()
+    toml = render_device_toml(
+        ALL_TYPES, name="all", profile="die_casting", endpoint=f"modbus-tcp://127.0.0.1:{port}"
+    )
+    # base 1 in the config: every address is one higher than on the wire
+    toml = toml.replace("address_base = 0", "address_base = 1")
+    toml = "\n".join(
+        f"address = {int(line.split('=')[1]) + 1}" if line.startswith("address = ") else line
+        for line in toml.splitlines()
+    )
+    device = device_of(toml)
+    driver = driver_for(device)
+    try:
+        got = by_tag(device, await poll(driver))
+    finally:
+        await driver.close()
+        await server.stop()
+    assert driver.last_strings["name"] == ("AL-7", Quality.GOOD)
+    assert "name" not in got  # text is not a number: not in Readings
+    for name, expected in ALL_VALUES.items():
+        if name == "name":
+            continue
+        value, quality = got[name]
+        assert quality == Quality.GOOD, name
+        assert value == pytest.approx(float(expected)), name
+
+
+async def test_exception_marks_only_that_requests_tags(tcu: MoldTcuSimulator) -> None:
+    device = device_of(tcu.device_config())
+    driver = driver_for(device)
+    cases = {
+        2: Quality.BAD_CONFIG,
+        6: Quality.BAD_DEVICE_BUSY,
+        10: Quality.BAD_GATEWAY_PATH,
+        11: Quality.BAD_GATEWAY_TARGET,
+    }
+    try:
+        for code, quality in cases.items():
+            tcu.set_fault("modbus_exception", code=code, table="input_register")
+            got = by_tag(device, await poll(driver))
+            for name in ("supply_temp", "return_temp", "flow"):
+                assert got[name][1] == quality, (code, name)
+                assert math.isnan(got[name][0])
+            for name in ("setpoint", "alarm_word", "mold_shot_counter", "pump_running"):
+                assert got[name][1] == Quality.GOOD, (code, name)
+        tcu.set_fault("modbus_exception", on=False)
+        got = by_tag(device, await poll(driver))
+        assert all(q == Quality.GOOD for _, q in got.values())
+    finally:
+        await driver.close()
+
+
+async def test_units_behind_one_gateway_share_one_connection(tcu: MoldTcuSimulator) -> None:
+    # unit 1 exists; unit 9 is absent, and the gateway answers 0x0B for it
+    first = device_of(tcu.device_config(name="tcu_a"))
+    second = device_of(tcu.device_config(name="tcu_b").replace("unit_id = 1", "unit_id = 9"))
+    a, b = driver_for(first), driver_for(second)
+    try:
+        ra, rb = await asyncio.gather(poll(a), poll(b))
+        assert set(Quality(q) for q in ra.quality.tolist()) == {Quality.GOOD}
+        assert set(Quality(q) for q in rb.quality.tolist()) == {Quality.BAD_GATEWAY_TARGET}
+        assert a._conn is b._conn
+        assert len(tcu.server._server.active_connections) == 1  # type: ignore[union-attr]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_timeout_is_bad_timeout_then_recovers(tcu: MoldTcuSimulator) -> None:
+    device = device_of(tcu.device_config(), timeout=0.2)
+    driver = driver_for(device)
+    try:
+        tcu.set_fault("slow_response", delay_s=0.5)
+        started = time.monotonic()
+        got = by_tag(device, await poll(driver))
+        elapsed = time.monotonic() - started
+        assert {q for _, q in got.values()} == {Quality.BAD_TIMEOUT}
+        assert elapsed < 0.2 * 2 + 0.3  # one timeout per unit id and poll, not one per request
+        tcu.set_fault("slow_response", on=False)
+        await asyncio.sleep(0.6)  # late answers arrive and must be ignored
+        got = by_tag(device, await poll(driver))
+        assert {q for _, q in got.values()} == {Quality.GOOD}
+        assert got["setpoint"][0] == pytest.approx(80.0)
+    finally:
+        await driver.close()
+
+
+async def test_nan_float_is_bad_value(die: DieCastingSimulator) -> None:
+    die.set_fault("sensor_dropout")
+    device = device_of(die.device_config())
+    driver = driver_for(device)
+    try:
+        got = by_tag(device, await poll(driver))
+    finally:
+        await driver.close()
+    assert got["melt_temp"][1] == Quality.BAD_VALUE
+    assert got["die_temp_3"] == (pytest.approx(3276.7), Quality.GOOD)  # over-range is a number to the wire
+    assert got["die_temp_1"][1] == Quality.GOOD
+
+
+async def test_dropped_connection_reconnects_and_logs_once(
+    tcu: MoldTcuSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge_agent.modbus")
+    device = device_of(tcu.device_config())
+    driver = driver_for(device)
+    try:
+        await driver.connect()
+        assert driver.connected
+        tcu.server.drop_connections()
+        await asyncio.sleep(0.05)
+        qualities = []
+        for _ in range(10):
+            readings = await poll(driver)
+            qualities.append(set(Quality(q) for q in readings.quality.tolist()))
+            await asyncio.sleep(0.03)
+        assert qualities[-1] == {Quality.GOOD}
+        # server gone for a while: polls fail fast, then the driver comes back on the same port
+        port = tcu.port
+        await tcu.server.stop()
+        for _ in range(5):
+            readings = await poll(driver)
+            assert set(Quality(q) for q in readings.quality.tolist()) == {Quality.BAD_NOT_CONNECTED}
+            await asyncio.sleep(0.02)
+        await tcu.server.start("127.0.0.1", port)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            readings = await poll(driver)
+            if set(Quality(q) for q in readings.quality.tolist()) == {Quality.GOOD}:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("no reconnect within 3 s")
+    finally:
+        await driver.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "edge_agent.modbus"]
+    assert sum("connected" in m and "reconnected" not in m for m in messages) == 1
+    assert sum("connection lost" in m for m in messages) == 2
+    assert sum("reconnected" in m for m in messages) == 2
+    assert all(device.name in m and f"127.0.0.1:{port}" in m for m in messages)
+
+
+async def test_unreachable_device_is_not_connected_without_raising() -> None:
+    server = RegisterMapServer([RegisterField("x", "holding_register", 0)])
+    port = await server.start()
+    await server.stop()  # a port where nothing listens
+    device = device_of(
+        render_device_toml(
+            server.fields.values(), name="gone", profile="mold_tcu", endpoint=f"modbus-tcp://127.0.0.1:{port}"
+        )  # type: ignore[arg-type]
+    )
+    driver = driver_for(device)
+    await driver.connect()
+    readings = await poll(driver)
+    await driver.close()
+    assert readings.quality.tolist() == [Quality.BAD_NOT_CONNECTED]
+    assert driver.last_error is not None and "no connection" in driver.last_error
+
+
+async def test_silent_device_does_not_slow_the_others() -> None:
+    interval, window = 0.05, 1.0
+    sims = [MoldTcuSimulator(speed=0, seed=i) for i in range(3)]
+    for sim in sims:
+        await sim.start()
+    drivers = [
+        driver_for(device_of(s.device_config(name=f"tcu{i}"), timeout=0.3)) for i, s in enumerate(sims)
+    ]
+    counts = [0, 0, 0]
+    bad_timeouts = [0, 0, 0]
+    stop = asyncio.Event()
+
+    async def loop(i: int) -> None:
+        driver = drivers[i]
+        group = driver.groups()[0]
+        next_t = time.monotonic()
+        while not stop.is_set():
+            readings = await driver.read(group)
+            counts[i] += 1
+            bad_timeouts[i] += int((readings.quality == Quality.BAD_TIMEOUT).all())
+            next_t += interval
+            await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+
+    tasks = [asyncio.create_task(loop(i)) for i in range(3)]
+    try:
+        await asyncio.sleep(0.2)  # settle: connections open
+        before = counts.copy()
+        await asyncio.sleep(window)
+        healthy_rate = [counts[i] - before[i] for i in range(3)]
+        sims[0].set_fault("silent")
+        before = counts.copy()
+        await asyncio.sleep(window)
+        silent_rate = [counts[i] - before[i] for i in range(3)]
+    finally:
+        stop.set()
+        sims[0].set_fault("silent", on=False)
+        await asyncio.gather(*tasks)
+        for driver in drivers:
+            await driver.close()
+        for sim in sims:
+            await sim.stop()
+    for i in (1, 2):
+        assert abs(silent_rate[i] - healthy_rate[i]) <= 0.1 * healthy_rate[i], (healthy_rate, silent_rate)
+    assert silent_rate[0] <= window / 0.3 + 1  # the silent one polls once per timeout
+    assert bad_timeouts[0] >= 2
+    assert np.mean(healthy_rate) > 0.8 * window / interval
