@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -58,7 +60,7 @@ def test_plan_properties(case: tuple[list[TagSpan], int, int, int]) -> None:
             longest = max(longest, run)
         assert longest <= max_gap
     # maximal merging: two neighbouring requests of one unit/table could not have been one
-    for a, b in zip(plan, plan[1:], strict=False):
+    for a, b in itertools.pairwise(plan):
         if (a.unit_id, a.table) == (b.unit_id, b.table):
             cap = max_bits if a.table in BIT_TABLES else max_registers
             first_of_b = min(spans[i].start for i in b.tags)
