@@ -1,0 +1,207 @@
+"""OPC UA security for real: every policy and mode, server trust, user tokens, refusals with clear errors."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from drivers.opcua import OpcUaConfigError, OpcUaDriver, OpcUaRefused
+from edge_agent import certs
+from edge_agent.config import ConfigError, OpcUaDevice, parse_config
+from edge_agent.types import Quality
+from simulators.imm import ImmSimulator
+from simulators.opcua_server import SimSecurity, make_self_signed
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+PASSWORD_ENV = "EDGE_TEST_OPCUA_PASSWORD"
+
+
+@dataclass
+class Pki:
+    """Files of the secure setup: client and user certificates, the server's, a trust store."""
+
+    root: Path
+    client_cert: Path
+    client_key: Path
+    user_cert: Path
+    user_key: Path
+    server_cert: Path
+    trusted: Path
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def secure_imm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[ImmSimulator, Pki]]:
+    """A machine offering only secure endpoints, a user/password and an X.509 user; no anonymous logins."""
+    root = tmp_path_factory.mktemp("pki")
+    client_cert, client_key = root / "client-cert.der", root / "client-key.pem"
+    certs.create_certificate(client_cert, client_key, "urn:edge-agent:client")
+    user_cert, user_key = root / "user-cert.der", root / "user-key.pem"
+    certs.create_certificate(user_cert, user_key, "urn:edge-agent:user")
+    security = SimSecurity.secure(
+        root / "server",
+        "urn:edge-agent:sim:imm:server",
+        users={"operator": "s3cret"},
+        allow_anonymous=False,
+        user_certificates=[user_cert],
+    )
+    assert security.certificate is not None
+    trusted = root / "trusted"
+    trusted.mkdir()
+    shutil.copy(security.certificate, trusted / "imm-server.der")
+    sim = ImmSimulator(speed=10.0, cycle_s=2.0, security=security)
+    await sim.start()
+    yield sim, Pki(root, client_cert, client_key, user_cert, user_key, security.certificate, trusted)
+    await sim.stop()
+
+
+def secure_device(sim: ImmSimulator, pki: Pki, **opcua: object) -> OpcUaDevice:
+    """The shipped IMM config with a secure [devices.opcua] table."""
+    table: dict[str, object] = {
+        "certificate": str(pki.client_cert),
+        "private_key": str(pki.client_key),
+        "trust_store": str(pki.trusted),
+        **opcua,
+    }
+    table = {k: v for k, v in table.items() if v is not None}
+    device = parse_config(sim.device_config(opcua=table), base_dir=pki.root).devices[0]
+    assert isinstance(device, OpcUaDevice)
+    return device
+
+
+async def read_mode(device: OpcUaDevice, pki: Pki) -> float:
+    """Connect, read machine_mode once, close."""
+    rows = {name: i for i, name in enumerate(device.signal_names())}
+    driver = OpcUaDriver(device, rows, config_dir=pki.root)
+    await driver.connect()
+    try:
+        batch = await driver.read(driver.groups()[0])
+    finally:
+        await driver.close()
+    assert batch.quality[batch.signal == rows["machine_mode"]][0] == Quality.GOOD
+    return float(batch.value[batch.signal == rows["machine_mode"]][0])
+
+
+@pytest.mark.parametrize("policy", ["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"])
+async def test_each_policy_sign_and_encrypt_with_password(
+    secure_imm: tuple[ImmSimulator, Pki], policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim, pki = secure_imm
+    monkeypatch.setenv(PASSWORD_ENV, "s3cret")
+    device = secure_device(
+        sim,
+        pki,
+        security_policy=policy,
+        security_mode="SignAndEncrypt",
+        username="operator",
+        password=f"${{{PASSWORD_ENV}}}",
+    )
+    assert await read_mode(device, pki) == 1.0
+
+
+@pytest.mark.parametrize("policy", ["Basic256Sha256", "Aes256_Sha256_RsaPss"])
+async def test_sign_only_with_user_certificate(secure_imm: tuple[ImmSimulator, Pki], policy: str) -> None:
+    sim, pki = secure_imm
+    device = secure_device(
+        sim,
+        pki,
+        security_policy=policy,
+        security_mode="Sign",
+        user_certificate=str(pki.user_cert),
+        user_private_key=str(pki.user_key),
+        trust_store=None,
+        server_certificate=str(pki.server_cert),  # pinned instead of a trust store
+    )
+    assert await read_mode(device, pki) == 1.0
+
+
+async def test_untrusted_server_is_refused(secure_imm: tuple[ImmSimulator, Pki], tmp_path: Path) -> None:
+    sim, pki = secure_imm
+    other = tmp_path / "trusted"
+    make_self_signed(other / "someone-else.der", tmp_path / "k.pem", "urn:other", server=True)
+    device = secure_device(
+        sim,
+        pki,
+        trust_store=str(other),
+        user_certificate=str(pki.user_cert),
+        user_private_key=str(pki.user_key),
+    )
+    with pytest.raises(
+        OpcUaRefused, match=r"server certificate is not trusted .*thumbprint [0-9a-f]{40}.*trust_store"
+    ):
+        await read_mode(device, pki)
+    pinned_wrong = secure_device(
+        sim,
+        pki,
+        trust_store=None,
+        server_certificate=str(other / "someone-else.der"),
+        user_certificate=str(pki.user_cert),
+        user_private_key=str(pki.user_key),
+    )
+    with pytest.raises(OpcUaRefused, match="not trusted"):
+        await read_mode(pinned_wrong, pki)
+
+
+async def test_anonymous_refused_where_credentials_are_required(secure_imm: tuple[ImmSimulator, Pki]) -> None:
+    sim, pki = secure_imm
+    device = secure_device(sim, pki)
+    with pytest.raises(OpcUaRefused, match="does not accept this kind of login"):
+        await read_mode(device, pki)
+
+
+async def test_wrong_password_refused(
+    secure_imm: tuple[ImmSimulator, Pki], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim, pki = secure_imm
+    monkeypatch.setenv(PASSWORD_ENV, "guess")
+    device = secure_device(sim, pki, username="operator", password=f"${{{PASSWORD_ENV}}}")
+    with pytest.raises(OpcUaRefused, match="refused the user name or password"):
+        await read_mode(device, pki)
+
+
+async def test_policy_none_refused_when_server_does_not_offer_it(
+    secure_imm: tuple[ImmSimulator, Pki],
+) -> None:
+    sim, pki = secure_imm
+    device = parse_config(sim.device_config(), base_dir=pki.root).devices[0]  # the shipped insecure variant
+    assert isinstance(device, OpcUaDevice)
+    with pytest.raises(
+        OpcUaRefused, match=r"offers no endpoint with None/None; it offers .*Basic256Sha256/SignAndEncrypt"
+    ):
+        await read_mode(device, pki)
+
+
+async def test_insecure_setups_are_refused_before_connecting(secure_imm: tuple[ImmSimulator, Pki]) -> None:
+    sim, pki = secure_imm
+    with pytest.raises(ConfigError, match="refused over a channel that is not encrypted"):
+        parse_config(
+            sim.device_config(
+                opcua={
+                    "security_mode": "Sign",
+                    "certificate": "c.der",
+                    "private_key": "k.pem",
+                    "username": "operator",
+                    "password": "${HOME}",
+                }
+            )
+        )
+    with pytest.raises(ConfigError, match="allow_insecure"):
+        parse_config(sim.device_config(opcua={"security_policy": "None", "security_mode": "None"}))
+    no_trust = secure_device(sim, pki, trust_store=None)
+    with pytest.raises(OpcUaConfigError, match=r"server_certificate.*trust_store"):
+        OpcUaDriver(no_trust, {n: i for i, n in enumerate(no_trust.signal_names())}, config_dir=pki.root)
+
+
+async def test_certs_command_makes_a_usable_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert certs.main(["create", "--out", str(tmp_path), "--uri", "urn:acme:gateway-7"]) == 0
+    cert = certs.load_certificate(tmp_path / "client-cert.der")
+    assert "urn:acme:gateway-7" in certs.describe(cert)
+    assert (tmp_path / "client-key.pem").stat().st_mode & 0o777 == 0o600
+    assert certs.main(["create", "--out", str(tmp_path)]) == 2  # never overwrites silently
+    assert "already exist" in capsys.readouterr().err
+    assert certs.main(["show", str(tmp_path / "client-cert.der")]) == 0
+    assert "SHA-1 thumbprint" in capsys.readouterr().out
