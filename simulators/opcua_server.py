@@ -262,6 +262,13 @@ class OpcUaSimulator:
                 await task
         await self._stop_server()
 
+    def monitored_item_count(self) -> int:
+        """Monitored items on the running server, over all sessions (tests check re-subscription creates no duplicates)."""
+        if self.server is None:
+            return 0
+        subs = self.server.iserver.subscription_service.subscriptions.values()
+        return sum(len(s.monitored_item_srv._monitored_items) for s in subs)
+
     def device_config(self, opcua: Mapping[str, Any] | None = None, name: str | None = None) -> str:
         """The shipped config/<kind>.toml with this endpoint; `opcua` replaces its [devices.opcua] table."""
         text = (CONFIG_DIR / f"{self.kind}.toml").read_text(encoding="utf-8")
