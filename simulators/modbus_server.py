@@ -445,9 +445,15 @@ class ModbusMachine:
         self._clock: asyncio.Task[None] | None = None
         self._dropper: asyncio.Task[None] | None = None
         items = faults.items() if isinstance(faults, dict) else (parse_fault(f) for f in faults)
-        self._pending_faults = [(name, dict(params)) for name, params in items]
-        for name, _ in self._pending_faults:
+        requested = [(name, dict(params)) for name, params in items]
+        for name, _ in requested:
             self._check_fault_name(name)
+        # Subclasses call this last, so their models exist: faults apply at once, except the
+        # connection dropper, which needs the server running.
+        self._pending_faults = [(n, p) for n, p in requested if n == "dropped_connection"]
+        for name, params in requested:
+            if name != "dropped_connection":
+                self.set_fault(name, True, **params)
 
     # ----------------------------------------------------------------- faults
 
