@@ -173,6 +173,7 @@ class SpcEngine:
         # rolling window: ring buffer + shifted running sums, exact recompute on wrap or eviction of an extreme
         self.buf = np.zeros((S, W))
         self.pos = np.zeros(S, np.int64)
+        self.wraps = np.zeros(S, np.int64)
         self.fill = np.zeros(S, np.int64)
         self.shift = np.zeros(S)
         self.s1 = np.zeros(S)
@@ -294,6 +295,7 @@ class SpcEngine:
             (self.last_t, -1),
             (self.prev, np.nan),
             (self.pos, 0),
+            (self.wraps, 0),
             (self.fill, 0),
             (self.shift, 0.0),
             (self.s1, 0.0),
@@ -426,9 +428,11 @@ class SpcEngine:
             i1 = np.flatnonzero(in1)
             self._phase1(ra[i1], x[i1], mr[i1], has_prev[i1])
         sub = self.sub_n[r] >= 2
-        if sub.any():
+        if sub.all():
+            mask |= self._subgroup(r, ra, x, in1)
+        elif sub.any():
             isub = np.flatnonzero(sub)
-            mask[isub] |= self._subgroup(ra[isub], x[isub], in1[isub])
+            mask[isub] |= self._subgroup(ra[isub], ra[isub], x[isub], in1[isub])
         if not any1:
             mask |= self._monitor(r, x, prev, mr, has_prev)
             r2 = ra
@@ -477,8 +481,10 @@ class SpcEngine:
         self.pos[r] = p
         np.minimum(fill + 1, w, out=fill)
         self.fill[r] = fill
-        # a full pass per window also bounds the rounding drift of the running sums
-        redo = dirty | wrap
+        # an exact pass every 8th wrap bounds the rounding drift of the running sums (and re-centres the shift)
+        wraps = self.wraps[r] + wrap
+        self.wraps[r] = wraps
+        redo = dirty | (wrap & (wraps % 8 == 1))
         if redo.any():
             self._recompute_window(ra[redo])
 
@@ -530,9 +536,13 @@ class SpcEngine:
         self.p1_n[r] = n + 1
 
     def _subgroup(
-        self, r: NDArray[np.int64], x: NDArray[np.float64], in1: NDArray[np.bool_]
+        self,
+        r: slice | NDArray[np.int64],
+        ra: NDArray[np.int64],
+        x: NDArray[np.float64],
+        in1: NDArray[np.bool_],
     ) -> NDArray[np.uint32]:
-        k = self.sg_k[r]
+        k = self.sg_k[r].copy()
         first = k == 0
         ref = np.where(first, x, self.sg_ref[r])
         d = x - ref
@@ -550,7 +560,7 @@ class SpcEngine:
         if not done.any():
             return out
         i = np.flatnonzero(done)
-        rd, nd = r[i], n[i].astype(F64)
+        rd, nd = ra[i], n[i].astype(F64)
         xbar = ref[i] + s1[i] / nd
         rng = mx[i] - mn[i]
         sd = np.sqrt(np.maximum(0.0, (s2[i] - s1[i] * s1[i] / nd) / (nd - 1)))

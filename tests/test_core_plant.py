@@ -1,0 +1,118 @@
+"""OEE, mould maintenance and the alarm tracker (against its reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.core.alarms import AlarmTracker, band_conditions
+from edge_agent.core.mold import MoldMaintenance
+from edge_agent.core.oee import OeeAccumulator
+from edge_agent.core.spc import ALARM_KIND_NAMES, SpcEngine, SpcParams
+from edge_agent.types import Readings
+from tests.core_reference import RefAlarm
+
+S = 1_000_000_000
+
+
+def test_oee_shift_worked_example_with_counter_reset() -> None:
+    """8 h shift, 30 min planned stop, 400 min producing, ideal 30 s / 2 cavities, 1500 parts, 1450 good.
+
+    ISO 22400-2: availability 24000/27000 = 0.8889, effectiveness 15·1500/24000 = 0.9375,
+    quality 1450/1500 = 0.9667, OEE = 0.8056. The counters reset half-way (a job change).
+    """
+    oee = OeeAccumulator(2, ideal_cycle_s=30.0, cavities=2, stop_gap_s=120.0)
+    oee.start_period([0, 1], 0, planned_downtime_s=1800.0)
+    polls = np.arange(0, 481)  # one poll a minute for 8 h
+    parts = np.round(np.minimum(polls, 400) * 1500 / 400)
+    good = np.round(np.minimum(polls, 400) * 1450 / 400)
+    parts[200:] -= parts[199] + 3  # reset after poll 199: the counter restarts near 0 ...
+    good[200:] -= good[199] + 3
+    parts[200:] = np.maximum(parts[200:], 0)
+    good[200:] = np.maximum(good[200:], 0)
+    parts[200:] += 3 + np.round(200 * 1500 / 400) - np.round(200 * 1500 / 400)  # ... and keeps counting
+    producing = polls < 400
+    for i in polls:
+        oee.update([0], int(i) * 60 * S, bool(producing[i]), float(parts[i]), float(good[i]))
+    r = oee.result(480 * 60 * S)
+    assert r["pbt_s"][0] == 27000.0 and r["apt_s"][0] == 24000.0
+    assert r["availability"][0] == pytest.approx(24000 / 27000)
+    # the reset loses nothing: the counter restarts at 3 (3 parts since the reset) and keeps counting
+    assert r["pq"][0] == parts[199] + parts[480] and r["gq"][0] == good[199] + good[480]
+    assert np.isnan(r["oee"][1]) and r["reason"][1] != 0  # machine 1 never reported: no data, not 0
+
+
+def test_oee_exact_numbers_without_reset() -> None:
+    """Same shift without the reset: the textbook numbers."""
+    oee = OeeAccumulator(1, ideal_cycle_s=30.0, cavities=2, stop_gap_s=120.0)
+    oee.start_period([0], 0, planned_downtime_s=1800.0)
+    for i in range(481):
+        n = min(i, 400)
+        oee.update([0], i * 60 * S, i < 400, round(n * 1500 / 400), round(n * 1450 / 400))
+    r = oee.result(480 * 60 * S)
+    assert r["availability"][0] == pytest.approx(0.8889, abs=1e-4)
+    assert r["performance"][0] == pytest.approx(0.9375)
+    assert r["quality"][0] == pytest.approx(1450 / 1500)
+    assert r["oee"][0] == pytest.approx(0.8056, abs=1e-4)
+
+
+def test_oee_silent_gap_is_not_production() -> None:
+    """A 10 min hole in the polls of a producing machine is not counted as running time (stop gap 2 min)."""
+    oee = OeeAccumulator(1, ideal_cycle_s=10.0, stop_gap_s=120.0)
+    oee.start_period([0], 0)
+    oee.update([0, 0, 0, 0], np.array([0, 60, 660, 720]) * S, True, [0, 6, 66, 72], [0, 6, 66, 72])
+    assert oee.result(720 * S)["apt_s"][0] == 120.0
+
+
+def test_mold_maintenance_shots_and_status() -> None:
+    """Interval 100k shots, PM at 250k: 340k is 90 % used (WARNING), 351k is DUE; unread moulds have no data."""
+    mm = MoldMaintenance(3, interval_cycles=100_000)
+    mm.record_pm([0, 1], [250_000, 0])
+    st = mm.update([0, 1], [340_000, 351_000])
+    assert st["shots_to_next"].tolist() == [10_000, -251_000]
+    assert st["pct_used"][0] == 90.0 and st["status"].tolist() == [
+        MoldMaintenance.WARNING,
+        MoldMaintenance.DUE,
+    ]
+    assert mm.status([2])["status"][0] == -1 and np.isnan(mm.status([2])["pct_used"][0])
+
+
+def test_alarm_tracker_matches_reference_with_delays_and_hysteresis() -> None:
+    """Random values against a band with a deadband, delays, channels interleaved: same events as the reference."""
+    rng = np.random.default_rng(5)
+    C, n = 6, 4000
+    on_d = rng.integers(0, 4, C) * S
+    off_d = rng.integers(0, 4, C) * S
+    tr = AlarmTracker(C, on_d, off_d)
+    refs = [RefAlarm(int(on_d[c]), int(off_d[c])) for c in range(C)]
+    v = np.cumsum(rng.normal(0, 0.6, (C, n)), axis=1) % 20 - 10
+    t = np.arange(n) * S
+    raised, cleared = band_conditions(v, -5.0, 5.0, deadband=1.0)
+    got = []
+    for start in range(0, n, 37):
+        sl = slice(start, start + 37)
+        ch = np.repeat(np.arange(C)[:, None], v[:, sl].shape[1], axis=1).T.reshape(-1)
+        tt = np.broadcast_to(t[sl][:, None], (v[:, sl].shape[1], C)).reshape(-1)
+        ev = tr.update(ch, tt, raised[:, sl].T.reshape(-1), cleared[:, sl].T.reshape(-1))
+        got += list(zip(ev.row.tolist(), ev.t_ns.tolist(), ev.start.tolist(), strict=True))
+    for c in range(C):
+        for i in range(n):
+            refs[c].add(int(t[i]), bool(raised[c, i]), bool(cleared[c, i]))
+    want = [(c, tt, s) for c in range(C) for tt, s in refs[c].events]
+    assert len(want) > 50
+    assert sorted(got) == sorted(want)
+
+
+def test_engine_alarm_is_one_start_and_one_clear() -> None:
+    """A rule that fires on many consecutive samples gives one start and one clear event, not one per sample."""
+    eng = SpcEngine(1, SpcParams(window=10, centre=0.0, sigma=1.0), alarm_off_delay_ns=3)
+    calm = np.tile([0.1, -0.1, 0.2], 4)  # no rule fires on this pattern
+    x = np.r_[calm[:10], np.full(10, 4.0), calm]
+    upd = eng.update(Readings.of(np.zeros(x.size, int), np.arange(x.size), x))
+    rules = [
+        (int(t), bool(s))
+        for k, t, s in zip(upd.events.kind, upd.events.t_ns, upd.events.start, strict=True)
+        if ALARM_KIND_NAMES[int(k)] == "rules"
+    ]
+    assert rules[0] == (10, True) and rules[-1][1] is False and len(rules) == 2
+    assert upd.events.to_records(ALARM_KIND_NAMES)[0]["state"] == "start"
