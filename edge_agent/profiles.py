@@ -89,6 +89,8 @@ class MoldSpec(Model):
     """Mould shot counter for maintenance tracking."""
     maintenance_interval: int = Field(default=100_000, gt=0)
     """Shots between preventive maintenance."""
+    max_delta_t: float = Field(default=5.0, gt=0)
+    """Largest normal return-minus-supply temperature difference in K; above it, heat removal is poor."""
 
 
 class Profile(Model):
@@ -110,6 +112,14 @@ class Profile(Model):
     """Furnace uniformity and soak."""
     mold: MoldSpec | None = None
     """Mould / TCU indicators."""
+    baseline_samples: int = Field(default=50, ge=10, le=10_000)
+    """Good samples that estimate the control limits (phase I) before monitoring starts."""
+    window: int = Field(default=50, ge=2, le=1000)
+    """Rolling-window length of mean/sd/min/max, in samples."""
+    alarm_delay_s: float = Field(default=5.0, ge=0)
+    """A band or limit condition must persist this long to raise (or clear) an alarm."""
+    kpi_interval_s: float = Field(default=1.0, gt=0)
+    """Indicators of continuous signals are published at most this often; per-cycle ones every cycle."""
 
     @model_validator(mode="after")
     def _references_exist(self) -> Profile:

@@ -1,0 +1,551 @@
+"""Binds equipment profiles to the indicator core: Readings in, raw values, indicators and alarm events out.
+
+The pipeline owns the signal table and one instance of each engine for all devices,
+so a poll costs a handful of array operations whatever the number of signals. The
+only Python loops are per device (furnaces, TCUs, KPI timers), never per value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.config import Config, ModbusDevice, OpcUaDevice
+from edge_agent.core.alarms import AlarmEvents, AlarmTracker, band_conditions
+from edge_agent.core.cycles import CycleLatch
+from edge_agent.core.furnace import FurnaceMonitor, ams2750_tolerance
+from edge_agent.core.mold import MoldMaintenance, heat_removed_kw
+from edge_agent.core.oee import OeeAccumulator
+from edge_agent.core.spc import ALARM_KIND_NAMES, Rule, SpcEngine, SpcParams
+from edge_agent.profiles import Profile, find_profile
+from edge_agent.records import AlarmEvent, IndicatorBatch, Source
+from edge_agent.types import Readings, SignalTable
+
+#: SPC snapshot columns published in the `spc` family (the rest stay inside the agent).
+SPC_FIELDS = (
+    "x",
+    "mean",
+    "sd",
+    "min",
+    "max",
+    "cl",
+    "ucl",
+    "lcl",
+    "mr_ucl",
+    "ewma",
+    "ewma_ucl",
+    "ewma_lcl",
+    "cusum_pos",
+    "cusum_neg",
+    "cusum_h",
+    "cp",
+    "cpk",
+    "pp",
+    "ppk",
+    "rule_mask",
+    "n",
+    "missing",
+)
+
+# Which profile indicators allow each SPC alarm kind (ALARM_KIND_NAMES: rules, chart, ewma, cusum, spec).
+_KIND_NEEDS = {
+    "rules": {"rules"},
+    "chart": {"imr", "xbar_r", "xbar_s"},
+    "ewma": {"ewma"},
+    "cusum": {"cusum"},
+}
+_SPC_INDICATORS = {"rolling", "imr", "xbar_r", "xbar_s", "capability", "rules", "ewma", "cusum"}
+_RULE_NAMES = [(int(r.value), str(r.name)) for r in Rule]
+
+
+def rule_names(mask: int) -> str:
+    """The names of the rule bits set in `mask`, e.g. "WE1+N1"."""
+    return "+".join(name for bit, name in _RULE_NAMES if mask & bit) or "none"
+
+
+@dataclass
+class DeviceInfo:
+    """What the pipeline knows of one configured device."""
+
+    name: str
+    profile: Profile
+    source: Source
+    rows: dict[str, int]
+    index: int
+    kpi_due_ns: int = 0
+    furnace: FurnaceMonitor | None = None
+    furnace_rows: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    event_signals: set[str] = field(default_factory=set)
+    """Per-cycle signals that arrive as events (one per cycle): fed directly, not latched on the counter."""
+    last_state: dict[str, float] = field(default_factory=dict)
+    """Last value of the state signals whose edges matter (door, quench)."""
+
+
+@dataclass
+class Output:
+    """What one batch produced, per device, ready to be encoded for the sinks."""
+
+    raw: list[tuple[Source, Readings]] = field(default_factory=list)
+    kpi: list[tuple[Source, IndicatorBatch]] = field(default_factory=list)
+    alarms: list[tuple[Source, AlarmEvent]] = field(default_factory=list)
+
+
+class IndicatorPipeline:
+    """Runs every configured indicator over the devices' batches and turns the results into records."""
+
+    def __init__(self, config: Config, config_dir: Path, profile_dirs: list[Path]) -> None:
+        self.table = SignalTable()
+        self.devices: dict[str, DeviceInfo] = {}
+        site = config.site
+        for i, dev in enumerate(d for d in config.devices if d.enabled):
+            profile = find_profile(dev.profile, profile_dirs)
+            rows = {}
+            for name in dev.signal_names():
+                ps = profile.signal(name)
+                rows[name] = self.table.add(dev.name, name, _unit(dev, name) or (ps.unit if ps else ""))
+            # device-level indicators (OEE, furnace, mould) hang on pseudo-signals of their own
+            for pseudo in ("cycle", "oee", "uniformity", "heat_removal", "maintenance"):
+                rows[pseudo] = self.table.add(dev.name, pseudo)
+            source = Source(
+                machine=dev.name,
+                equipment=profile.measurement,
+                site=site.site,
+                area=dev.area or site.area,
+                line=dev.line or site.line,
+                enterprise=site.enterprise,
+            )
+            events = {s for e in dev.events for s in e.fields} if isinstance(dev, OpcUaDevice) else set()
+            self.devices[dev.name] = DeviceInfo(dev.name, profile, source, rows, i, event_signals=events)
+        n = len(self.table)
+        self.last_value = np.full(n, np.nan)
+        self.last_t = np.full(n, -1, np.int64)
+        self._dirty = np.zeros(n, bool)
+        self._build_spc(config, n)
+        self._build_cycles(n)
+        self._build_band_alarms(n)
+        self._build_device_indicators(n)
+
+    # ------------------------------------------------------------------ construction
+    def _signal_rows(self, want: str) -> tuple[NDArray[np.int64], list[tuple[DeviceInfo, str]]]:
+        rows, owners = [], []
+        for info in self.devices.values():
+            for s in info.profile.signals:
+                if s.name in info.rows and _matches(s, want):
+                    rows.append(info.rows[s.name])
+                    owners.append((info, s.name))
+        return np.array(rows, np.int64), owners
+
+    def _build_spc(self, config: Config, n: int) -> None:
+        limits = {d.name: d.limits for d in config.devices}
+        rows, owners = self._signal_rows("spc")
+        self.spc_row = np.zeros(n, bool)
+        self.spc_row[rows] = True
+        self.alarm_allowed = np.zeros((n, len(ALARM_KIND_NAMES)), bool)
+        lsl = np.full(rows.shape, np.nan)
+        usl = np.full(rows.shape, np.nan)
+        window = np.full(rows.shape, 50)
+        phase1 = np.full(rows.shape, 50)
+        delay = np.zeros(n, np.int64)
+        for i, (info, name) in enumerate(owners):
+            ps = info.profile.signal(name)
+            assert ps is not None
+            spec = limits.get(info.name, {}).get(name)
+            lo = spec.lsl if spec and spec.lsl is not None else ps.lsl
+            hi = spec.usl if spec and spec.usl is not None else ps.usl
+            lsl[i] = np.nan if lo is None else lo
+            usl[i] = np.nan if hi is None else hi
+            window[i] = info.profile.window
+            phase1[i] = info.profile.baseline_samples
+            wanted = set(ps.indicators)
+            row = rows[i]
+            for kind, kind_name in ALARM_KIND_NAMES.items():
+                needs = _KIND_NEEDS.get(kind_name)
+                # spec alarms follow the limits: a signal with an LSL or USL is checked against it
+                allowed = bool(wanted & needs) if needs else bool(lo is not None or hi is not None)
+                self.alarm_allowed[row, kind] = allowed
+            if ps.sampling == "continuous":
+                delay[row] = int(info.profile.alarm_delay_s * 1e9)
+        max_window = int(window.max()) if window.size else 2
+        self.spc = SpcEngine(
+            max(n, 1), max_window=max(max_window, 2), alarm_on_delay_ns=delay, alarm_off_delay_ns=delay
+        )
+        if rows.size:
+            self.spc.configure(rows, SpcParams(window=window, phase1_n=phase1, lsl=lsl, usl=usl))
+
+    def _build_cycles(self, n: int) -> None:
+        counters, latched, nominal, modulus, devices = [], [], [], [], []
+        for info in self.devices.values():
+            cyc = info.profile.cycle
+            if cyc is None or cyc.counter not in info.rows:
+                continue
+            per_cycle = [
+                info.rows[s.name]
+                for s in info.profile.signals
+                if s.sampling == "per_cycle" and s.name in info.rows and not self._from_event(info, s.name)
+            ]
+            counters.append(info.rows[cyc.counter])
+            latched.append(per_cycle)
+            nominal.append(cyc.nominal_cycle_s)
+            # a UInt64 counter never wraps in practice; int64 cannot hold its modulus anyway
+            modulus.append(cyc.rollover if cyc.rollover <= 2**32 else 0)
+            devices.append(info)
+        self.latched_row = np.zeros(n, bool)
+        self.cycle_devices = devices
+        if not counters:
+            self.latch: CycleLatch | None = None
+            return
+        k = max(1, max(len(x) for x in latched))
+        pad = np.full((len(latched), k), -1, np.int64)
+        for i, rows in enumerate(latched):
+            pad[i, : len(rows)] = rows
+            self.latched_row[rows] = True
+        cycle_rows = [d.rows["cycle"] for d in devices]
+        self.latch = CycleLatch(n, counters, pad, nominal, modulus, cycle_time_row=cycle_rows)
+        self.counter_row = np.zeros(n, bool)
+        self.counter_row[counters] = True
+
+    def _from_event(self, info: DeviceInfo, name: str) -> bool:
+        return name in info.event_signals
+
+    def _build_band_alarms(self, n: int) -> None:
+        rows, setpoints, bands, delays = [], [], [], []
+        for info in self.devices.values():
+            for s in info.profile.signals:
+                if "band" in s.indicators and s.name in info.rows and s.setpoint in info.rows and s.band:
+                    rows.append(info.rows[s.name])
+                    setpoints.append(info.rows[s.setpoint])
+                    bands.append(s.band)
+                    delays.append(int(info.profile.alarm_delay_s * 1e9))
+        self.band_rows = np.array(rows, np.int64)
+        self.band_setpoint = np.array(setpoints, np.int64)
+        self.band_width = np.array(bands, np.float64)
+        self.band_channel = np.full(n, -1, np.int64)
+        self.band_channel[self.band_rows] = np.arange(len(rows))
+        self.band_alarms = AlarmTracker(len(rows), np.array(delays, np.int64), np.array(delays, np.int64))
+
+    def _build_device_indicators(self, n: int) -> None:
+        oee_devices = [d for d in self.devices.values() if d.profile.oee is not None]
+        self.oee_devices = oee_devices
+        self.oee_index = {d.name: i for i, d in enumerate(oee_devices)}
+        self.oee = (
+            OeeAccumulator(
+                len(oee_devices),
+                [d.profile.oee.ideal_cycle_s for d in oee_devices if d.profile.oee],
+                stop_gap_s=[
+                    2 * d.profile.cycle.nominal_cycle_s if d.profile.cycle else np.inf for d in oee_devices
+                ],
+            )
+            if oee_devices
+            else None
+        )
+        self._oee_started = False
+        mold_devices = [d for d in self.devices.values() if d.profile.mold is not None]
+        self.mold_devices = mold_devices
+        self.mold_index = {d.name: i for i, d in enumerate(mold_devices)}
+        self.maintenance = (
+            MoldMaintenance(
+                len(mold_devices),
+                [d.profile.mold.maintenance_interval for d in mold_devices if d.profile.mold],
+            )
+            if mold_devices
+            else None
+        )
+        # device-level alarms: one channel per (device, condition)
+        self.device_conditions = ["overshoot", "uniformity", "tc_invalid", "heat_removal"]
+        self.device_alarms = AlarmTracker(
+            len(self.devices) * len(self.device_conditions),
+            np.repeat([int(d.profile.alarm_delay_s * 1e9) for d in self.devices.values()], 4),
+            np.repeat([int(d.profile.alarm_delay_s * 1e9) for d in self.devices.values()], 4),
+        )
+        for info in self.devices.values():
+            spec = info.profile.furnace
+            if spec is None or not all(s in info.rows for s in [*spec.sensors, spec.setpoint]):
+                continue
+            info.furnace = FurnaceMonitor(
+                np.zeros(len(spec.sensors), np.int64),
+                ams2750_tolerance(spec.furnace_class),
+                soak_policy=spec.soak_policy,
+            )
+            info.furnace_rows = np.array([info.rows[s] for s in spec.sensors], np.int64)
+
+    # ------------------------------------------------------------------ run time
+    def rows_of(self, device: str) -> Mapping[str, int]:
+        """The signal rows of a device, by signal name."""
+        return self.devices[device].rows
+
+    def process(self, device: str, readings: Readings, now_ns: int) -> Output:
+        """Feed one batch of one device through every indicator; return what to publish."""
+        info = self.devices[device]
+        out = Output()
+        if len(readings):
+            out.raw.append((info.source, readings))
+        good = readings.good
+        sig = readings.signal.astype(np.int64)
+        self.last_value[sig[good]] = readings.value[good]
+        self.last_t[sig] = readings.t_ns
+        # SPC: continuous and event-fed signals directly, polled per-cycle signals through the latch
+        direct = readings.take(self.spc_row[sig] & ~self.latched_row[sig])
+        latched = Readings.empty()
+        cycle_moved = False
+        if self.latch is not None and (self.counter_row[sig].any() or self.latched_row[sig].any()):
+            batch = self.latch.update(readings)
+            latched = batch.readings
+            cycle_moved = bool((batch.events.cycles > 0).any())
+            if len(latched):
+                self.last_value[latched.signal] = latched.value
+        spc_in = Readings.concat([direct, latched])
+        events: list[AlarmEvents] = []
+        if len(spc_in):
+            update = self.spc.update(spc_in)
+            self._dirty[spc_in.signal] = True
+            ev = update.events
+            if len(ev):
+                keep = self.alarm_allowed[ev.row, ev.kind]
+                events.append(_take(ev, keep))
+        spc_events = AlarmEvents.concat(events)
+        band_events = self._band(sig, readings)
+        device_events = self._device_indicators(info, readings, now_ns, out)
+        self._alarm_records(info, spc_events, band_events, device_events, out)
+        if cycle_moved or now_ns >= info.kpi_due_ns:
+            self._kpi(info, now_ns, out)
+            info.kpi_due_ns = now_ns + int(info.profile.kpi_interval_s * 1e9)
+        return out
+
+    def _band(self, sig: NDArray[np.int64], readings: Readings) -> AlarmEvents:
+        ch = self.band_channel[sig]
+        use = (ch >= 0) & readings.good
+        if not use.any():
+            return AlarmEvents.empty()
+        ch = ch[use]
+        value = readings.value[use]
+        sp = self.last_value[self.band_setpoint[ch]]
+        width = self.band_width[ch]
+        raised, cleared = band_conditions(value, sp - width, sp + width, deadband=0.1 * width)
+        known = np.isfinite(sp)
+        ev = self.band_alarms.update(
+            ch[known],
+            readings.t_ns[use][known],
+            raised[known],
+            cleared[known],
+            value[known],
+            np.where(value >= sp, sp + width, sp - width)[known],
+        )
+        return AlarmEvents(self.band_rows[ev.row], ev.kind, ev.t_ns, ev.start, ev.value, ev.limit, ev.mask)
+
+    def _device_indicators(
+        self, info: DeviceInfo, readings: Readings, now_ns: int, out: Output
+    ) -> AlarmEvents:
+        t = int(readings.t_ns.max()) if len(readings) else now_ns
+        values: dict[str, dict[str, float]] = {}
+        conditions: dict[str, tuple[bool, float, float]] = {}
+        lv = self.last_value
+        if self.oee is not None and info.name in self.oee_index and info.profile.oee:
+            spec = info.profile.oee
+            m = self.oee_index[info.name]
+            if not self._oee_started:
+                self.oee.start_period(np.arange(len(self.oee_devices)), t)
+                self._oee_started = True
+            state = lv[info.rows[spec.state]] if spec.state in info.rows else np.nan
+            producing = bool(np.isin(state, spec.producing_states))
+            parts = lv[info.rows[spec.parts_counter]] if spec.parts_counter in info.rows else np.nan
+            good = lv[info.rows[spec.good_counter]] if spec.good_counter in info.rows else np.nan
+            self.oee.update([m], [t], [producing], [parts], [good])
+            res = self.oee.result(t, [m])
+            if res["pot_s"][0] >= spec.period_s:
+                self.oee.start_period([m], t)
+            values["oee"] = {
+                k: float(res[k][0])
+                for k in ("availability", "performance", "quality", "oee", "apt_s", "pq", "gq")
+            }
+        if info.furnace is not None and info.profile.furnace:
+            spec_f = info.profile.furnace
+            temps = lv[info.furnace_rows]
+            sp = lv[info.rows[spec_f.setpoint]]
+            st = info.furnace.update(t, temps, [sp])
+            tol = float(info.furnace.tol[0])
+            values["uniformity"] = {
+                "spread": float(st.spread[0]),
+                "all_in_band": float(st.all_in_band[0]),
+                "soak_s": float(st.soak_s[0]),
+                "ramp_c_per_min": float(st.ramp_c_per_min[0]),
+                "overshoot_c": float(st.overshoot_c[0]),
+                "time_to_temp_s": float(st.time_to_temp_s[0]),
+                "tolerance_c": tol,
+                "valid_sensors": float(st.valid.sum()),
+            }
+            soaking = bool(np.isfinite(st.time_to_temp_s[0]))
+            conditions["overshoot"] = (bool(st.overshoot_c[0] > tol), float(st.overshoot_c[0]), tol)
+            conditions["uniformity"] = (
+                soaking and bool(st.spread[0] > 2 * tol),
+                float(st.spread[0]),
+                2 * tol,
+            )
+            n_invalid = float((~st.valid).sum())
+            conditions["tc_invalid"] = (n_invalid > 0, n_invalid, 0.0)
+            self._quench(info, readings, values)
+        if info.profile.mold is not None and self.maintenance is not None:
+            spec_m = info.profile.mold
+            flow = lv[info.rows.get(spec_m.flow, -1)] if spec_m.flow in info.rows else np.nan
+            supply = lv[info.rows[spec_m.supply]] if spec_m.supply in info.rows else np.nan
+            ret = lv[info.rows[spec_m.return_]] if spec_m.return_ in info.rows else np.nan
+            kw, dt = heat_removed_kw(flow, supply, ret)
+            values["heat_removal"] = {"heat_kw": float(kw), "delta_t": float(dt), "flow": float(flow)}
+            conditions["heat_removal"] = (bool(dt > spec_m.max_delta_t), float(dt), spec_m.max_delta_t)
+            if spec_m.shot_counter and spec_m.shot_counter in info.rows:
+                mi = self.mold_index[info.name]
+                ms = self.maintenance.update([mi], [lv[info.rows[spec_m.shot_counter]]])
+                values["maintenance"] = {
+                    k: float(ms[k][0]) for k in ("shots_used", "shots_to_next", "pct_used", "status")
+                }
+        if self.latch is not None and info in self.cycle_devices:
+            di = self.cycle_devices.index(info)
+            values["cycle"] = {"stopped": float(self.latch.stopped(t)[di])}
+        for pseudo, fields in values.items():
+            row = np.array([info.rows[pseudo]], np.int32)
+            out.kpi.append(
+                (
+                    info.source,
+                    IndicatorBatch(
+                        t, row, {k: np.array([v]) for k, v in fields.items()}, family=pseudo_family(pseudo)
+                    ),
+                )
+            )
+        if not conditions:
+            return AlarmEvents.empty()
+        names = list(conditions)
+        ch = np.array(
+            [info.index * len(self.device_conditions) + self.device_conditions.index(c) for c in names],
+            np.int64,
+        )
+        raised = np.array([conditions[c][0] for c in names])
+        ev = self.device_alarms.update(
+            ch, t, raised, None, [conditions[c][1] for c in names], [conditions[c][2] for c in names]
+        )
+        kind = ev.row % len(self.device_conditions)
+        pseudo_row = info.rows["uniformity" if info.furnace is not None else "heat_removal"]
+        return AlarmEvents(
+            np.full(len(ev), pseudo_row, np.int64),
+            (100 + kind).astype(np.int16),
+            ev.t_ns,
+            ev.start,
+            ev.value,
+            ev.limit,
+            ev.mask,
+        )
+
+    def _quench(self, info: DeviceInfo, readings: Readings, values: dict[str, dict[str, float]]) -> None:
+        assert info.furnace is not None
+        for name, action in (("door_open", "door"), ("quench_active", "quench")):
+            row = info.rows.get(name)
+            if row is None:
+                continue
+            hit = (readings.signal == row) & readings.good
+            if not hit.any():
+                continue
+            value = float(readings.value[hit][-1])
+            t = int(readings.t_ns[hit][-1])
+            prev = info.last_state.get(name, 0.0)
+            info.last_state[name] = value
+            if value >= 0.5 > prev:
+                if action == "door":
+                    info.furnace.door_open([0], t)
+                else:
+                    delay = float(info.furnace.quench([0], t)[0])
+                    values["uniformity"]["quench_delay_s"] = delay
+
+    def _alarm_records(
+        self, info: DeviceInfo, spc: AlarmEvents, band: AlarmEvents, device: AlarmEvents, out: Output
+    ) -> None:
+        for ev, origin in ((spc, "spc"), (band, "band"), (device, "device")):
+            for i in range(len(ev)):
+                # alarms are rare (start and clear only), so one object per event is cheap
+                kind = int(ev.kind[i])
+                if origin == "spc":
+                    rule = ALARM_KIND_NAMES[kind]
+                    detail = rule_names(int(ev.mask[i]))
+                    message = f"{rule} alarm ({detail})" if ev.start[i] else f"{rule} alarm cleared"
+                elif origin == "band":
+                    rule, message = "band", "outside the band around the setpoint"
+                else:
+                    rule = self.device_conditions[kind - 100]
+                    message = {
+                        "overshoot": "temperature overshoot above the furnace class tolerance",
+                        "uniformity": "uniformity spread above twice the class tolerance while soaking",
+                        "tc_invalid": "a thermocouple reads implausibly (burnout or short)",
+                        "heat_removal": "return-supply temperature difference too high (flow loss?)",
+                    }[rule]
+                out.alarms.append(
+                    (
+                        info.source,
+                        AlarmEvent(
+                            int(ev.t_ns[i]),
+                            int(ev.row[i]),
+                            rule,
+                            "start" if ev.start[i] else "clear",
+                            float(ev.value[i]),
+                            float(ev.limit[i]),
+                            severity="alarm" if rule in ("spec", "tc_invalid", "overshoot") else "warning",
+                            message=message if ev.start[i] else f"{rule} cleared",
+                        ),
+                    )
+                )
+
+    def _kpi(self, info: DeviceInfo, now_ns: int, out: Output) -> None:
+        rows = np.array([r for r in info.rows.values() if self._dirty[r]], np.int64)
+        if rows.size == 0:
+            return
+        self._dirty[rows] = False
+        snap = self.spc.snapshot(rows)
+        snap["x"] = self.last_value[rows]
+        t = int(self.last_t[rows].max())
+        out.kpi.append(
+            (
+                info.source,
+                IndicatorBatch(
+                    t if t > 0 else now_ns,
+                    rows.astype(np.int32),
+                    {k: np.asarray(snap[k], np.float64) for k in SPC_FIELDS},
+                    family="spc",
+                ),
+            )
+        )
+
+    def rebaseline(self, device: str) -> None:
+        """Re-estimate the control limits of a device's signals from the next samples (phase I again)."""
+        info = self.devices[device]
+        rows = np.array([r for r in info.rows.values() if self.spc_row[r]], np.int64)
+        if rows.size:
+            self.spc.rebaseline(rows)
+
+
+def pseudo_family(pseudo: str) -> str:
+    """The InfluxDB measurement (indicator family) of a device-level indicator."""
+    return {"uniformity": "furnace", "heat_removal": "mold", "maintenance": "mold"}.get(pseudo, pseudo)
+
+
+def _matches(signal: object, want: str) -> bool:
+    indicators = set(getattr(signal, "indicators", []))
+    return bool(indicators & _SPC_INDICATORS) if want == "spc" else want in indicators
+
+
+def _unit(device: ModbusDevice | OpcUaDevice, name: str) -> str:
+    for tag in device.tags:
+        if tag.name == name:
+            return tag.unit
+    return ""
+
+
+def _take(ev: AlarmEvents, keep: NDArray[np.bool_]) -> AlarmEvents:
+    return AlarmEvents(
+        ev.row[keep],
+        ev.kind[keep],
+        ev.t_ns[keep],
+        ev.start[keep],
+        ev.value[keep],
+        ev.limit[keep],
+        ev.mask[keep],
+    )
