@@ -184,10 +184,10 @@ class OpcUaSimulator:
         self.rng = np.random.default_rng(seed)
         self.security = security or SimSecurity()
         self.faults: dict[str, dict[str, Any]] = {}
+        self.sim_time_s = 0.0
         for fault in faults:
             name, _, params = fault.partition(":")
             self.set_fault(name, True, **_parse_params(params))
-        self.sim_time_s = 0.0
         self.host = "127.0.0.1"
         self.port = 0
         self.endpoint = ""
