@@ -70,8 +70,17 @@ def decode_numbers(words: NDArray[np.uint16], type_: str, byte_order: ByteOrder)
     width = REGISTER_WIDTH[type_]
     if words.ndim != 2 or words.shape[1] != width:
         raise ValueError(f"{type_} needs rows of {width} registers, got shape {words.shape}")
+    if width == 1:
+        return decode_words(words[:, 0], type_, byte_order)
     raw = words_to_big_endian_bytes(words, byte_order)
     return raw.view(">" + _NUMPY_TYPE[type_]).reshape(words.shape[0]).astype(np.float64)
+
+
+def decode_words(column: NDArray[np.uint16], type_: str, byte_order: ByteOrder) -> NDArray[np.float64]:
+    """Decode one-register values (int16, uint16): only the byte swap of the order matters."""
+    if byte_order in _BYTES_SWAPPED:
+        column = column.byteswap()
+    return (column.view(np.int16) if type_ == "int16" else column).astype(np.float64)
 
 
 def decode_register_bits(words: NDArray[np.uint16], bits: NDArray[np.integer]) -> NDArray[np.float64]:
@@ -99,7 +108,7 @@ class DecodeBatch:
     byte_order: ByteOrder
     """Byte order of the numeric types."""
     index: NDArray[np.intp]
-    """Offsets into the response block: shape (tags, width) for numbers, (tags,) for bits and flags."""
+    """Offsets into the response block: shape (tags, width) for multi-register numbers, (tags,) otherwise."""
     bits: NDArray[np.uint8]
     """For kind "bit": which bit of the register."""
     out: NDArray[np.intp]
@@ -108,6 +117,8 @@ class DecodeBatch:
     """Multiplier per tag."""
     offset: NDArray[np.float64]
     """Added after scaling."""
+    identity: bool = False
+    """True when every scale is 1 and every offset 0 (the arithmetic is skipped)."""
 
     def decode(self, block: NDArray) -> NDArray[np.float64]:
         """Engineering values of the batch's tags from one response block (registers or bits)."""
@@ -115,8 +126,12 @@ class DecodeBatch:
             raw = block[self.index].astype(np.float64)
         elif self.kind == "bit":
             raw = decode_register_bits(block[self.index], self.bits)
+        elif self.index.ndim == 1:
+            raw = decode_words(block[self.index], self.kind, self.byte_order)
         else:
             raw = decode_numbers(block[self.index], self.kind, self.byte_order)
+        if self.identity:
+            return raw
         return raw * self.scale + self.offset
 
 
@@ -141,7 +156,7 @@ def build_batches(
     batches = []
     for (kind, order), members in sorted(groups.items()):
         offsets = np.array([m[1] for m in members], dtype=np.intp)
-        if kind in ("flag", "bit"):
+        if kind in ("flag", "bit") or REGISTER_WIDTH[kind] == 1:
             index = offsets
         else:
             index = offsets[:, None] + np.arange(REGISTER_WIDTH[kind], dtype=np.intp)[None, :]
@@ -154,6 +169,7 @@ def build_batches(
                 out=np.array([m[0] for m in members], dtype=np.intp),
                 scale=np.array([m[2].scale for m in members], dtype=np.float64),
                 offset=np.array([m[2].offset for m in members], dtype=np.float64),
+                identity=all(m[2].scale == 1.0 and m[2].offset == 0.0 for m in members),
             )
         )
     return batches

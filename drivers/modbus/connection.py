@@ -76,13 +76,12 @@ class ModbusConnection:
         """Names of the devices using the connection (for log lines)."""
         self.last_error: str | None = None
         """Why the connection is down, or None while it is up."""
-        # pymodbus gets a long timeout and no retries or reconnects of its own: the
-        # per-request timeout and the reconnect backoff are ours, so they are per device
-        # and logged once per state change.
+        # pymodbus gets no retries and no reconnects of its own: the reconnect backoff is
+        # ours, so it is logged once per state change.
         self._client = AsyncModbusTcpClient(
             host,
             port=port,
-            timeout=3600.0,
+            timeout=connect_timeout,
             retries=0,
             reconnect_delay=0.0,
             trace_connect=self._on_connect_change,
@@ -148,11 +147,8 @@ class ModbusConnection:
             now = time.monotonic()
             if self._state == "down" and now < self._next_attempt:
                 return False
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    ok = await self._client.connect()
-            except TimeoutError:
-                ok = False
+            self._client.comm_params.timeout_connect = self.connect_timeout
+            ok = await self._client.connect()
             if ok and self._client.connected:
                 if self._state == "down":
                     log.warning(
@@ -184,9 +180,11 @@ class ModbusConnection:
                 wait = self._last_request_end + self.request_pause - time.monotonic()
                 if wait > 0.0:
                     await asyncio.sleep(wait)
+            # pymodbus times the response itself (one timer per request instead of two); the
+            # timeout is set per request because devices sharing the connection may differ.
+            self._client.comm_params.timeout_connect = response_timeout
             try:
-                async with asyncio.timeout(response_timeout):
-                    response: ModbusPDU = await reader(start, count=count, device_id=unit_id)
+                response: ModbusPDU = await reader(start, count=count, device_id=unit_id)
             except ConnectionException as exc:
                 self._mark_down(f"connection lost ({exc})")
                 raise NotConnected(self.last_error or "not connected") from None

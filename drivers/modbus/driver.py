@@ -22,7 +22,7 @@ from drivers.modbus.connection import (
 )
 from drivers.modbus.planner import ReadRequest, TagSpan, plan_modbus_requests
 from edge_agent.config import ByteOrder, ModbusDevice, ModbusTag
-from edge_agent.types import Quality, Readings, quality_from_modbus_exception
+from edge_agent.types import BAD_THRESHOLD, Quality, Readings, quality_from_modbus_exception
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,12 @@ class GroupPlan:
     rows: NDArray[np.int32]
     numeric: NDArray[np.bool_]
     """False for string tags: text is not a number, so it stays out of Readings."""
+    numeric_rows: NDArray[np.int32]
+    """Signal rows of the numeric tags, the `signal` column of every Readings of the group."""
+    all_numeric: bool
+    has_floats: bool
+    """Whether a float type can bring NaN/Inf (integers cannot)."""
+    has_strings: bool
 
 
 def _protocol_address(device: ModbusDevice, tag: ModbusTag) -> int:
@@ -108,11 +114,19 @@ def plan_group(device: ModbusDevice, group: TagGroup, rows: Mapping[str, int]) -
     missing = [name for name in group.tags if name not in rows]
     if missing:
         raise KeyError(f"device {device.name!r}: no signal-table row for tag(s) {', '.join(missing)}")
+    all_rows = np.array([rows[name] for name in group.tags], dtype=np.int32)
+    numeric = np.array([t.type != "string" for t in tags], dtype=bool)
+    numeric_rows = all_rows[numeric]
+    numeric_rows.flags.writeable = False  # shared by every Readings of the group
     return GroupPlan(
         group=group,
         reads=tuple(reads),
-        rows=np.array([rows[name] for name in group.tags], dtype=np.int32),
-        numeric=np.array([t.type != "string" for t in tags], dtype=bool),
+        rows=all_rows,
+        numeric=numeric,
+        numeric_rows=numeric_rows,
+        all_numeric=bool(numeric.all()),
+        has_floats=any(t.type in ("float32", "float64") for t in tags),
+        has_strings=any(t.type == "string" for t in tags),
     )
 
 
@@ -174,25 +188,34 @@ class ModbusDriver:
         """Poll one scan group; every failure becomes a bad quality on the tags it touched."""
         plan = self._plans[group]
         n = len(plan.rows)
-        value = np.full(n, np.nan)
-        quality = np.full(n, Quality.BAD_NOT_CONNECTED, dtype=np.uint8)
-        t_ns = np.full(n, time.time_ns(), dtype=np.int64)
-        errors: list[str] = []
         if self._conn is None:
             await self.connect()
         conn = self._conn
         assert conn is not None
-        if not await conn.ensure_connected():
+        if not conn.connected and not await conn.ensure_connected():
             self.last_error = conn.last_error or "not connected"
-            return self._readings(plan, t_ns, value, quality)
+            return self._readings(
+                plan,
+                np.full(n, time.time_ns(), dtype=np.int64),
+                np.full(n, np.nan),
+                np.full(n, Quality.BAD_NOT_CONNECTED, dtype=np.uint8),
+            )
+        # every slot is written by exactly one request below (its values or its failure)
+        value = np.empty(n)
+        quality = np.empty(n, dtype=np.uint8)
+        t_ns = np.empty(n, dtype=np.int64)
+        errors: list[str] = []
         timeout = self.device.modbus.timeout
         silent_units: set[int] = set()
+        failure: Quality | None = None
         for planned in plan.reads:
             req = planned.request
-            if req.unit_id in silent_units:
-                # One timeout per unit id and poll: a dead unit behind a gateway must not
-                # cost a timeout for each of its requests.
-                quality[planned.slots] = Quality.BAD_TIMEOUT
+            if failure is not None or req.unit_id in silent_units:
+                # After a lost connection the rest of the poll would fail the same way; after a
+                # timeout, one per unit id and poll is enough: a dead unit behind a gateway must
+                # not cost a timeout for each of its requests.
+                quality[planned.slots] = failure if failure is not None else Quality.BAD_TIMEOUT
+                t_ns[planned.slots] = time.time_ns()
                 continue
             try:
                 self.requests_sent += 1
@@ -200,41 +223,48 @@ class ModbusDriver:
             except ModbusExceptionResponse as exc:
                 quality[planned.slots] = quality_from_modbus_exception(exc.code)
                 errors.append(str(exc))
-                continue
             except TimeoutError:
                 quality[planned.slots] = Quality.BAD_TIMEOUT
                 silent_units.add(req.unit_id)
                 errors.append(f"unit {req.unit_id}: no response within {timeout:g} s")
-                continue
             except NotConnected as exc:
-                quality[planned.slots] = Quality.BAD_NOT_CONNECTED
+                quality[planned.slots] = failure = Quality.BAD_NOT_CONNECTED
                 errors.append(str(exc))
-                # The rest of the poll would fail the same way; `ensure_connected` retries next poll.
-                break
+            else:
+                t_ns[planned.slots] = time.time_ns()
+                quality[planned.slots] = Quality.GOOD
+                self._decode(planned, block, value)
+                continue
             t_ns[planned.slots] = time.time_ns()
-            self._decode(planned, block, value, quality)
-        for planned in plan.reads:
-            for name, pos, *_ in planned.strings:
-                if quality[pos] != Quality.GOOD:
-                    self.last_strings[name] = ("", Quality(int(quality[pos])))
+        if plan.has_strings:
+            for planned in plan.reads:
+                for name, pos, *_ in planned.strings:
+                    if quality[pos] != Quality.GOOD:
+                        self.last_strings[name] = ("", Quality(int(quality[pos])))
         self.last_error = "; ".join(errors) if errors else None
-        return self._readings(plan, t_ns, value, quality)
+        return self._readings(plan, t_ns, value, quality, failed=bool(errors) or failure is not None)
 
-    def _decode(
-        self, planned: PlannedRead, block: Sequence[int] | Sequence[bool], value: NDArray, quality: NDArray
-    ) -> None:
+    def _decode(self, planned: PlannedRead, block: Sequence[int] | Sequence[bool], value: NDArray) -> None:
         table = planned.request.table
         arr = np.asarray(block, dtype=bool if is_bit_table(table) else np.uint16)
         for batch in planned.batches:
             value[batch.out] = batch.decode(arr)
-            quality[batch.out] = Quality.GOOD
-        for name, pos, offset, width, order in planned.strings:
-            quality[pos] = Quality.GOOD
+        for name, _, offset, width, order in planned.strings:
             self.last_strings[name] = (decode_string(arr[offset : offset + width], order), Quality.GOOD)
 
-    def _readings(self, plan: GroupPlan, t_ns: NDArray, value: NDArray, quality: NDArray) -> Readings:
-        keep = plan.numeric
-        return Readings.of(plan.rows[keep], t_ns[keep], value[keep], quality[keep])
+    def _readings(
+        self, plan: GroupPlan, t_ns: NDArray, value: NDArray, quality: NDArray, failed: bool = True
+    ) -> Readings:
+        if not plan.all_numeric:
+            keep = plan.numeric
+            t_ns, value, quality = t_ns[keep], value[keep], quality[keep]
+        # Readings.of's rules, without its copies (this is the hot path): a non-finite
+        # value is BAD_VALUE, and a bad value is NaN.
+        if plan.has_floats:
+            quality[~np.isfinite(value) & (quality < BAD_THRESHOLD)] = Quality.BAD_VALUE
+        if failed or plan.has_floats:
+            value[quality >= BAD_THRESHOLD] = np.nan
+        return Readings(plan.numeric_rows, t_ns, value, quality)
 
     async def close(self) -> None:
         """Leave the shared connection (the last user closes it); idempotent."""

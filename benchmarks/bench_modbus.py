@@ -1,0 +1,200 @@
+"""Modbus driver benchmark: client CPU per request, driver vs raw pymodbus side by side, and request planning.
+
+    python benchmarks/bench_modbus.py --json
+
+The servers (simulator plumbing, one asyncio loop) run in a child process so the
+client's CPU time (time.process_time of this process) holds only client work.
+Raw pymodbus and the driver poll the same servers in alternating rounds; the
+reported numbers are medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+async def serve(n: int, registers: int) -> None:
+    """Child process: n servers of `registers` uint16 holding registers on free ports; print the ports; run until stdin closes."""
+    from simulators.modbus_server import RegisterField, RegisterMapServer
+
+    fields = [RegisterField(f"r{i}", "holding_register", i, "uint16") for i in range(registers)]
+    servers = []
+    for _ in range(n):
+        server = RegisterMapServer(fields)
+        for i in range(registers):
+            server.write(f"r{i}", i * 7)
+        await server.start()
+        servers.append(server)
+    print(orjson.dumps([s.port for s in servers]).decode(), flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+    for server in servers:
+        await server.stop()
+
+
+def device_toml(name: str, port: int, registers: int) -> str:
+    from simulators.modbus_server import RegisterField, render_device_toml
+
+    fields = [RegisterField(f"r{i}", "holding_register", i, "uint16") for i in range(registers)]
+    return render_device_toml(fields, name=name, profile="mold_tcu", endpoint=f"modbus-tcp://127.0.0.1:{port}")
+
+
+async def run_raw(ports: list[int], registers: int, duration: float) -> tuple[int, float, float]:
+    """Raw pymodbus: one client per server, back-to-back reads; returns (requests, wall s, client CPU s)."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    clients = [AsyncModbusTcpClient("127.0.0.1", port=p, retries=0, reconnect_delay=0) for p in ports]
+    for c in clients:
+        await c.connect()
+    count = 0
+    stop = time.monotonic() + duration
+
+    async def loop(client: AsyncModbusTcpClient) -> None:
+        nonlocal count
+        while time.monotonic() < stop:
+            response = await client.read_holding_registers(0, count=registers, device_id=1)
+            assert not response.isError() and len(response.registers) == registers
+            count += 1
+
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await asyncio.gather(*(loop(c) for c in clients))
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    for c in clients:
+        c.close()
+    return count, wall, cpu
+
+
+async def run_driver(ports: list[int], registers: int, duration: float) -> tuple[int, float, float]:
+    """The driver: one ModbusDriver per server (100 uint16 tags -> one planned request), back-to-back polls."""
+    from drivers.modbus import ModbusDriver
+    from edge_agent.config import parse_config
+    from edge_agent.types import Quality
+
+    text = "\n".join(device_toml(f"dev{i}", p, registers) for i, p in enumerate(ports))
+    config = parse_config(text)
+    drivers = []
+    for device in config.devices:
+        rows = {t.name: i for i, t in enumerate(device.tags)}
+        drivers.append(ModbusDriver(device, rows))  # type: ignore[arg-type]
+    for d in drivers:
+        await d.connect()
+    count = 0
+    stop = time.monotonic() + duration
+
+    async def loop(driver: ModbusDriver) -> None:
+        nonlocal count
+        group = driver.groups()[0]
+        while time.monotonic() < stop:
+            readings = await driver.read(group)
+            assert len(readings) == registers and int(readings.quality.max()) == Quality.GOOD
+            count += 1
+
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await asyncio.gather(*(loop(d) for d in drivers))
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    for d in drivers:
+        await d.close()
+    return count, wall, cpu
+
+
+def planning() -> dict[str, object]:
+    """Requests one poll of the shipped die-casting map needs."""
+    from drivers.modbus import ModbusDriver
+    from edge_agent.config import load_config
+
+    device = load_config(ROOT / "config" / "die-casting.toml").devices[0]
+    rows = {name: i for i, name in enumerate(device.signal_names())}
+    driver = ModbusDriver(device, rows)  # type: ignore[arg-type]
+    planned = sum(len(driver.plan(g)) for g in driver.groups())
+    tags = len(device.tags)  # type: ignore[union-attr]
+    return {
+        "name": "planning_die_casting",
+        "tags": tags,
+        "requests_planned": planned,
+        "requests_per_tag": round(planned / tags, 4),
+        "reduction_vs_one_per_tag": round(tags / planned, 1),
+    }
+
+
+async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(args.devices), "--registers", str(args.registers)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        ports = orjson.loads(child.stdout.readline())
+        raw, drv = [], []
+        await run_raw(ports, args.registers, 0.5)  # warm-up: imports, connections, caches
+        await run_driver(ports, args.registers, 0.5)
+        for _ in range(args.rounds):
+            raw.append(await run_raw(ports, args.registers, args.duration))
+            drv.append(await run_driver(ports, args.registers, args.duration))
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        child.wait(timeout=30)
+
+    def med(runs: list[tuple[int, float, float]], what: str) -> float:
+        values = {
+            "rps": [n / w for n, w, _ in runs],
+            "cpu": [c / n for n, _, c in runs],
+        }[what]
+        return statistics.median(values)
+
+    ratios = [(dc / dn) / (rc / rn) for (rn, _, rc), (dn, _, dc) in zip(raw, drv, strict=True)]
+    drv_rps = med(drv, "rps")
+    return [
+        {
+            "name": f"poll_{args.devices}x{args.registers}",
+            "values_per_s": round(drv_rps * args.registers),
+            "requests_per_s": round(drv_rps),
+            "client_cpu_s_per_value": med(drv, "cpu") / args.registers,
+            "client_cpu_us_per_request": round(med(drv, "cpu") * 1e6, 1),
+            "raw_requests_per_s": round(med(raw, "rps")),
+            "raw_client_cpu_us_per_request": round(med(raw, "cpu") * 1e6, 1),
+            "overhead_vs_raw": round(statistics.median(ratios), 3),
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+        },
+        planning(),
+    ]
+
+
+def main() -> int:
+    """Run the benchmark (or, with --serve, the server child)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object per line per measurement")
+    parser.add_argument("--devices", type=int, default=50, help="servers/devices (default 50)")
+    parser.add_argument("--registers", type=int, default=100, help="registers per device (default 100)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per round (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating raw/driver rounds (default 3)")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(args.serve, args.registers))
+        return 0
+    results = asyncio.run(measure(args))
+    for result in results:
+        if args.json:
+            print(orjson.dumps(result).decode())
+        else:
+            print(", ".join(f"{k}={v}" for k, v in result.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
