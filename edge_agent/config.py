@@ -320,6 +320,10 @@ class DeviceBase(Model):
     """Default poll interval of the tags, seconds."""
     enabled: bool = True
     """Set false to keep a device in the file without polling it."""
+    nominal_cycle_s: float | None = Field(default=None, gt=0)
+    """Nominal cycle time of this machine in seconds; overrides the profile's (stop detection)."""
+    ideal_cycle_s: float | None = Field(default=None, gt=0)
+    """Ideal cycle time per part in seconds for OEE performance; overrides the profile's."""
     limits: dict[str, SpecLimits] = Field(default_factory=dict)
     """Specification limits per signal, `limits.cushion = {lsl = 3.0, usl = 7.0}`; override the profile's."""
 

@@ -76,6 +76,10 @@ class DeviceInfo:
     source: Source
     rows: dict[str, int]
     index: int
+    nominal_cycle_s: float = 0.0
+    """Nominal cycle time (device override, else the profile's; 0 for machines without cycles)."""
+    ideal_cycle_s: float = 0.0
+    """Ideal cycle time per part for OEE (device override, else the profile's)."""
     kpi_due_ns: int = 0
     furnace: FurnaceMonitor | None = None
     furnace_rows: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
@@ -97,8 +101,9 @@ class Output:
 class IndicatorPipeline:
     """Runs every configured indicator over the devices' batches and turns the results into records."""
 
-    def __init__(self, config: Config, config_dir: Path, profile_dirs: list[Path]) -> None:
-        self.table = SignalTable()
+    def __init__(self, config: Config, profile_dirs: list[Path], table: SignalTable | None = None) -> None:
+        # a reloaded config reuses the table: rows are append-only, so running drivers keep theirs
+        self.table = table if table is not None else SignalTable()
         self.devices: dict[str, DeviceInfo] = {}
         site = config.site
         for i, dev in enumerate(d for d in config.devices if d.enabled):
@@ -119,7 +124,17 @@ class IndicatorPipeline:
                 enterprise=site.enterprise,
             )
             events = {s for e in dev.events for s in e.fields} if isinstance(dev, OpcUaDevice) else set()
-            self.devices[dev.name] = DeviceInfo(dev.name, profile, source, rows, i, event_signals=events)
+            self.devices[dev.name] = DeviceInfo(
+                dev.name,
+                profile,
+                source,
+                rows,
+                i,
+                nominal_cycle_s=dev.nominal_cycle_s
+                or (profile.cycle.nominal_cycle_s if profile.cycle else 0.0),
+                ideal_cycle_s=dev.ideal_cycle_s or (profile.oee.ideal_cycle_s if profile.oee else 0.0),
+                event_signals=events,
+            )
         n = len(self.table)
         self.last_value = np.full(n, np.nan)
         self.last_t = np.full(n, -1, np.int64)
@@ -189,7 +204,7 @@ class IndicatorPipeline:
             ]
             counters.append(info.rows[cyc.counter])
             latched.append(per_cycle)
-            nominal.append(cyc.nominal_cycle_s)
+            nominal.append(info.nominal_cycle_s)
             # a UInt64 counter never wraps in practice; int64 cannot hold its modulus anyway
             modulus.append(cyc.rollover if cyc.rollover <= 2**32 else 0)
             devices.append(info)
@@ -234,10 +249,8 @@ class IndicatorPipeline:
         self.oee = (
             OeeAccumulator(
                 len(oee_devices),
-                [d.profile.oee.ideal_cycle_s for d in oee_devices if d.profile.oee],
-                stop_gap_s=[
-                    2 * d.profile.cycle.nominal_cycle_s if d.profile.cycle else np.inf for d in oee_devices
-                ],
+                [d.ideal_cycle_s for d in oee_devices],
+                stop_gap_s=[2 * d.nominal_cycle_s if d.nominal_cycle_s else np.inf for d in oee_devices],
             )
             if oee_devices
             else None

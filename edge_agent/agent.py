@@ -1,0 +1,295 @@
+"""The agent: drivers -> pollers -> indicator pipeline -> per-sink outboxes -> delivery; lifecycle and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+from drivers.base import Driver, TagGroup, make_driver
+from edge_agent.config import Config, ConfigError, ModbusDevice, OpcUaDevice, load_config, profile_dirs
+from edge_agent.metrics import AgentMetrics
+from edge_agent.pipeline import IndicatorPipeline, Output
+from edge_agent.records import AgentStatus, MqttEncoder, Record, Source
+from edge_agent.scheduler import DevicePoller
+from edge_agent.types import BAD_THRESHOLD, Readings
+
+if TYPE_CHECKING:
+    from edge_agent.sinks.runtime import SinkSet
+
+log = logging.getLogger(__name__)
+
+
+def _sink_set(config: Config, pipeline: IndicatorPipeline, metrics: AgentMetrics) -> SinkSet:
+    # imported here so `run --once` and the commissioning paths never load paho or aiohttp
+    from edge_agent.sinks.runtime import SinkSet
+
+    return SinkSet(config, pipeline.table, metrics)
+
+
+class Agent:
+    """One agent process: every configured device polled on its own task, every sink fed through its outbox."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_dir: Path,
+        *,
+        metrics: AgentMetrics | None = None,
+        sinks: bool = True,
+        on_output: Callable[[str, Output], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.config_dir = config_dir
+        self.metrics = metrics or AgentMetrics()
+        self.pipeline = IndicatorPipeline(config, profile_dirs(config, config_dir))
+        self.sinks = _sink_set(config, self.pipeline, self.metrics) if sinks else None
+        self.on_output = on_output
+        self.drivers: dict[str, Driver] = {}
+        self.pollers: dict[str, DevicePoller] = {}
+        self._connect_tasks: list[asyncio.Task[None]] = []
+        self._devices = {d.name: d for d in config.devices if d.enabled}
+        self.started_ns = time.time_ns()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Open the sinks, then connect and start polling every device (a dead device delays no other)."""
+        if self.sinks is not None:
+            await self.sinks.start(self.status("online"))
+        for name, device in self._devices.items():
+            self._start_device(name, device)
+
+    def _start_device(self, name: str, device: ModbusDevice | OpcUaDevice) -> None:
+        rows = self.pipeline.rows_of(name)
+        driver = make_driver(device, rows, self.config_dir, on_readings=functools.partial(self._handle, name))
+        self.drivers[name] = driver
+        poller = DevicePoller(driver, self._on_poll)
+        self.pollers[name] = poller
+        self._connect_tasks.append(asyncio.create_task(self._connect_then_poll(name, driver, poller)))
+
+    async def _connect_then_poll(self, name: str, driver: Driver, poller: DevicePoller) -> None:
+        try:
+            await driver.connect()
+        except Exception as exc:
+            # refused trust or login: polling would only repeat the refusal, so this device waits for a fix
+            log.error("device %s: %s; not polling it until the config is fixed", name, exc)
+            return
+        poller.start()
+
+    async def stop(self, flush_timeout: float | None = None) -> None:
+        """Stop polling, close the devices, flush the outboxes for up to `flush_timeout` seconds."""
+        for task in self._connect_tasks:
+            task.cancel()
+        for task in self._connect_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._connect_tasks.clear()
+        await asyncio.gather(*(p.stop() for p in self.pollers.values()))
+        await asyncio.gather(*(d.close() for d in self.drivers.values()), return_exceptions=True)
+        if self.sinks is not None:
+            timeout = self.config.agent.shutdown_timeout if flush_timeout is None else flush_timeout
+            await self.sinks.stop(self.status("offline"), timeout)
+
+    async def reload(self, new: Config) -> None:
+        """Apply a new config: unchanged devices keep their connection and poller, the outboxes stay."""
+        old_devices = self._devices
+        new_devices = {d.name: d for d in new.devices if d.enabled}
+        keep = {n for n, d in new_devices.items() if n in old_devices and old_devices[n] == d}
+        for name in set(old_devices) - keep:
+            await self.pollers.pop(name).stop()
+            await self.drivers.pop(name).close()
+        # the signal table is append-only, so the rows of the kept devices' drivers stay valid
+        self.pipeline = IndicatorPipeline(new, profile_dirs(new, self.config_dir), table=self.pipeline.table)
+        if self.sinks is not None and new.sinks != self.config.sinks:
+            await self.sinks.stop(self.status("offline"), 0)
+            self.sinks = _sink_set(new, self.pipeline, self.metrics)
+            await self.sinks.start(self.status("online"))
+        self.config = new
+        self._devices = new_devices
+        for name in set(new_devices) - keep:
+            self._start_device(name, new_devices[name])
+        log.info(
+            "config reloaded: %d devices kept, %d (re)started, %d removed",
+            len(keep),
+            len(set(new_devices) - keep),
+            len(set(old_devices) - set(new_devices)),
+        )
+
+    def status(self, state: str) -> AgentStatus:
+        """The agent's health, published on its status topic."""
+        health: dict[str, float | int | str] = {
+            "devices": len(self._devices),
+            "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 1),
+        }
+        for name, poller in self.pollers.items():
+            health[f"{name}.polls"] = poller.stats.polls
+            health[f"{name}.overruns"] = poller.stats.overruns
+        return AgentStatus(time.time_ns(), "online" if state == "online" else "offline", health)
+
+    @property
+    def source(self) -> Source:
+        """The agent itself as a source (for its status topic)."""
+        s = self.config.site
+        return Source(self.config.agent.name, "agent", s.site, s.area, s.line, s.enterprise)
+
+    # ------------------------------------------------------------------ data path
+    def _on_poll(self, device: str, group: TagGroup, readings: Readings, latency: float) -> None:
+        m = self.metrics
+        m.poll_latency.labels(device).observe(latency)
+        m.values_read.labels(device).inc(len(readings))
+        bad = int((readings.quality >= BAD_THRESHOLD).sum())
+        if bad:
+            m.bad_values.labels(device).inc(bad)
+        self._handle(device, readings)
+
+    def _handle(self, device: str, readings: Readings) -> None:
+        began = time.perf_counter()
+        out = self.pipeline.process(device, readings, time.time_ns())
+        self.metrics.compute_time.observe(time.perf_counter() - began)
+        if self.on_output is not None:
+            self.on_output(device, out)
+        if self.sinks is not None:
+            # encoding is one pass per batch per sink; the outbox write happens on the sink's writer thread
+            self.sinks.publish(out)
+
+
+def _prefix(config: Config) -> str:
+    return config.sinks.mqtt.topic_prefix if config.sinks.mqtt else "spBv1.0-free/uns"
+
+
+async def run_once(config: Config, config_dir: Path) -> tuple[list[Record], list[str]]:
+    """Poll every device once, compute, and return the records it would publish plus the devices that failed."""
+    outputs: list[tuple[str, Output]] = []
+    agent = Agent(config, config_dir, sinks=False, on_output=lambda d, o: outputs.append((d, o)))
+    failed: list[str] = []
+
+    async def one(name: str, device: ModbusDevice | OpcUaDevice) -> None:
+        driver = make_driver(
+            device, agent.pipeline.rows_of(name), config_dir, on_readings=lambda r: agent._handle(name, r)
+        )
+        try:
+            await asyncio.wait_for(driver.connect(), timeout=30)
+            batches = [await driver.read(g) for g in driver.groups()]
+        except Exception as exc:
+            failed.append(f"device {name} ({device.endpoint}): {exc}")
+            return
+        finally:
+            await driver.close()
+        readings = Readings.concat(batches)
+        if len(readings) and bool((readings.quality >= BAD_THRESHOLD).all()):
+            failed.append(
+                f"device {name} ({device.endpoint}): no value read (quality {int(readings.quality[0]):#x})"
+            )
+        agent._handle(name, readings)
+
+    await asyncio.gather(*(one(n, d) for n, d in agent._devices.items()))
+    encoder = MqttEncoder(agent.pipeline.table, topic_prefix=_prefix(config))
+    records: list[Record] = []
+    for _device, out in outputs:
+        records += [encoder.raw(src, r) for src, r in out.raw]
+        records += [encoder.kpi(src, b) for src, b in out.kpi]
+        records += [encoder.alarm(src, a) for src, a in out.alarms]
+    return records, failed
+
+
+async def serve(config_path: Path, config: Config) -> int:
+    """Run the agent until SIGTERM/SIGINT; SIGHUP reloads the config."""
+    config_dir = config_path.parent
+    metrics = AgentMetrics()
+    if config.agent.metrics_port is not None:
+        port = metrics.serve(config.agent.metrics_port)
+        log.info("metrics on http://127.0.0.1:%d/metrics", port)
+    agent = Agent(config, config_dir, metrics=metrics)
+    stop = asyncio.Event()
+    reload = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    await agent.start()
+    log.info("agent %s running: %s", config.agent.name, config.summary())
+    while not stop.is_set():
+        waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(reload.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        if reload.is_set() and not stop.is_set():
+            reload.clear()
+            await _reload(agent, config_path)
+    log.info("stopping: flushing outboxes for up to %.0f s", agent.config.agent.shutdown_timeout)
+    await agent.stop()
+    return 0
+
+
+async def _reload(agent: Agent, config_path: Path) -> None:
+    try:
+        new = load_config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("reload refused, keeping the running config: %s: %s", exc.source, problem)
+        return
+    await agent.reload(new)
+
+
+def _setup_logging(fmt: str) -> None:
+    if fmt == "json":
+        handler = logging.StreamHandler()
+
+        class _Json(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                return orjson.dumps(
+                    {
+                        "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+                        "level": record.levelname.lower(),
+                        "logger": record.name,
+                        "msg": record.getMessage(),
+                    }
+                ).decode()
+
+        handler.setFormatter(_Json())
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # asyncua logs every service call at INFO; the agent's own lines say what matters
+    for noisy in ("asyncua", "pymodbus"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`edge-agent run -c FILE [--once]`."""
+    path = Path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}", file=sys.stderr)
+        return 2
+    _setup_logging(config.agent.log_format)
+    if args.once:
+        records, failed = asyncio.run(run_once(config, path.resolve().parent))
+        write = sys.stdout.buffer.write
+        for record in records:
+            write(orjson.dumps({"topic": record.key, "payload": orjson.Fragment(record.payload)}) + b"\n")
+        sys.stdout.flush()
+        for reason in failed:
+            print(reason, file=sys.stderr)
+        return 1 if failed else 0
+    return asyncio.run(serve(path.resolve(), config))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Module entry point (same as `edge-agent run`)."""
+    parser = argparse.ArgumentParser(prog="edge-agent run")
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("--once", action="store_true")
+    return run_command(parser.parse_args(argv))

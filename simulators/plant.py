@@ -1,0 +1,89 @@
+"""A demo plant: the four simulated machines in one event loop on free loopback ports, and their agent config."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from simulators.die_casting import DieCastingSimulator
+from simulators.furnace import FurnaceSimulator
+from simulators.imm import ImmSimulator
+from simulators.mold_tcu import MoldTcuSimulator
+
+#: Machine key -> (device name in the config, nominal cycle in simulated s, or None for no cycles).
+MACHINES: dict[str, tuple[str, float | None]] = {
+    "imm": ("imm-1", 30.0),
+    "die-casting": ("dcm1", 60.0),
+    "mold-tcu": ("tcu1", None),
+    "furnace": ("furnace-1", None),
+}
+
+# A carburizing recipe takes hours: the furnace runs faster than the cycle machines, so a demo of a
+# few minutes sees a ramp, a soak and a quench.
+FURNACE_SPEED_FACTOR = 12.0
+
+
+@dataclass
+class Plant:
+    """Starts, holds and stops the simulators; `speed` is simulated seconds per wall second."""
+
+    speed: float = 20.0
+    seed: int = 0
+    faults: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Faults per machine key at start, e.g. {"imm": ["check_ring_wear"]}."""
+    machines: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.faults) - set(MACHINES)
+        if unknown:
+            raise ValueError(f"unknown machine(s) {sorted(unknown)}; known: {', '.join(MACHINES)}")
+
+    async def start(self, host: str = "127.0.0.1") -> None:
+        """Start every machine on a free port."""
+        f = {k: list(v) for k, v in self.faults.items()}
+        self.machines = {
+            "imm": ImmSimulator(speed=self.speed, seed=self.seed, faults=f.get("imm", [])),
+            "die-casting": DieCastingSimulator(
+                speed=self.speed, seed=self.seed, faults=f.get("die-casting", [])
+            ),
+            "mold-tcu": MoldTcuSimulator(speed=self.speed, seed=self.seed, faults=f.get("mold-tcu", [])),
+            "furnace": FurnaceSimulator(
+                speed=self.speed * FURNACE_SPEED_FACTOR, seed=self.seed, faults=f.get("furnace", [])
+            ),
+        }
+        for sim in self.machines.values():
+            await sim.start(host, 0)
+
+    async def stop(self) -> None:
+        """Stop every machine."""
+        for sim in self.machines.values():
+            await sim.stop()
+
+    def set_fault(self, machine: str, name: str, on: bool = True, **params: Any) -> None:
+        """Switch a fault of one machine at run time."""
+        self.machines[machine].set_fault(name, on, **params)
+
+    def devices_toml(self, poll_interval: float = 0.5) -> str:
+        """The `[[devices]]` blocks of the four machines, with cycle times scaled to the simulated speed."""
+        blocks = []
+        for key, sim in self.machines.items():
+            name, cycle_s = MACHINES[key]
+            if key in ("imm", "furnace"):
+                text = sim.device_config(name=name)
+                # keep only the device tables: the shipped files are whole agent configs
+                text = text[text.index("[[devices]]") :]
+            else:
+                text = sim.device_config(name=name, poll_interval=poll_interval)
+            if cycle_s is not None:
+                scaled = cycle_s / self.speed
+                # ideal = 95 % of nominal: a machine at its nominal rate shows ~95 % performance
+                extra = f"nominal_cycle_s = {scaled:.6g}\nideal_cycle_s = {0.95 * scaled:.6g}\n"
+                text = re.sub(r"(?m)^(endpoint = .*\n)", lambda m, e=extra: m.group(1) + e, text, count=1)
+            blocks.append(text.rstrip() + "\n")
+        return "\n".join(blocks)
+
+    def endpoints(self) -> dict[str, str]:
+        """Machine key -> endpoint URL."""
+        return {k: str(sim.endpoint) for k, sim in self.machines.items()}
