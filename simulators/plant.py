@@ -80,7 +80,7 @@ class Plant:
                 scaled = cycle_s / self.speed
                 # ideal = 95 % of nominal: a machine at its nominal rate shows ~95 % performance
                 extra = f"nominal_cycle_s = {scaled:.6g}\nideal_cycle_s = {0.95 * scaled:.6g}\n"
-                text = re.sub(r"(?m)^(endpoint = .*\n)", lambda m, e=extra: m.group(1) + e, text, count=1)
+                text = re.sub(r"(?m)^(endpoint = .*\n)", lambda m: m.group(1) + extra, text, count=1)
             blocks.append(text.rstrip() + "\n")
         return "\n".join(blocks)
 
