@@ -1,0 +1,264 @@
+"""`edge-agent demo`: four simulated machines, the agent, an MQTT broker and a live terminal view."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from edge_agent.config import parse_config
+from edge_agent.pipeline import Output
+from edge_agent.profiles import Profile
+
+log = logging.getLogger(__name__)
+
+#: Device-level figures shown per machine: (indicator family, field, label, format).
+HEADLINES = [
+    ("oee", "oee", "OEE", "{:.0%}"),
+    ("oee", "availability", "avail", "{:.0%}"),
+    ("furnace", "spread", "spread °C", "{:.1f}"),
+    ("furnace", "soak_s", "soak s", "{:.0f}"),
+    ("furnace", "overshoot_c", "overshoot °C", "{:.1f}"),
+    ("mold", "heat_kw", "heat kW", "{:.1f}"),
+    ("mold", "delta_t", "ΔT K", "{:.2f}"),
+]
+
+
+@dataclass
+class MachineView:
+    """What the live view knows of one machine."""
+
+    name: str
+    kind: str
+    signals: list[str]
+    values: dict[str, float] = field(default_factory=dict)
+    spc: dict[str, dict[str, float]] = field(default_factory=dict)
+    figures: dict[str, float] = field(default_factory=dict)
+    active: dict[str, str] = field(default_factory=dict)
+    polls: int = 0
+    last_ns: int = 0
+
+
+class DemoView:
+    """Collects the agent's output per machine and renders it as a rich table (or plain lines)."""
+
+    def __init__(self, profiles: dict[str, Profile], names: list[str]) -> None:
+        self.machines: dict[str, MachineView] = {}
+        for name, profile in profiles.items():
+            shown = [s.name for s in profile.signals if {"capability", "band"} & set(s.indicators)][:4]
+            self.machines[name] = MachineView(name, profile.kind, shown)
+        self.names = names
+        self.events: deque[str] = deque(maxlen=8)
+        self.alarm_count = 0
+        self.records = 0
+
+    def update(self, device: str, out: Output) -> None:
+        """Take one batch of the agent's output."""
+        view = self.machines[device]
+        for _src, readings in out.raw:
+            view.polls += 1
+            view.last_ns = int(readings.t_ns.max())
+            names = [self.names[i] for i in readings.signal.tolist()]
+            for name, value in zip(names, readings.value.tolist(), strict=True):
+                if name in view.signals and np.isfinite(value):
+                    view.values[name] = value
+        for _src, batch in out.kpi:
+            self.records += 1
+            if batch.family == "spc":
+                for i, row in enumerate(batch.signal.tolist()):
+                    name = self.names[row]
+                    if name in view.signals:
+                        view.spc[name] = {k: float(v[i]) for k, v in batch.values.items()}
+                        view.values[name] = float(batch.values["x"][i])
+            else:
+                for family, key, label, _fmt in HEADLINES:
+                    if batch.family == family and key in batch.values:
+                        view.figures[label] = float(batch.values[key][0])
+        for _src, alarm in out.alarms:
+            signal_name = self.names[alarm.signal]
+            key = f"{signal_name}:{alarm.rule}"
+            stamp = time.strftime("%H:%M:%S", time.localtime(alarm.t_ns / 1e9))
+            if alarm.state == "start":
+                self.alarm_count += 1
+                view.active[key] = alarm.message
+                self.events.appendleft(f"{stamp} {device} {signal_name} {alarm.rule}: {alarm.message}")
+            else:
+                view.active.pop(key, None)
+                self.events.appendleft(f"{stamp} {device} {signal_name} {alarm.rule} cleared")
+
+    def render(self, header: str) -> Group:
+        """The live view: one row per machine signal, then the recent alarms."""
+        table = Table(expand=True, title=header, title_justify="left")
+        for col in ("machine", "signal", "value", "CL", "UCL", "LCL", "Cpk", "machine figures", "alarms"):
+            table.add_column(col, no_wrap=col != "machine figures")
+        for view in self.machines.values():
+            figures = "  ".join(
+                f"{label} {fmt.format(view.figures[label])}"
+                for _f, _k, label, fmt in HEADLINES
+                if label in view.figures and np.isfinite(view.figures[label])
+            )
+            alarms = f"[red]{len(view.active)} active[/red]" if view.active else "[green]ok[/green]"
+            for i, name in enumerate(view.signals or ["-"]):
+                spc = view.spc.get(name, {})
+                table.add_row(
+                    f"{view.name} ({view.kind})" if i == 0 else "",
+                    name,
+                    _fmt(view.values.get(name)),
+                    _fmt(spc.get("cl")),
+                    _fmt(spc.get("ucl")),
+                    _fmt(spc.get("lcl")),
+                    _fmt(spc.get("cpk"), "{:.2f}"),
+                    figures if i == 0 else "",
+                    alarms if i == 0 else "",
+                )
+            table.add_section()
+        events = "\n".join(self.events) or "no alarms yet"
+        return Group(table, Panel(events, title="recent alarms", title_align="left"))
+
+    def plain(self) -> str:
+        """A few lines for a terminal without a live view (or a log)."""
+        lines = []
+        for view in self.machines.values():
+            vals = ", ".join(f"{k}={_fmt(v)}" for k, v in view.values.items())
+            figs = ", ".join(f"{k}={_fmt(v)}" for k, v in view.figures.items())
+            lines.append(
+                f"{view.name}: polls={view.polls} {vals} | {figs} | active alarms={len(view.active)}"
+            )
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None, fmt: str = "{:.4g}") -> str:
+    if value is None or not np.isfinite(value):
+        return "–"
+    return fmt.format(value)
+
+
+def _parse_faults(specs: Sequence[str]) -> dict[str, list[str]]:
+    from simulators.plant import MACHINES
+
+    faults: dict[str, list[str]] = {}
+    for spec in specs:
+        machine, _, fault = spec.partition(":")
+        if machine not in MACHINES or not fault:
+            raise ValueError(
+                f"--fault {spec!r}: write MACHINE:FAULT with MACHINE one of {', '.join(MACHINES)}"
+            )
+        faults.setdefault(machine, []).append(fault)
+    return faults
+
+
+def demo_config(
+    devices_toml: str, mqtt_url: str, mqtt_protocol: str, influx_url: str | None, outbox: Path
+) -> str:
+    """The agent config of the demo: the plant's devices, MQTT, optional InfluxDB, an outbox in a temp dir."""
+    influx = (
+        f'\n[sinks.influx]\nurl = "{influx_url}"\norg = "shopfloor"\nbucket = "process"\n'
+        if influx_url
+        else ""
+    )
+    return (
+        '[agent]\nname = "demo-agent"\n\n'
+        '[site]\nenterprise = "demo"\nsite = "plant1"\narea = "shopfloor"\nline = "cell1"\n\n'
+        f'[sinks.mqtt]\nurl = "{mqtt_url}"\nprotocol = "{mqtt_protocol}"\ntopic_prefix = "demo/uns"\n'
+        f"{influx}\n"
+        f'[outbox]\ndir = "{outbox}"\nsync = "normal"\n\n' + devices_toml
+    )
+
+
+async def _embedded_broker() -> tuple[object, str]:
+    """An amqtt broker on a free loopback port (MQTT 3.1.1)."""
+    from amqtt.broker import Broker
+
+    from simulators.opcua_server import free_port
+
+    port = free_port()
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+    )
+    await broker.start()
+    return broker, f"mqtt://127.0.0.1:{port}"
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    """Start everything, show the view until Ctrl-C or --duration, stop everything."""
+    from edge_agent.agent import Agent
+    from simulators.plant import Plant
+
+    plant = Plant(speed=args.speed, faults=_parse_faults(args.fault))
+    await plant.start()
+    broker = None
+    mqtt_url, protocol = args.mqtt_url, "5"
+    if mqtt_url is None:
+        broker, mqtt_url = await _embedded_broker()
+        protocol = "3.1.1"  # amqtt speaks MQTT 3.1.1
+    workdir = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
+    text = demo_config(plant.devices_toml(), mqtt_url, protocol, args.influx_url, workdir / "outbox")
+    (workdir / "agent.toml").write_text(text, encoding="utf-8")
+    config = parse_config(text, str(workdir / "agent.toml"), workdir)
+    agent = Agent(config, workdir)
+    view = DemoView({n: d.profile for n, d in agent.pipeline.devices.items()}, agent.pipeline.table.tags)
+    agent.on_output = view.update
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    console = Console(stderr=False)
+    header = (
+        f"edge-agent demo · MQTT {mqtt_url} (topics demo/uns/#)"
+        + (f" · InfluxDB {args.influx_url}" if args.influx_url else "")
+        + f" · speed x{args.speed:g} · config {workdir / 'agent.toml'} · Ctrl-C stops"
+    )
+    await agent.start()
+    deadline = time.monotonic() + args.duration if args.duration else None
+    try:
+        if args.plain or not console.is_terminal:
+            print(header, flush=True)
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=min(5.0, _left(deadline)))
+                print(view.plain(), flush=True)
+        else:
+            with Live(view.render(header), console=console, refresh_per_second=4) as live:
+                while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=min(0.5, _left(deadline)))
+                    live.update(view.render(header))
+    finally:
+        await agent.stop(flush_timeout=5.0)
+        await plant.stop()
+        if broker is not None:
+            await broker.shutdown()  # type: ignore[attr-defined]
+    print(f"demo stopped: {view.records} indicator records, {view.alarm_count} alarms", flush=True)
+    return 0
+
+
+def _left(deadline: float | None) -> float:
+    return 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """`edge-agent demo`."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(run_demo(args))
+    except ValueError as exc:
+        print(f"edge-agent demo: {exc}", file=sys.stderr)
+        return 2
