@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,15 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+#: User-mode CPU seconds of each run, in run order (the kernel's share of a request,
+#: the socket send and the wake-up of the peer, depends on load and rate, not on the client's code).
+USER_S: list[float] = []
+
+
+def _user_s() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
 
 
 async def serve(n: int, registers: int) -> None:
@@ -47,7 +57,9 @@ def device_toml(name: str, port: int, registers: int) -> str:
     from simulators.modbus_server import RegisterField, render_device_toml
 
     fields = [RegisterField(f"r{i}", "holding_register", i, "uint16") for i in range(registers)]
-    return render_device_toml(fields, name=name, profile="mold_tcu", endpoint=f"modbus-tcp://127.0.0.1:{port}")
+    return render_device_toml(
+        fields, name=name, profile="mold_tcu", endpoint=f"modbus-tcp://127.0.0.1:{port}"
+    )
 
 
 async def run_raw(ports: list[int], registers: int, duration: float) -> tuple[int, float, float]:
@@ -67,9 +79,10 @@ async def run_raw(ports: list[int], registers: int, duration: float) -> tuple[in
             assert not response.isError() and len(response.registers) == registers
             count += 1
 
-    cpu0, wall0 = time.process_time(), time.monotonic()
+    cpu0, user0, wall0 = time.process_time(), _user_s(), time.monotonic()
     await asyncio.gather(*(loop(c) for c in clients))
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    USER_S.append(_user_s() - user0)
     for c in clients:
         c.close()
     return count, wall, cpu
@@ -100,9 +113,10 @@ async def run_driver(ports: list[int], registers: int, duration: float) -> tuple
             assert len(readings) == registers and int(readings.quality.max()) == Quality.GOOD
             count += 1
 
-    cpu0, wall0 = time.process_time(), time.monotonic()
+    cpu0, user0, wall0 = time.process_time(), _user_s(), time.monotonic()
     await asyncio.gather(*(loop(d) for d in drivers))
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    USER_S.append(_user_s() - user0)
     for d in drivers:
         await d.close()
     return count, wall, cpu
@@ -127,26 +141,15 @@ def planning() -> dict[str, object]:
     }
 
 
-async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(args.devices), "--registers", str(args.registers)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        ports = orjson.loads(child.stdout.readline())
-        raw, drv = [], []
-        await run_raw(ports, args.registers, 0.5)  # warm-up: imports, connections, caches
-        await run_driver(ports, args.registers, 0.5)
-        for _ in range(args.rounds):
-            raw.append(await run_raw(ports, args.registers, args.duration))
-            drv.append(await run_driver(ports, args.registers, args.duration))
-    finally:
-        if child.stdin is not None:
-            child.stdin.close()
-        child.wait(timeout=30)
+async def measure(args: argparse.Namespace, ports: list[int]) -> list[dict[str, object]]:
+    """Alternating raw/driver rounds against the child's servers; medians and ratios."""
+    raw, drv = [], []
+    await run_raw(ports, args.registers, 0.5)  # warm-up: imports, connections, caches
+    await run_driver(ports, args.registers, 0.5)
+    USER_S.clear()
+    for _ in range(args.rounds):
+        raw.append(await run_raw(ports, args.registers, args.duration))
+        drv.append(await run_driver(ports, args.registers, args.duration))
 
     def med(runs: list[tuple[int, float, float]], what: str) -> float:
         values = {
@@ -157,6 +160,9 @@ async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
 
     ratios = [(dc / dn) / (rc / rn) for (rn, _, rc), (dn, _, dc) in zip(raw, drv, strict=True)]
     drv_rps = med(drv, "rps")
+    raw_user = [u / n for u, (n, _, _) in zip(USER_S[0::2], raw, strict=True)]
+    drv_user = [u / n for u, (n, _, _) in zip(USER_S[1::2], drv, strict=True)]
+    user_ratios = [d / r for r, d in zip(raw_user, drv_user, strict=True)]
     return [
         {
             "name": f"poll_{args.devices}x{args.registers}",
@@ -167,6 +173,9 @@ async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
             "raw_requests_per_s": round(med(raw, "rps")),
             "raw_client_cpu_us_per_request": round(med(raw, "cpu") * 1e6, 1),
             "overhead_vs_raw": round(statistics.median(ratios), 3),
+            "client_user_cpu_us_per_request": round(statistics.median(drv_user) * 1e6, 1),
+            "raw_client_user_cpu_us_per_request": round(statistics.median(raw_user) * 1e6, 1),
+            "overhead_vs_raw_user_cpu": round(statistics.median(user_ratios), 3),
             "rounds": args.rounds,
             "duration_s": args.duration,
         },
@@ -187,7 +196,20 @@ def main() -> int:
     if args.serve:
         asyncio.run(serve(args.serve, args.registers))
         return 0
-    results = asyncio.run(measure(args))
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(args.devices), "--registers", str(args.registers)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        ports = orjson.loads(child.stdout.readline())
+        results = asyncio.run(measure(args, ports))
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        child.wait(timeout=30)
     for result in results:
         if args.json:
             print(orjson.dumps(result).decode())
