@@ -1,0 +1,505 @@
+"""Disk store-and-forward for one sink: SQLite in WAL mode, bounded by bytes, with exact drop and corruption counts.
+
+Invariants (docs/outbox.md explains the choices):
+
+I1  A record is in the outbox (committed, and with sync="full" fsynced) before `put` returns;
+    the sink is only ever given records that `take` read back from the outbox.
+I2  A record leaves the outbox only by `ack` (the sink confirmed it), by a counted drop
+    (the cap was reached) or as a counted corrupt record. Nothing else deletes rows.
+I3  `take` hands records out in id order, and ids only grow (AUTOINCREMENT never reuses one),
+    so the order of puts is the order of delivery: per series and overall.
+I4  A taken, unacknowledged record (in flight) is never dropped: the sink may be sending it.
+    Every stored row with id <= `_taken_upto` is in flight; every row above it is not.
+I5  `_bytes` equals the sum of `stored_size` over the rows in the table; the cap is enforced on it.
+I6  After a crash nothing is in flight: every stored record is delivered again (at least once);
+    records acknowledged just before a crash may be delivered twice (consumers dedupe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from edge_agent.records import Kind, Record, Stored
+
+log = logging.getLogger(__name__)
+
+#: Bytes counted per row on top of its key and payload: rowid, columns, b-tree cell and index entry.
+ROW_OVERHEAD = 64
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind    INTEGER NOT NULL,
+    rank    INTEGER NOT NULL,
+    n       INTEGER NOT NULL,
+    size    INTEGER NOT NULL,
+    crc     INTEGER NOT NULL,
+    key     TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_rank ON records (rank, id);
+"""
+
+
+def stored_size(record: Record) -> int:
+    """Bytes a record counts against the cap."""
+    return len(record.payload) + len(record.key.encode()) + ROW_OVERHEAD
+
+
+def _crc(key: str, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(key.encode()))
+
+
+@dataclass
+class OutboxCounters:
+    """What happened to records since the outbox was opened; exported as self-metrics."""
+
+    put_records: int = 0
+    put_values: int = 0
+    acked_records: int = 0
+    acked_values: int = 0
+    dropped_records: int = 0
+    dropped_values: int = 0
+    dropped_by_kind: dict[str, int] = field(default_factory=dict)
+    corrupt_records: int = 0
+    """Rows whose checksum did not match, or that could not be read back from a damaged file."""
+    salvaged_files: int = 0
+    """Damaged database files set aside at start-up (their readable rows were kept)."""
+
+
+class Outbox:
+    """A bounded on-disk FIFO of encoded records for one sink; every call is one SQLite transaction.
+
+    The methods are blocking; the event loop uses the `*_async` versions, which run them on the
+    outbox's own single thread (so SQLite and its fsyncs never block the loop, and the connection
+    is only ever used from one thread at a time).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        max_bytes: int = 512 * 1024 * 1024,
+        when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest",
+        keep_priority: bool = True,
+        sync: Literal["full", "normal"] = "full",
+        name: str | None = None,
+    ) -> None:
+        if max_bytes < 4096:
+            raise ValueError(f"outbox max_bytes must be at least 4096 (got {max_bytes})")
+        if when_full not in ("drop_oldest", "drop_newest"):
+            raise ValueError(f"outbox when_full must be 'drop_oldest' or 'drop_newest' (got {when_full!r})")
+        if sync not in ("full", "normal"):
+            raise ValueError(f"outbox sync must be 'full' or 'normal' (got {sync!r})")
+        self.path = Path(path)
+        self.name = name or self.path.stem
+        self.max_bytes = max_bytes
+        self.when_full = when_full
+        self.keep_priority = keep_priority
+        self.sync = sync
+        self.counters = OutboxCounters()
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"outbox-{self.name}")
+        self._inflight: dict[int, tuple[int, int]] = {}  # id -> (stored size, n)
+        self._taken_upto = 0
+        self._bytes = 0
+        self._count = 0
+        self._drop_log_at = 0.0
+        self._drops_unlogged = 0
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        # a separate lock: the event loop must never wait behind an fsync held under _lock
+        self._waiters_lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = self._open()
+
+    # ------------------------------------------------------------------ opening and salvage
+
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves so one call is exactly one transaction
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={'FULL' if self.sync == 'full' else 'NORMAL'}")
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = None
+        try:
+            db = self._connect(self.path)
+            # quick_check walks every b-tree page: a file torn by a disk fault is caught here, at start-up,
+            # rather than by the first take long after
+            problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems[:3]))
+            db.executescript(_SCHEMA)
+            self._bytes, self._count = db.execute(
+                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM records"
+            ).fetchone()
+            return db
+        except sqlite3.DatabaseError as exc:
+            if db is not None:
+                db.close()
+            return self._salvage(exc)
+
+    def _salvage(self, error: sqlite3.DatabaseError) -> sqlite3.Connection:
+        """Set a damaged file aside, copy every row that still reads back, count the rest as corrupt."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        damaged = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{self.path}{suffix}")
+            if part.exists():
+                part.rename(Path(f"{damaged}{suffix}"))
+        log.error(
+            "outbox %s: %s is damaged (%s); moved it to %s and keeping the records that still read back",
+            self.name,
+            self.path,
+            error,
+            damaged,
+        )
+        rows, lost = _read_what_survives(damaged)
+        db = self._connect(self.path)
+        db.executescript(_SCHEMA)
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(
+            "INSERT INTO records (id, kind, rank, n, size, crc, key, payload) VALUES (?,?,?,?,?,?,?,?)", rows
+        )
+        db.execute("COMMIT")
+        self._bytes = sum(r[4] for r in rows)
+        self._count = len(rows)
+        self.counters.corrupt_records += lost
+        self.counters.salvaged_files += 1
+        log.error("outbox %s: kept %d records, %d could not be read", self.name, len(rows), lost)
+        return db
+
+    # ------------------------------------------------------------------ put
+
+    def put(self, records: Sequence[Record]) -> None:
+        """Store records durably (one transaction), dropping by policy when the cap is reached."""
+        if not records:
+            return
+        rows = [
+            (int(r.kind), r.kind.drop_rank, r.n, stored_size(r), _crc(r.key, r.payload), r.key, r.payload)
+            for r in records
+        ]
+        incoming = sum(row[3] for row in rows)
+        with self._lock:
+            db = self._db
+            dropped: list[tuple[int, int]] = []
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._bytes + incoming <= self.max_bytes:
+                    # fast path: everything fits, one executemany
+                    db.executemany(
+                        "INSERT INTO records (kind, rank, n, size, crc, key, payload) VALUES (?,?,?,?,?,?,?)",
+                        rows,
+                    )
+                    added_bytes, added_rows = incoming, len(rows)
+                else:
+                    added_bytes, added_rows, dropped = self._put_when_full(rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            # memory state changes only after the commit, so a failed commit leaves I5 intact
+            self._bytes += added_bytes
+            self._count += added_rows
+            self.counters.put_records += len(rows)
+            self.counters.put_values += sum(row[2] for row in rows)
+            self._count_drops(dropped)
+        self._wake()
+
+    def _put_when_full(self, rows: list[tuple]) -> tuple[int, int, list[tuple[int, int]]]:
+        """Insert row by row, evicting by policy; returns (bytes added net, rows added net, [(kind, n) dropped])."""
+        db = self._db
+        net_bytes = 0
+        net_rows = 0
+        dropped: list[tuple[int, int]] = []
+        for row in rows:
+            kind, rank, n, size = row[0], row[1], row[2], row[3]
+            fits = True
+            while self._bytes + net_bytes + size > self.max_bytes:
+                victim = self._victim(rank) if size <= self.max_bytes else None
+                if victim is None:
+                    fits = False
+                    break
+                vid, vkind, vn, vsize = victim
+                db.execute("DELETE FROM records WHERE id = ?", (vid,))
+                net_bytes -= vsize
+                net_rows -= 1
+                dropped.append((vkind, vn))
+            if fits:
+                db.execute(
+                    "INSERT INTO records (kind, rank, n, size, crc, key, payload) VALUES (?,?,?,?,?,?,?)", row
+                )
+                net_bytes += size
+                net_rows += 1
+            else:
+                dropped.append((kind, n))
+        return net_bytes, net_rows, dropped
+
+    def _victim(self, rank: int) -> tuple[int, int, int, int] | None:
+        """The stored record to evict for a new record of `rank`, or None to drop the new one (I4: never in flight)."""
+        # rows above _taken_upto are exactly the rows not in flight (I4)
+        floor = self._taken_upto
+        if self.keep_priority:
+            if self.when_full == "drop_oldest":
+                # lowest rank first, oldest first within it; never a rank above the newcomer's
+                sql = "SELECT id, kind, n, size FROM records WHERE id > ? AND rank <= ? ORDER BY rank, id LIMIT 1"
+            else:
+                # only a strictly lower rank makes way for a newcomer; newest first within it
+                sql = (
+                    "SELECT id, kind, n, size FROM records WHERE id > ? AND rank < ? "
+                    "ORDER BY rank, id DESC LIMIT 1"
+                )
+            found = self._db.execute(sql, (floor, rank)).fetchone()
+        elif self.when_full == "drop_oldest":
+            found = self._db.execute(
+                "SELECT id, kind, n, size FROM records WHERE id > ? ORDER BY id LIMIT 1", (floor,)
+            ).fetchone()
+        else:
+            found = None
+        return None if found is None else (found[0], found[1], found[2], found[3])
+
+    def _count_drops(self, dropped: list[tuple[int, int]]) -> None:
+        if not dropped:
+            return
+        c = self.counters
+        for kind, n in dropped:
+            c.dropped_records += 1
+            c.dropped_values += n
+            name = Kind(kind).topic_name
+            c.dropped_by_kind[name] = c.dropped_by_kind.get(name, 0) + 1
+        self._drops_unlogged += len(dropped)
+        now = time.monotonic()
+        # one line per 10 s at most: a full outbox during a long outage must not flood the log
+        if now - self._drop_log_at >= 10.0:
+            log.warning(
+                "outbox %s full (%d bytes cap, %s): dropped %d records since last report, %d in total %s",
+                self.name,
+                self.max_bytes,
+                self.when_full,
+                self._drops_unlogged,
+                c.dropped_records,
+                c.dropped_by_kind,
+            )
+            self._drop_log_at = now
+            self._drops_unlogged = 0
+
+    # ------------------------------------------------------------------ take / ack / release
+
+    def take(self, max_records: int, max_bytes: int | None = None) -> list[Stored]:
+        """The oldest records not yet in flight (at least one if any, then up to the limits); they become in flight."""
+        out: list[Stored] = []
+        corrupt: list[tuple[int, int]] = []
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT id, kind, n, size, crc, key, payload FROM records WHERE id > ? ORDER BY id LIMIT ?",
+                (self._taken_upto, max_records),
+            )
+            total = 0
+            for rid, kind, n, size, crc, key, payload in cursor:
+                if max_bytes is not None and out and total + size > max_bytes:
+                    break
+                self._taken_upto = rid
+                if _crc(key, payload) != crc or kind not in Kind._value2member_map_:
+                    corrupt.append((rid, size))
+                    continue
+                total += size
+                self._inflight[rid] = (size, n)
+                out.append(Stored(rid, Record(Kind(kind), key, bytes(payload), n)))
+            cursor.close()
+            if corrupt:
+                self._delete_corrupt(corrupt)
+        return out
+
+    def _delete_corrupt(self, corrupt: list[tuple[int, int]]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("DELETE FROM records WHERE id = ?", [(rid,) for rid, _ in corrupt])
+        db.execute("COMMIT")
+        self._bytes -= sum(size for _, size in corrupt)
+        self._count -= len(corrupt)
+        self.counters.corrupt_records += len(corrupt)
+        log.error(
+            "outbox %s: skipped %d corrupt records (checksum mismatch), first id %d",
+            self.name,
+            len(corrupt),
+            corrupt[0][0],
+        )
+
+    def ack(self, ids: Iterable[int]) -> None:
+        """Delete records the sink confirmed; only in-flight ids may be acknowledged."""
+        ids = list(ids)
+        if not ids:
+            return
+        with self._lock:
+            unknown = [i for i in ids if i not in self._inflight]
+            if unknown:
+                raise ValueError(f"outbox {self.name}: ack of ids not in flight: {unknown[:5]}")
+            db = self._db
+            # A lost ack only means a duplicate delivery after a crash (I6), never a lost record,
+            # so the delete is committed without its own fsync; the next put's fsync covers it.
+            if self.sync == "full":
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("DELETE FROM records WHERE id = ?", [(i,) for i in ids])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            finally:
+                if self.sync == "full":
+                    db.execute("PRAGMA synchronous=FULL")
+            for i in ids:
+                size, n = self._inflight.pop(i)
+                self._bytes -= size
+                self._count -= 1
+                self.counters.acked_records += 1
+                self.counters.acked_values += n
+
+    def release(self) -> None:
+        """Forget what is in flight: the next take starts again from the oldest stored record."""
+        with self._lock:
+            self._inflight.clear()
+            self._taken_upto = 0
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def bytes_used(self) -> int:
+        """Bytes counted against the cap (I5)."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def in_flight(self) -> int:
+        """Records taken and not yet acknowledged."""
+        return len(self._inflight)
+
+    def close(self) -> None:
+        """Checkpoint and close the database; stops the outbox's thread."""
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._db.close()
+        self._executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ asyncio side
+
+    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def put_async(self, records: Sequence[Record]) -> None:
+        """`put` on the outbox thread."""
+        await self._run(self.put, records)
+
+    async def take_async(self, max_records: int, max_bytes: int | None = None) -> list[Stored]:
+        """`take` on the outbox thread."""
+        result: list[Stored] = await self._run(self.take, max_records, max_bytes)
+        return result
+
+    async def ack_async(self, ids: Sequence[int]) -> None:
+        """`ack` on the outbox thread."""
+        await self._run(self.ack, ids)
+
+    async def close_async(self) -> None:
+        """`close` on a helper thread (it waits for the outbox thread to finish)."""
+        await asyncio.to_thread(self.close)
+
+    async def wait_for_data(self, wait_s: float) -> None:
+        """Return when a put happened (from any thread) or after `wait_s` seconds."""
+        event = asyncio.Event()
+        entry = (asyncio.get_running_loop(), event)
+        with self._waiters_lock:
+            self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(event.wait(), wait_s)
+        except TimeoutError:
+            pass
+        finally:
+            with self._waiters_lock:
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
+
+    def _wake(self) -> None:
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:
+                pass  # that loop is closed; its waiter is gone with it
+
+
+def _read_what_survives(path: Path) -> tuple[list[tuple], int]:
+    """Rows of a damaged outbox file that read back with a valid checksum, and how many did not.
+
+    A damaged b-tree stops a scan at the bad page, so the scan restarts just past the last good id,
+    probing further ahead by doubling steps until rows read again. Ids are dense (each put takes the
+    next ones), so the gaps between readable ids are the lost rows; rows acknowledged or dropped
+    before the crash also leave gaps, so `lost` is an upper bound.
+    """
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.DatabaseError:
+        return [], 0
+    rows: list[tuple] = []
+    lost = 0
+    try:
+        try:
+            top = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+            last_id = int(top[0]) if top else 0
+        except sqlite3.DatabaseError:
+            last_id = 0
+        after = 0
+        seen = 0  # last id read back, good or bad
+        bad_ids = 0
+        step = 1
+        while True:
+            try:
+                batch = db.execute(
+                    "SELECT id, kind, rank, n, size, crc, key, payload FROM records "
+                    "WHERE id > ? ORDER BY id LIMIT 1000",
+                    (after,),
+                ).fetchall()
+            except sqlite3.DatabaseError:
+                if last_id and after >= last_id:
+                    break
+                after += step
+                bad_ids += step
+                step = min(step * 2, 4096)
+                if not last_id and bad_ids > 1_000_000:
+                    break
+                continue
+            step = 1
+            if not batch:
+                break
+            for row in batch:
+                rid, _kind, _rank, _n, _size, crc, key, payload = row
+                if seen and rid - seen > 1:
+                    lost += rid - seen - 1
+                seen = rid
+                if isinstance(key, str) and isinstance(payload, bytes) and _crc(key, payload) == crc:
+                    rows.append(row)
+                else:
+                    lost += 1
+            after = batch[-1][0]
+        if seen and last_id > seen:
+            lost += last_id - seen
+    except sqlite3.DatabaseError:
+        pass
+    finally:
+        db.close()
+    return rows, lost
