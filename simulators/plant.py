@@ -80,7 +80,9 @@ class Plant:
                 scaled = cycle_s / self.speed
                 # ideal = 95 % of nominal: a machine at its nominal rate shows ~95 % performance
                 extra = f"nominal_cycle_s = {scaled:.6g}\nideal_cycle_s = {0.95 * scaled:.6g}\n"
-                text = re.sub(r"(?m)^(endpoint = .*\n)", lambda m: m.group(1) + extra, text, count=1)
+                at = re.search(r"(?m)^endpoint = .*\n", text)
+                assert at is not None, f"{key}: the simulator's device config has no endpoint line"
+                text = text[: at.end()] + extra + text[at.end() :]
             blocks.append(text.rstrip() + "\n")
         return "\n".join(blocks)
 
