@@ -23,33 +23,9 @@ from edge_agent.core.oee import OeeAccumulator
 from edge_agent.core.spc import ALARM_KIND_NAMES, Rule, SpcEngine, SpcParams
 from edge_agent.profiles import Profile, find_profile
 from edge_agent.records import AlarmEvent, IndicatorBatch, Source
+from edge_agent.schema import MAINTENANCE_FIELDS, OEE_FIELDS, SPC_FIELDS
 from edge_agent.types import Readings, SignalTable
 
-#: SPC snapshot columns published in the `spc` family (the rest stay inside the agent).
-SPC_FIELDS = (
-    "x",
-    "mean",
-    "sd",
-    "min",
-    "max",
-    "cl",
-    "ucl",
-    "lcl",
-    "mr_ucl",
-    "ewma",
-    "ewma_ucl",
-    "ewma_lcl",
-    "cusum_pos",
-    "cusum_neg",
-    "cusum_h",
-    "cp",
-    "cpk",
-    "pp",
-    "ppk",
-    "rule_mask",
-    "n",
-    "missing",
-)
 
 # Which profile indicators allow each SPC alarm kind (ALARM_KIND_NAMES: rules, chart, ewma, cusum, spec).
 _KIND_NEEDS = {
@@ -411,9 +387,7 @@ class IndicatorPipeline:
             if spec_m.shot_counter and spec_m.shot_counter in info.rows:
                 mi = self.mold_index[info.name]
                 ms = self.maintenance.update([mi], [lv[info.rows[spec_m.shot_counter]]])
-                values["maintenance"] = {
-                    k: float(ms[k][0]) for k in ("shots_used", "shots_to_next", "pct_used", "status")
-                }
+                values["maintenance"] = {k: float(ms[k][0]) for k in MAINTENANCE_FIELDS}
         if self.latch is not None and info in self.cycle_devices:
             di = self.cycle_devices.index(info)
             values["cycle"] = {"stopped": float(self.latch.stopped(t)[di])}
