@@ -26,7 +26,6 @@ from edge_agent.records import AlarmEvent, IndicatorBatch, Source
 from edge_agent.schema import MAINTENANCE_FIELDS, OEE_FIELDS, SPC_FIELDS
 from edge_agent.types import Readings, SignalTable
 
-
 # Which profile indicators allow each SPC alarm kind (ALARM_KIND_NAMES: rules, chart, ewma, cusum, spec).
 _KIND_NEEDS = {
     "rules": {"rules"},
@@ -346,10 +345,7 @@ class IndicatorPipeline:
             res = self.oee.result(t, [m])
             if res["pot_s"][0] >= spec.period_s:
                 self.oee.start_period([m], t)
-            values["oee"] = {
-                k: float(res[k][0])
-                for k in ("availability", "performance", "quality", "oee", "apt_s", "pq", "gq")
-            }
+            values["oee"] = {k: float(res[k][0]) for k in OEE_FIELDS}
         if info.furnace is not None and info.profile.furnace:
             spec_f = info.profile.furnace
             temps = lv[info.furnace_rows]
