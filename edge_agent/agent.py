@@ -98,7 +98,7 @@ class Agent:
         await asyncio.gather(*(d.close() for d in self.drivers.values()), return_exceptions=True)
         if self.sinks is not None:
             timeout = self.config.agent.shutdown_timeout if flush_timeout is None else flush_timeout
-            await self.sinks.stop(self.status("offline"), timeout)
+            await self.sinks.stop(timeout)
 
     async def reload(self, new: Config) -> None:
         """Apply a new config: unchanged devices keep their connection and poller, the outboxes stay."""
@@ -111,7 +111,7 @@ class Agent:
         # the signal table is append-only, so the rows of the kept devices' drivers stay valid
         self.pipeline = IndicatorPipeline(new, profile_dirs(new, self.config_dir), table=self.pipeline.table)
         if self.sinks is not None and new.sinks != self.config.sinks:
-            await self.sinks.stop(self.status("offline"), 0)
+            await self.sinks.stop(0)
             self.sinks = _sink_set(new, self.pipeline, self.metrics)
             await self.sinks.start(self.status("online"))
         self.config = new

@@ -1,0 +1,205 @@
+"""The agent's sinks at run time: per sink an encoder, an outbox on disk, the sink and its delivery loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from edge_agent.config import Config
+from edge_agent.metrics import AgentMetrics
+from edge_agent.outbox import Outbox
+from edge_agent.pipeline import Output
+from edge_agent.records import AgentStatus, LineProtocolEncoder, MqttEncoder, Record, Source
+from edge_agent.sinks.delivery import DeliveryLoop, Sink
+from edge_agent.types import SignalTable
+
+log = logging.getLogger(__name__)
+
+Encode = Callable[[Output], list[Record]]
+
+
+def _mqtt_records(encoder: MqttEncoder) -> Encode:
+    def encode(out: Output) -> list[Record]:
+        records = [encoder.raw(src, r) for src, r in out.raw]
+        records += [encoder.kpi(src, b) for src, b in out.kpi]
+        records += [encoder.alarm(src, a) for src, a in out.alarms]
+        return records
+
+    return encode
+
+
+def _line_records(encoder: LineProtocolEncoder) -> Encode:
+    def encode(out: Output) -> list[Record]:
+        records = [encoder.raw(src, r) for src, r in out.raw]
+        records += [encoder.kpi(src, b) for src, b in out.kpi]
+        records += [encoder.alarm(src, a) for src, a in out.alarms]
+        # a KPI line set with every indicator NaN encodes to nothing: no empty record in the outbox
+        return [r for r in records if r.payload]
+
+    return encode
+
+
+@dataclass
+class SinkChannel:
+    """One output: how to encode for it, where its records wait, and the loop that delivers them."""
+
+    name: str
+    encode: Encode
+    outbox: Outbox
+    sink: Sink
+    loop: DeliveryLoop
+    pending: list[Record] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    writer: asyncio.Task[None] | None = None
+    closing: bool = False
+    published_sent: int = 0
+    published_dropped: int = 0
+    published_retries: int = 0
+
+
+class SinkSet:
+    """Every configured sink; `publish` never blocks: encoding is in memory, the outbox write on its thread."""
+
+    def __init__(self, config: Config, table: SignalTable, metrics: AgentMetrics) -> None:
+        self.config = config
+        self.table = table
+        self.metrics = metrics
+        self.channels: list[SinkChannel] = []
+        site = config.site
+        self.source = Source(config.agent.name, "agent", site.site, site.area, site.line, site.enterprise)
+        mqtt_cfg = config.sinks.mqtt
+        self.mqtt_encoder = (
+            MqttEncoder(table, topic_prefix=mqtt_cfg.topic_prefix, topic_template=mqtt_cfg.topic_template)
+            if mqtt_cfg
+            else None
+        )
+        self._metrics_task: asyncio.Task[None] | None = None
+
+    def _outbox(self, name: str) -> Outbox:
+        ob = self.config.outbox
+        return Outbox(
+            ob.dir / f"{name}.sqlite",
+            max_bytes=ob.max_bytes,
+            when_full=ob.when_full,
+            keep_priority=ob.keep_priority,
+            sync=ob.sync,
+            name=name,
+        )
+
+    async def start(self, status: AgentStatus) -> None:
+        """Open the outboxes (backlog first), connect the sinks, start delivering."""
+        cfg = self.config.sinks
+        if cfg.mqtt is not None and self.mqtt_encoder is not None:
+            from edge_agent.sinks.mqtt import MqttPublisher
+
+            online = self.mqtt_encoder.status(self.source, status)
+            will = self.mqtt_encoder.status(self.source, AgentStatus(status.t_ns, "offline", {}))
+            client_id = cfg.mqtt.client_id or f"edge-agent-{self.config.agent.name}-{socket.gethostname()}"
+            publisher = MqttPublisher(cfg.mqtt, client_id=client_id, online=online, will=will)
+            outbox = self._outbox("mqtt")
+            await publisher.start()
+            self._add("mqtt", _mqtt_records(self.mqtt_encoder), outbox, publisher, batch_records=500)
+        if cfg.influx is not None:
+            from edge_agent.sinks.influx import InfluxWriter
+
+            dead_letter = cfg.influx.dead_letter or self.config.outbox.dir / "influx.deadletter"
+            writer = InfluxWriter(cfg.influx, dead_letter=dead_letter)
+            outbox = self._outbox("influx")
+            await writer.start()
+            self._add(
+                "influx",
+                _line_records(LineProtocolEncoder(self.table)),
+                outbox,
+                writer,
+                batch_records=1000,
+                batch_values=cfg.influx.batch_size,
+                linger=cfg.influx.flush_interval,
+            )
+        self._metrics_task = asyncio.create_task(self._export_metrics(), name="sink-metrics")
+
+    def _add(
+        self,
+        name: str,
+        encode: Encode,
+        outbox: Outbox,
+        sink: Sink,
+        batch_records: int,
+        batch_values: int | None = None,
+        linger: float = 0.0,
+    ) -> None:
+        loop = DeliveryLoop(
+            outbox, sink, batch_records=batch_records, batch_values=batch_values, linger=linger
+        )
+        channel = SinkChannel(name, encode, outbox, sink, loop)
+        channel.writer = asyncio.create_task(self._write(channel), name=f"outbox-writer-{name}")
+        loop.start()
+        self.channels.append(channel)
+
+    def publish(self, out: Output) -> None:
+        """Encode one batch of output for every sink and queue it for that sink's outbox writer."""
+        for channel in self.channels:
+            records = channel.encode(out)
+            if records:
+                channel.pending.extend(records)
+                channel.wake.set()
+
+    async def _write(self, channel: SinkChannel) -> None:
+        # batches that arrived while the previous put was on disk go in one transaction together;
+        # the task is never cancelled mid-put (that could lose the batch), it returns once closing
+        while True:
+            await channel.wake.wait()
+            channel.wake.clear()
+            records, channel.pending = channel.pending, []
+            if records:
+                await channel.outbox.put_async(records)
+            if channel.closing and not channel.pending:
+                return
+
+    async def _export_metrics(self) -> None:
+        while True:
+            self.export_metrics()
+            await asyncio.sleep(1.0)
+
+    def export_metrics(self) -> None:
+        """Copy the outbox and delivery counters into the Prometheus metrics."""
+        m = self.metrics
+        for ch in self.channels:
+            m.outbox_depth.labels(ch.name).set(len(ch.outbox))
+            m.outbox_bytes.labels(ch.name).set(ch.outbox.bytes_used)
+            sent = ch.outbox.counters.acked_records
+            dropped = ch.outbox.counters.dropped_records
+            retries = ch.loop.counters.failures
+            m.sent.labels(ch.name).inc(sent - ch.published_sent)
+            m.dropped.labels(ch.name).inc(dropped - ch.published_dropped)
+            m.retries.labels(ch.name).inc(retries - ch.published_retries)
+            ch.published_sent, ch.published_dropped, ch.published_retries = sent, dropped, retries
+
+    async def stop(self, drain_s: float) -> None:
+        """Write what is queued, deliver for up to `drain_s` seconds, then close; the rest waits on disk."""
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metrics_task
+        for channel in self.channels:
+            channel.closing = True
+            channel.wake.set()
+            if channel.writer is not None:
+                await channel.writer
+        await asyncio.gather(*(ch.loop.stop(drain_timeout=drain_s) for ch in self.channels))
+        left = sum(len(ch.outbox) for ch in self.channels)
+        if left:
+            log.warning("%d records stay in the outboxes; they are delivered at the next start", left)
+        self.export_metrics()
+        for channel in self.channels:
+            with contextlib.suppress(Exception):
+                await channel.sink.stop()  # type: ignore[attr-defined]
+            await channel.outbox.close_async()
+        self.channels.clear()
+
+    def depth(self) -> dict[str, int]:
+        """Records waiting per sink."""
+        return {ch.name: len(ch.outbox) for ch in self.channels}
