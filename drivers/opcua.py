@@ -708,13 +708,13 @@ class OpcUaDriver:
     async def _resolve_event_fields(
         self, client: Client, type_id: ua.NodeId, paths: list[str]
     ) -> list[list[ua.QualifiedName] | None]:
-        """Find each field's browse names (with their namespaces) in the event type or its supertypes."""
-        children: dict[str, ua.QualifiedName] = {}
+        """Browse names (with namespaces) of each field path, looked up in the event type and its supertypes."""
+        known: dict[str, ua.QualifiedName] = {}
         node = client.get_node(type_id)
-        for _ in range(10):  # the type hierarchy is shallow; the bound guards against a cycle
+        for _ in range(10):  # type hierarchies are shallow; the bound guards against a reference cycle
             for child in await node.get_children():
                 qn = await child.read_browse_name()
-                children.setdefault(qn.Name, qn)
+                known.setdefault(qn.Name, qn)
             parents = await node.get_referenced_nodes(
                 refs=ua.ObjectIds.HasSubtype, direction=ua.BrowseDirection.Inverse
             )
@@ -724,30 +724,12 @@ class OpcUaDriver:
         out: list[list[ua.QualifiedName] | None] = []
         for path in paths:
             parts = [p for p in path.split("/") if p]
-            head = children.get(parts[0])
+            head = known.get(parts[0]) if parts else None
             if head is None:
                 out.append(None)
                 continue
-            names = [head]
-            start = client.get_node(type_id)
-            try:
-                target = await start.get_child([f"{head.NamespaceIndex}:{head.Name}"])
-                for part in parts[1:]:
-                    found = None
-                    for child in await target.get_children():
-                        qn = await child.read_browse_name()
-                        if qn.Name == part:
-                            found = (child, qn)
-                            break
-                    if found is None:
-                        raise KeyError(part)
-                    target = found[0]
-                    names.append(found[1])
-            except Exception:
-                # The head is inherited from a supertype: keep the names with the head's namespace.
-                if len(parts) > 1:
-                    names += [ua.QualifiedName(p, head.NamespaceIndex) for p in parts[1:]]
-            out.append(names)
+            # Members of a field object (InjectionUnitCycleParameters_1/CushionVolume) share its namespace.
+            out.append([head, *(ua.QualifiedName(p, head.NamespaceIndex) for p in parts[1:])])
         return out
 
     def _on_publish(self, result: ua.PublishResult) -> None:
