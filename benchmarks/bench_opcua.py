@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
 from asyncua import Client, Server, ua
 
 from drivers.opcua import OpcUaDriver
