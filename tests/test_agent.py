@@ -1,0 +1,194 @@
+"""The agent against the four simulators: run --once, publishing to real Mosquitto, reload, signals, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+import urllib.request
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.config import parse_config
+from simulators.plant import Plant
+from tests.services import Mosquitto, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+MACHINES = {"imm-1", "dcm1", "tcu1", "furnace-1"}
+
+
+@pytest.fixture
+async def plant() -> AsyncIterator[Plant]:
+    """The four simulators on free ports, simulated time x20."""
+    p = Plant(speed=20.0, seed=3)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+def _config(plant: Plant, extra: str = "", head: str = "") -> str:
+    return f'{head}[site]\nsite = "p1"\narea = "a1"\nline = "l1"\n\n{extra}\n' + plant.devices_toml(0.3)
+
+
+async def _edge_agent(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge_agent.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def test_run_once_prints_the_records_of_every_machine(plant: Plant, tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(_config(plant))
+    await asyncio.sleep(1.0)  # let every machine produce a value
+    proc = await _edge_agent("run", "-c", str(cfg), "--once")
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err.decode()
+    lines = [orjson.loads(line) for line in out.splitlines()]
+    raw = {line["payload"]["machine"]: line["payload"] for line in lines if line["topic"].endswith("/raw")}
+    assert set(raw) == MACHINES
+    assert {line["topic"].split("/")[0:4] == ["spBv1.0-free", "uns", "p1", "a1"] for line in lines} == {True}
+    furnace = raw["furnace-1"]
+    temps = dict(zip(furnace["signals"], furnace["values"], strict=True))
+    assert 700 < temps["zone_1_temp"] < 1000  # a carburizing furnace, in °C
+    assert set(furnace["quality"]) == {0}
+    tcu = dict(zip(raw["tcu1"]["signals"], raw["tcu1"]["values"], strict=True))
+    assert 25 <= tcu["flow"] <= 35  # nominal 30 L/min
+    assert raw["dcm1"]["units"][raw["dcm1"]["signals"].index("intensification_pressure")] == "bar"
+
+
+async def test_run_once_names_a_device_that_does_not_answer(plant: Plant, tmp_path: Path) -> None:
+    port = free_port()
+    dead = (
+        f'[[devices]]\nname = "dead-plc"\nprotocol = "modbus"\nprofile = "mold_tcu"\n'
+        f'endpoint = "modbus-tcp://127.0.0.1:{port}"\nmodbus = {{ timeout = 0.3 }}\n'
+        'tags = [{ name = "flow", address = 0 }]\n'
+    )
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(_config(plant) + "\n" + dead)
+    proc = await _edge_agent("run", "-c", str(cfg), "--once")
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 1
+    assert f"device dead-plc (modbus-tcp://127.0.0.1:{port})" in err.decode()
+    machines = {orjson.loads(line)["payload"]["machine"] for line in out.splitlines()}
+    assert machines == MACHINES | {"dead-plc"}  # the others were read all the same
+
+
+class Collector:
+    """Subscribes to everything under a prefix and keeps the payloads per topic, in arrival order."""
+
+    def __init__(self, broker: Mosquitto, prefix: str) -> None:
+        self.messages: dict[str, list[dict]] = defaultdict(list)
+        self.retained: dict[str, dict] = {}
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        self.client.subscribe(f"{prefix}/#", qos=1)
+        assert subscribed.wait(10)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        body = orjson.loads(msg.payload)
+        with self.lock:
+            if msg.retain:
+                self.retained[msg.topic] = body
+            else:
+                self.messages[msg.topic].append(body)
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+async def test_agent_publishes_every_record_in_order_to_mosquitto(
+    plant: Plant, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    prefix = f"t{free_port()}"
+    sinks = f'[sinks.mqtt]\nurl = "{mosquitto.url}"\ntopic_prefix = "{prefix}"\n[outbox]\ndir = "outbox"\n'
+    config = parse_config(_config(plant, sinks, '[agent]\nname = "gw1"\n'), "test", tmp_path)
+    collector = Collector(mosquitto, prefix)
+    agent = Agent(config, tmp_path)
+    await agent.start()
+    await asyncio.sleep(6.0)
+    await agent.stop(flush_timeout=10)
+    await asyncio.sleep(0.5)
+    collector.close()
+    topics = collector.messages
+    raw_machines = {t.split("/")[-2] for t in topics if t.endswith("/raw")}
+    assert raw_machines == MACHINES
+    for topic, bodies in topics.items():
+        seqs = [b["seq"] for b in bodies]
+        # one agent run: sequence numbers per topic start at 1 with no gap and no duplicate
+        assert seqs == list(range(1, len(seqs) + 1)), topic
+    assert sum(len(b) for t, b in topics.items() if t.endswith("/raw")) >= 4 * 10
+    # the agent's status: online while running, offline (retained) after a clean stop
+    status = [b["state"] for b in topics[f"{prefix}/p1/a1/l1/gw1/status"]]
+    assert status == ["online", "offline"]
+    kpi = [b for t, bs in topics.items() if t.endswith("tcu1/kpi") for b in bs]
+    heat = [b for b in kpi if b["family"] == "mold" and b["signals"] == ["heat_removal"]]
+    assert heat and 3.0 < heat[-1]["indicators"]["heat_kw"][0] < 15.0
+
+
+async def test_sigterm_flushes_and_exits_and_sighup_keeps_unchanged_devices(
+    plant: Plant, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    head = f'[agent]\nname = "gw2"\nmetrics_port = {metrics_port}\n'
+    sinks = f'[sinks.mqtt]\nurl = "{mosquitto.url}"\ntopic_prefix = "reload"\n[outbox]\ndir = "outbox"\n'
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(_config(plant, sinks, head))
+    proc = await _edge_agent("run", "-c", str(cfg))
+    assert proc.stderr is not None
+    lines: list[str] = []
+
+    async def wait_for(text: str, timeout: float = 30) -> None:
+        async def scan() -> None:
+            while not any(text in line for line in lines):
+                line = await proc.stderr.readline()  # type: ignore[union-attr]
+                if not line:
+                    raise AssertionError(f"agent exited before logging {text!r}:\n{''.join(lines)}")
+                lines.append(line.decode())
+
+        await asyncio.wait_for(scan(), timeout)
+
+    await wait_for("agent gw2 running")
+    await asyncio.sleep(2.0)
+    body = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    )
+    reads = {
+        line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("edge_agent_values_read_total{")
+    }
+    assert {k.split('"')[1] for k in reads} == MACHINES
+    assert all(v > 0 for v in reads.values())
+    # change one device (the injection-moulding machine polls faster); the other three keep their connections
+    cfg.write_text(cfg.read_text().replace("poll_interval = 1.0", "poll_interval = 0.5", 1))
+    proc.send_signal(signal.SIGHUP)
+    await wait_for("config reloaded")
+    reloaded = next(line for line in lines if "config reloaded" in line)
+    assert "3 devices kept, 1 (re)started, 0 removed" in reloaded
+    proc.send_signal(signal.SIGTERM)
+    await wait_for("stopping: flushing outboxes")
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
