@@ -290,3 +290,64 @@ async def test_node_id_and_browse_path_parsing() -> None:
     ]
     with pytest.raises(ValueError, match="not a NodeId"):
         parse_node_id("Machine.Temp")
+
+
+async def test_unknown_event_field_is_bad_only_for_its_signal(imm: ImmSimulator) -> None:
+    text = imm.device_config().replace(
+        'fields.cycle_time = "CycleTime"', 'fields.cycle_time = "CycleTime"\nfields.mystery = "NoSuchField"'
+    )
+    device = device_from(text)
+    rows = rows_of(device)
+    got = Collector()
+    driver = OpcUaDriver(device, rows, config_dir=CONFIG_DIR, on_readings=got)
+    await driver.connect()
+    try:
+        await got.wait_for(lambda: any(rows["mystery"] in b.signal for b in got.batches))
+    finally:
+        await driver.close()
+    event = next(b for b in got.batches if rows["mystery"] in b.signal)
+    q = dict(zip(event.signal.tolist(), event.quality.tolist(), strict=True))
+    assert q[rows["mystery"]] == Quality.BAD_CONFIG
+    assert q[rows["cushion"]] == Quality.GOOD and q[rows["cycle_time"]] == Quality.GOOD
+
+
+async def test_queue_overflow_and_missing_publishes_are_counted(
+    imm: ImmSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncua's server drops the oldest queued value without the Overflow bit, so feed the decoded messages."""
+    device = device_from(imm.device_config())
+    got = Collector()
+    driver = OpcUaDriver(device, rows_of(device), config_dir=CONFIG_DIR, on_readings=got)
+    driver._subscription_id = 42
+
+    def publish(seq: int, codes: list[int]) -> ua.PublishResult:
+        items = [
+            ua.MonitoredItemNotification(
+                ClientHandle=h, Value=ua.DataValue(ua.Variant(200.0 + h), StatusCode=ua.StatusCode(c))
+            )
+            for h, c in enumerate(codes)
+        ]
+        message = ua.NotificationMessage(
+            SequenceNumber=seq, NotificationData=[ua.DataChangeNotification(MonitoredItems=items)]
+        )
+        return ua.PublishResult(SubscriptionId=42, NotificationMessage=message)
+
+    with caplog.at_level(logging.WARNING, logger="drivers.opcua"):
+        driver._on_publish(publish(1, [0, 0, 0, 0]))
+        driver._on_publish(publish(2, [0x480, 0, 0, 0]))  # Good with InfoType=DataValue | Overflow
+        driver._on_publish(publish(5, [0, 0, 0, 0]))  # messages 3 and 4 never arrived
+    assert driver.stats.overflows == 1 and driver.stats.missed_publishes == 2
+    assert any("queue overflow" in r.getMessage() for r in caplog.records)
+    assert any("2 notification message(s) missing" in r.getMessage() for r in caplog.records)
+    assert [len(b) for b in got.batches] == [4, 4, 4]  # one batch per publish, values kept
+    assert got.batches[1].value[0] == 200.0 and got.batches[1].quality[0] == Quality.GOOD
+
+
+async def test_simulator_command_prints_a_valid_config(capsys: pytest.CaptureFixture[str]) -> None:
+    from simulators import furnace, imm
+
+    for module in (imm, furnace):
+        assert await asyncio.to_thread(module.main, ["--port", "0", "--print-config"]) == 0
+        text = capsys.readouterr().out
+        device = device_from(text[text.index("#") :])
+        assert device.endpoint.startswith("opc.tcp://127.0.0.1:") and not device.endpoint.endswith(":0")
