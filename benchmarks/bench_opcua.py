@@ -126,6 +126,8 @@ async def bench_read(n: int, reps: int) -> dict[str, Any]:
                 raw_wall.append(w1 - w0)
                 drv_cpu.append(c2 - c1)
                 drv_wall.append(w2 - w1)
+        # a 10k-node Read must not trip the keep-alive watchdog into a reconnect
+        assert driver.stats.connects == 1 and driver.connected
         await raw.disconnect()
         await driver.close()
     finally:

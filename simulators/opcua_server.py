@@ -269,12 +269,20 @@ class OpcUaSimulator:
         subs = self.server.iserver.subscription_service.subscriptions.values()
         return sum(len(s.monitored_item_srv._monitored_items) for s in subs)
 
-    def device_config(self, opcua: Mapping[str, Any] | None = None, name: str | None = None) -> str:
-        """The shipped config/<kind>.toml with this endpoint; `opcua` replaces its [devices.opcua] table."""
+    def device_config(
+        self,
+        opcua: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        endpoint: str | None = None,
+        poll_interval: float | None = None,
+    ) -> str:
+        """The shipped config/<kind>.toml pointed at this server; `opcua` replaces its [devices.opcua] table."""
         text = (CONFIG_DIR / f"{self.kind}.toml").read_text(encoding="utf-8")
-        text = re.sub(r'(?m)^endpoint = ".*"$', f'endpoint = "{self.endpoint}"', text, count=1)
+        text = re.sub(r'(?m)^endpoint = ".*"$', f'endpoint = "{endpoint or self.endpoint}"', text, count=1)
         if name is not None:
             text = re.sub(r'(?m)^name = ".*"$', f'name = "{name}"', text, count=1)
+        if poll_interval is not None:
+            text = re.sub(r"(?m)^poll_interval = .*$", f"poll_interval = {poll_interval!r}", text, count=1)
         if opcua is not None:
             table = "[devices.opcua]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in opcua.items())
             text, n = re.subn(r"(?ms)^\[devices\.opcua\]\n.*?(?=^\[)", table + "\n", text, count=1)
