@@ -52,6 +52,7 @@ class MachineView:
     active: dict[str, str] = field(default_factory=dict)
     polls: int = 0
     last_ns: int = 0
+    baseline: int = 50
 
 
 class DemoView:
@@ -60,8 +61,14 @@ class DemoView:
     def __init__(self, profiles: dict[str, Profile], names: list[str]) -> None:
         self.machines: dict[str, MachineView] = {}
         for name, profile in profiles.items():
-            shown = [s.name for s in profile.signals if {"capability", "band"} & set(s.indicators)][:4]
-            self.machines[name] = MachineView(name, profile.kind, shown)
+            # the characteristics with limits first, then the other monitored signals
+            ranked = sorted(
+                (s for s in profile.signals if s.indicators),
+                key=lambda s: not ({"capability", "band"} & set(s.indicators)),
+            )
+            self.machines[name] = MachineView(
+                name, profile.kind, [s.name for s in ranked[:4]], baseline=profile.baseline_samples
+            )
         self.names = names
         self.events: deque[str] = deque(maxlen=8)
         self.alarm_count = 0
@@ -115,11 +122,15 @@ class DemoView:
             alarms = f"[red]{len(view.active)} active[/red]" if view.active else "[green]ok[/green]"
             for i, name in enumerate(view.signals or ["-"]):
                 spc = view.spc.get(name, {})
+                cl = _fmt(spc.get("cl"))
+                if cl == "–" and spc:
+                    # phase I: the limits are being estimated from the first samples
+                    cl = f"[dim]baseline {int(spc.get('n', 0))}/{view.baseline}[/dim]"
                 table.add_row(
                     f"{view.name} ({view.kind})" if i == 0 else "",
                     name,
                     _fmt(view.values.get(name)),
-                    _fmt(spc.get("cl")),
+                    cl,
                     _fmt(spc.get("ucl")),
                     _fmt(spc.get("lcl")),
                     _fmt(spc.get("cpk"), "{:.2f}"),

@@ -33,6 +33,8 @@ _KIND_NEEDS = {
     "ewma": {"ewma"},
     "cusum": {"cusum"},
 }
+#: A per-cycle alarm clears only after its condition stayed away this many nominal cycles.
+CLEAR_AFTER_CYCLES = 5
 _SPC_INDICATORS = {"rolling", "imr", "xbar_r", "xbar_s", "capability", "rules", "ewma", "cusum"}
 _RULE_NAMES = [(int(r.value), str(r.name)) for r in Rule]
 
@@ -140,6 +142,7 @@ class IndicatorPipeline:
         window = np.full(rows.shape, 50)
         phase1 = np.full(rows.shape, 50)
         delay = np.zeros(n, np.int64)
+        off_delay = np.zeros(n, np.int64)
         for i, (info, name) in enumerate(owners):
             ps = info.profile.signal(name)
             assert ps is not None
@@ -159,9 +162,15 @@ class IndicatorPipeline:
                 self.alarm_allowed[row, kind] = allowed
             if ps.sampling == "continuous":
                 delay[row] = int(info.profile.alarm_delay_s * 1e9)
+            elif info.nominal_cycle_s:
+                # a per-cycle alarm holds for a few cycles, so one in-control sample does not flap it
+                off_delay[row] = int(CLEAR_AFTER_CYCLES * info.nominal_cycle_s * 1e9)
         max_window = int(window.max()) if window.size else 2
         self.spc = SpcEngine(
-            max(n, 1), max_window=max(max_window, 2), alarm_on_delay_ns=delay, alarm_off_delay_ns=delay
+            max(n, 1),
+            max_window=max(max_window, 2),
+            alarm_on_delay_ns=delay,
+            alarm_off_delay_ns=np.maximum(delay, off_delay),
         )
         if rows.size:
             self.spc.configure(rows, SpcParams(window=window, phase1_n=phase1, lsl=lsl, usl=usl))
