@@ -407,6 +407,8 @@ class OpcUaDriver:
             if reason is not None:
                 raise OpcUaRefused(f"{reason} ({ua.StatusCode(exc.code).name})") from None
             raise
+        # Cleared before the callback is installed, so a loss during the setup below is not forgotten.
+        self._lost.clear()
         try:
             client.connection_lost_callback = self._on_connection_lost
             namespaces = await client.get_namespace_array()
@@ -419,7 +421,6 @@ class OpcUaDriver:
                 await asyncio.wait_for(client.disconnect(), timeout=2.0)
             raise
         self._client = client
-        self._lost.clear()
         self._connected = True
         self.stats.connects += 1
         self._set_state("connected", "connected", logging.INFO)
@@ -444,6 +445,9 @@ class OpcUaDriver:
         user_cert = _abs(self._config_dir, opts.user_certificate)
         user_key = _abs(self._config_dir, opts.user_private_key)
         if user_cert is not None and user_key is not None:
+            for path, what in ((user_cert, "user_certificate"), (user_key, "user_private_key")):
+                if not path.is_file():
+                    raise OpcUaRefused(f"{what} {path} does not exist")
             await client.load_client_certificate(str(user_cert))
             await client.load_private_key(user_key)
         endpoints = await client.connect_and_get_server_endpoints()
@@ -456,7 +460,10 @@ class OpcUaDriver:
         matching = [e for e in endpoints if e.SecurityMode == mode and e.SecurityPolicyUri == policy_uri]
         if not matching:
             offered = sorted(
-                {f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints}
+                {
+                    f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name.rstrip('_')}"
+                    for e in endpoints
+                }
             )
             raise OpcUaRefused(
                 f"the server offers no endpoint with {opts.security_policy}/{opts.security_mode}; "
