@@ -59,6 +59,10 @@ _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 _OVERFLOW_BITS = 0x00000480  # InfoType=DataValue | Overflow: the server's queue dropped values
 _MAX_NODES_PER_READ = ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead
+_MAX_BROWSE_PATHS = (
+    ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerTranslateBrowsePathsToNodeIds
+)
+_MAX_ITEMS_PER_CALL = ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall
 
 
 def make_node_id(identifier: int | str | uuid.UUID | bytes, ns_index: int = 0) -> ua.NodeId:
@@ -268,6 +272,8 @@ class OpcUaDriver:
         self._subscription_id: int | None = None
         self._last_sequence: int | None = None
         self._max_nodes_per_read = 0
+        self._max_browse_paths = 0
+        self._max_items_per_call = 0
         self._bad_config_logged: set[str] = set()
 
     # ------------------------------------------------------------------ public API
@@ -524,13 +530,20 @@ class OpcUaDriver:
     # ------------------------------------------------------------------ addressing and reads
 
     async def _read_limits(self, client: Client) -> None:
-        cap = self.options.max_nodes_per_read or 0
+        """The server's operational limits (0 = none); every bulk request of the driver stays within them."""
+        ids = [make_node_id(i) for i in (_MAX_NODES_PER_READ, _MAX_BROWSE_PATHS, _MAX_ITEMS_PER_CALL)]
         try:
-            server_cap = int(await client.get_node(make_node_id(_MAX_NODES_PER_READ)).read_value() or 0)
-        except Exception:
-            server_cap = 0
-        limits = [c for c in (cap, server_cap) if c > 0]
-        self._max_nodes_per_read = min(limits) if limits else 0
+            values = [
+                dv.Value.Value if dv.Value is not None else 0
+                for dv in await client.uaclient.read_attributes(ids, ua.AttributeIds.Value)
+            ]
+        except ua.UaError:
+            values = [0, 0, 0]
+        read_cap, paths_cap, items_cap = (int(v) if isinstance(v, int) and v > 0 else 0 for v in values)
+        own = self.options.max_nodes_per_read or 0
+        self._max_nodes_per_read = min((c for c in (own, read_cap) if c > 0), default=0)
+        self._max_browse_paths = paths_cap
+        self._max_items_per_call = items_cap
 
     def _bad_config(self, tag: str, why: str) -> None:
         if tag not in self._bad_config_logged:
@@ -566,7 +579,9 @@ class OpcUaDriver:
                 bp.RelativePath.Elements.append(el)
             paths.append((i, bp))
         if paths:
-            results = await client.uaclient.translate_browsepaths_to_nodeids([bp for _, bp in paths])
+            results = []
+            for chunk in _chunks([bp for _, bp in paths], self._max_browse_paths):
+                results += await client.uaclient.translate_browsepaths_to_nodeids(chunk)
             for (i, _), res in zip(paths, results, strict=True):
                 if res.StatusCode.is_good() and res.Targets:
                     out[i] = res.Targets[0].TargetId
@@ -577,7 +592,9 @@ class OpcUaDriver:
         # A NodeId that parses may still not exist: one batched read of NodeClass finds the unknown ones.
         known = [(i, n) for i, n in enumerate(out) if n is not None]
         if known:
-            checks = await client.uaclient.read_attributes([n for _, n in known], ua.AttributeIds.NodeClass)
+            checks = []
+            for part in _chunks([n for _, n in known], self._max_nodes_per_read):
+                checks += await client.uaclient.read_attributes(part, ua.AttributeIds.NodeClass)
             for (i, _), dv in zip(known, checks, strict=True):
                 if dv.StatusCode is not None and not dv.StatusCode.is_good():
                     self._bad_config(
@@ -595,8 +612,7 @@ class OpcUaDriver:
             plan.quality = np.full(len(tags), Quality.BAD_CONFIG, np.uint8)
             plan.quality[plan.readable] = Quality.GOOD
             ids = [ua.ReadValueId(NodeId=nodes[i], AttributeId=ua.AttributeIds.Value) for i in readable]
-            size = self._max_nodes_per_read or len(ids) or 1
-            plan.chunks = [ids[k : k + size] for k in range(0, len(ids), size)]
+            plan.chunks = _chunks(ids, self._max_nodes_per_read)
 
     async def _read_chunk(self, client: Client, chunk: list[ua.ReadValueId]) -> list[ua.DataValue]:
         params = ua.ReadParameters()
@@ -631,11 +647,13 @@ class OpcUaDriver:
                 requests.append(req)
         if not requests:
             return
-        create = ua.CreateMonitoredItemsParameters()
-        create.SubscriptionId = result.SubscriptionId
-        create.TimestampsToReturn = ua.TimestampsToReturn.Both
-        create.ItemsToCreate = requests
-        results = await client.uaclient.create_monitored_items(create)
+        results = []
+        for chunk in _chunks(requests, self._max_items_per_call):
+            create = ua.CreateMonitoredItemsParameters()
+            create.SubscriptionId = result.SubscriptionId
+            create.TimestampsToReturn = ua.TimestampsToReturn.Both
+            create.ItemsToCreate = chunk
+            results += await client.uaclient.create_monitored_items(create)
         for req, res in zip(requests, results, strict=True):
             if not res.StatusCode.is_good():
                 handle = req.RequestedParameters.ClientHandle
@@ -797,6 +815,14 @@ class OpcUaDriver:
                     qual[j] = Quality.GOOD
             self.stats.events += 1
             self.on_readings(Readings.of(rows, t_ns, vals, qual))
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    """`items` in runs of at most `size` (0 = one run); no runs for no items."""
+    if not items:
+        return []
+    step = size if size > 0 else len(items)
+    return [items[k : k + step] for k in range(0, len(items), step)]
 
 
 def _select(type_id: ua.NodeId, path: list[ua.QualifiedName]) -> ua.SimpleAttributeOperand:

@@ -101,6 +101,7 @@ class FurnaceSimulator(OpcUaSimulator):
     """
 
     kind: ClassVar[str] = "furnace"
+    default_port: ClassVar[int] = 4841
     FAULTS: ClassVar[frozenset[str]] = frozenset(
         {"thermocouple_burnout", "zone_heater_failure", "overshoot", "calibration_drift"}
     )

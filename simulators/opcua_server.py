@@ -167,6 +167,7 @@ class OpcUaSimulator:
     """
 
     kind: ClassVar[str] = "sim"
+    default_port: ClassVar[int] = 4840
     FAULTS: ClassVar[frozenset[str]] = frozenset()
     tick_s: float = 0.1
 
@@ -393,7 +394,12 @@ def simulator_main(cls: type[OpcUaSimulator], argv: list[str] | None, descriptio
     """Command line of a simulator: `edge-agent simulate <kind> [--port N] [--speed X] [--fault F] [--secure DIR]`."""
     parser = argparse.ArgumentParser(prog=f"edge-agent simulate {cls.kind}", description=description)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=4840, help="TCP port (0 = any free port; default 4840)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=cls.default_port,
+        help=f"TCP port (0 = any free port; default {cls.default_port}, as in config/{cls.kind}.toml)",
+    )
     parser.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall-clock second")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(

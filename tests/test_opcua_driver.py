@@ -93,6 +93,23 @@ async def test_shipped_config_polls_real_values(imm: ImmSimulator) -> None:
         await driver.close()
 
 
+async def test_reads_are_chunked_by_max_nodes_per_read(imm: ImmSimulator) -> None:
+    text = imm.device_config().replace(
+        "publishing_interval = 0.5", "publishing_interval = 0.5\nmax_nodes_per_read = 3"
+    )
+    device = device_from(text)
+    driver = OpcUaDriver(device, rows_of(device), config_dir=CONFIG_DIR)
+    await driver.connect()
+    try:
+        fast = driver.groups()[0]
+        batch = await driver.read(fast)
+        assert [len(c) for c in driver._plans[fast].chunks] == [3, 3, 1]  # 7 tags, 3 per Read request
+        assert len(batch) == 7 and (batch.quality == Quality.GOOD).all()
+        assert batch.value[batch.signal == rows_of(device)["machine_mode"]][0] == 1.0
+    finally:
+        await driver.close()
+
+
 async def test_counter_moves_between_polls(imm: ImmSimulator) -> None:
     device = device_from(imm.device_config())
     driver = OpcUaDriver(device, rows_of(device), config_dir=CONFIG_DIR)
