@@ -360,11 +360,15 @@ async def test_queue_overflow_and_missing_publishes_are_counted(
     assert got.batches[1].value[0] == 200.0 and got.batches[1].quality[0] == Quality.GOOD
 
 
-async def test_simulator_command_prints_a_valid_config(capsys: pytest.CaptureFixture[str]) -> None:
-    from simulators import furnace, imm
+async def test_simulator_command_prints_a_valid_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from edge_agent import cli
 
-    for module in (imm, furnace):
-        assert await asyncio.to_thread(module.main, ["--port", "0", "--print-config"]) == 0
+    for machine, extra in (("imm", []), ("furnace", ["--secure", str(tmp_path), "--user", "op:pw"])):
+        argv = ["simulate", machine, "--port", "0", "--print-config", *extra]
+        assert await asyncio.to_thread(cli.main, argv) == 0
         text = capsys.readouterr().out
         device = device_from(text[text.index("#") :])
         assert device.endpoint.startswith("opc.tcp://127.0.0.1:") and not device.endpoint.endswith(":0")
+    assert (tmp_path / "server-cert.der").is_file() and (tmp_path / "server-key.pem").is_file()
