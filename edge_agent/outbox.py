@@ -446,15 +446,17 @@ class Outbox:
 def _read_what_survives(path: Path) -> tuple[list[tuple], int]:
     """Rows of a damaged outbox file that read back with a valid checksum, and how many did not.
 
-    A damaged b-tree stops a scan at the bad page, so the scan restarts just past the last good id,
-    probing further ahead by doubling steps until rows read again. Ids are dense (each put takes the
-    next ones), so the gaps between readable ids are the lost rows; rows acknowledged or dropped
-    before the crash also leave gaps, so `lost` is an upper bound.
+    A scan stops with an error at a damaged page. The scan then reads one row at a time and steps
+    past ids it cannot reach, until rows read again. Ids are dense (each put takes the next ones),
+    so the ids skipped between readable rows are the lost rows; rows acknowledged or dropped before
+    the damage also leave gaps, so `lost` is an upper bound. Damage to an interior page can hide
+    everything below it: the file is kept aside for `sqlite3 FILE .recover` in that case.
     """
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.DatabaseError:
         return [], 0
+    sql = "SELECT id, kind, rank, n, size, crc, key, payload FROM records WHERE id > ? ORDER BY id LIMIT ?"
     rows: list[tuple] = []
     lost = 0
     try:
@@ -463,32 +465,31 @@ def _read_what_survives(path: Path) -> tuple[list[tuple], int]:
             last_id = int(top[0]) if top else 0
         except sqlite3.DatabaseError:
             last_id = 0
-        after = 0
+        after = 0  # every id <= after has been read or given up on
         seen = 0  # last id read back, good or bad
-        bad_ids = 0
-        step = 1
+        damaged_before_first = False
+        failures_in_a_row = 0
+        limit = 1000
         while True:
             try:
-                batch = db.execute(
-                    "SELECT id, kind, rank, n, size, crc, key, payload FROM records "
-                    "WHERE id > ? ORDER BY id LIMIT 1000",
-                    (after,),
-                ).fetchall()
+                batch = db.execute(sql, (after, limit)).fetchall()
             except sqlite3.DatabaseError:
-                if last_id and after >= last_id:
-                    break
-                after += step
-                bad_ids += step
-                step = min(step * 2, 4096)
-                if not last_id and bad_ids > 1_000_000:
+                if limit > 1:
+                    limit = 1  # read up to the damaged page row by row
+                    continue
+                after += 1
+                failures_in_a_row += 1
+                damaged_before_first = damaged_before_first or not seen
+                if (last_id and after >= last_id) or failures_in_a_row > 1_000_000:
                     break
                 continue
-            step = 1
+            failures_in_a_row = 0
+            limit = 1000
             if not batch:
                 break
             for row in batch:
                 rid, _kind, _rank, _n, _size, crc, key, payload = row
-                if seen and rid - seen > 1:
+                if (seen or damaged_before_first) and rid - seen > 1:
                     lost += rid - seen - 1
                 seen = rid
                 if isinstance(key, str) and isinstance(payload, bytes) and _crc(key, payload) == crc:
@@ -496,7 +497,7 @@ def _read_what_survives(path: Path) -> tuple[list[tuple], int]:
                 else:
                     lost += 1
             after = batch[-1][0]
-        if seen and last_id > seen:
+        if last_id > seen:
             lost += last_id - seen
     except sqlite3.DatabaseError:
         pass

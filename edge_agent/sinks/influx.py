@@ -1,0 +1,199 @@
+"""InfluxDB sink (influxdb-client async API): pre-serialized line protocol, gzip, Retry-After, dead letters for 400s."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import gzip
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import orjson
+from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+from influxdb_client.domain.write_precision import WritePrecision
+from influxdb_client.rest import ApiException
+from influxdb_client.service.write_service import WriteService
+
+from edge_agent.config import InfluxSink
+from edge_agent.records import Record
+from edge_agent.sinks.delivery import SinkError
+
+log = logging.getLogger(__name__)
+
+
+class _Rejected(Exception):
+    """The server answered 400 (or 413) to a body: some of its lines are bad (or it is too big)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class InfluxCounters:
+    """Self-metrics of the InfluxDB sink."""
+
+    requests: int = 0
+    lines_written: int = 0
+    rejected_requests: int = 0
+    dead_letter_lines: int = 0
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+class InfluxWriter:
+    """Writes outbox records (line-protocol bytes) to /api/v2/write; `send` returns once every line is stored
+    or dead-lettered.
+
+    A 400 means the server refused some lines. InfluxDB 2.x writes the good lines of the body and names
+    the first bad one; VictoriaMetrics skips malformed lines itself (204) but refuses a whole body with
+    400 for an over-long line, having stored the lines before it. Either way the body is bisected:
+    halves are re-sent until each refused line stands alone and goes to the dead-letter file with the
+    server's reason. Re-sending a line that was already stored is harmless: a point is identified by
+    its series and timestamp, so it is overwritten with the same value.
+    """
+
+    def __init__(self, config: InfluxSink, dead_letter: Path, name: str = "influx") -> None:
+        self.name = name
+        self.config = config
+        self.dead_letter = Path(dead_letter)
+        self.counters = InfluxCounters()
+        self._client: InfluxDBClientAsync | None = None
+        self._service: WriteService | None = None
+
+    async def start(self) -> None:
+        """Create the HTTP client (nothing is sent until the first write)."""
+        token = self.config.token.get_secret_value() if self.config.token is not None else "unset"
+        # gzip is done here at level 1 on a worker thread; the client's own gzip runs level 9 on the event loop
+        self._client = InfluxDBClientAsync(
+            url=self.config.url,
+            token=token,
+            org=self.config.org,
+            timeout=int(self.config.timeout * 1000),
+            enable_gzip=False,
+        )
+        self._service = WriteService(self._client.api_client)
+
+    async def stop(self) -> None:
+        """Close the HTTP client."""
+        if self._client is not None:
+            await self._client.close()
+        self._client = None
+        self._service = None
+
+    async def send(self, records: Sequence[Record]) -> None:
+        """Write the lines of all records; raise SinkError if the server cannot take them now."""
+        if self._service is None:
+            await self.start()
+        body = b"".join(r.payload for r in records)
+        try:
+            await self._post(body)
+        except _Rejected as exc:
+            self.counters.rejected_requests += 1
+            log.warning(
+                "influx %s: HTTP %d (%s); isolating the refused lines",
+                self.config.url,
+                exc.status,
+                exc.reason,
+            )
+            lines = body.splitlines(keepends=True)
+            bad: list[tuple[bytes, str]] = []
+            await self._bisect(lines, exc.reason, bad)
+            await asyncio.to_thread(self._write_dead_letters, bad)
+            self.counters.dead_letter_lines += len(bad)
+            log.error(
+                "influx: %d lines refused by the server moved to %s (first reason: %s)",
+                len(bad),
+                self.dead_letter,
+                bad[0][1] if bad else "-",
+            )
+
+    async def _bisect(self, lines: list[bytes], reason: str, bad: list[tuple[bytes, str]]) -> None:
+        """Send `lines` (known to be refused as a whole) in halves until every refused line stands alone."""
+        if len(lines) == 1:
+            bad.append((lines[0], reason))
+            return
+        mid = len(lines) // 2
+        for half in (lines[:mid], lines[mid:]):
+            try:
+                await self._post(b"".join(half))
+            except _Rejected as exc:
+                await self._bisect(half, exc.reason, bad)
+
+    async def _post(self, body: bytes) -> None:
+        assert self._service is not None
+        cfg = self.config
+        encoding = None
+        data = body
+        if cfg.gzip:
+            data = await asyncio.to_thread(gzip.compress, body, 1)
+            encoding = "gzip"
+        self.counters.requests += 1
+        try:
+            await self._service.post_write_async(
+                org=cfg.org,
+                bucket=cfg.bucket,
+                body=data,
+                precision=WritePrecision.NS,
+                content_encoding=encoding,
+                content_type="text/plain; charset=utf-8",
+            )
+        except ApiException as exc:
+            status = int(exc.status or 0)
+            raw_message = exc.message or exc.reason or ""
+            message = (
+                raw_message.decode(errors="replace") if isinstance(raw_message, bytes) else str(raw_message)
+            )
+            if status in (400, 413):
+                raise _Rejected(status, message.strip()) from None
+            if status in (401, 403):
+                raise SinkError(
+                    f"InfluxDB {cfg.url} refused the token ({status} {message}); "
+                    "check sinks.influx.token and its environment variable"
+                ) from None
+            if status == 404:
+                raise SinkError(
+                    f"InfluxDB {cfg.url}: org {cfg.org!r} or bucket {cfg.bucket!r} not found ({message}); "
+                    "check sinks.influx.org and sinks.influx.bucket"
+                ) from None
+            raise SinkError(
+                f"InfluxDB {cfg.url}: HTTP {status} {message}", retry_after=parse_retry_after(exc.retry_after)
+            ) from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise SinkError(f"InfluxDB {cfg.url} unreachable: {exc or type(exc).__name__}") from None
+        self.counters.lines_written += body.count(b"\n")
+
+    def _write_dead_letters(self, bad: list[tuple[bytes, str]]) -> None:
+        if not bad:
+            return
+        self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        with self.dead_letter.open("ab") as f:
+            for line, reason in bad:
+                f.write(
+                    orjson.dumps(
+                        {"time": now, "reason": reason, "line": line.rstrip(b"\n").decode(errors="replace")}
+                    )
+                    + b"\n"
+                )
+            f.flush()
+            # the lines leave the outbox once this returns: they must be on disk first
+            os.fsync(f.fileno())
