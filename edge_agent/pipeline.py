@@ -60,6 +60,8 @@ class DeviceInfo:
     kpi_due_ns: int = 0
     furnace: FurnaceMonitor | None = None
     furnace_rows: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    band_channels: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    """The device's channels of the band-alarm tracker."""
     event_signals: set[str] = field(default_factory=set)
     """Per-cycle signals that arrive as events (one per cycle): fed directly, not latched on the counter."""
     last_state: dict[str, float] = field(default_factory=dict)
@@ -222,8 +224,9 @@ class IndicatorPipeline:
         self.band_rows = np.array(rows, np.int64)
         self.band_setpoint = np.array(setpoints, np.int64)
         self.band_width = np.array(bands, np.float64)
-        self.band_channel = np.full(n, -1, np.int64)
-        self.band_channel[self.band_rows] = np.arange(len(rows))
+        for info in self.devices.values():
+            mine = [i for i, r in enumerate(rows) if self.table.devices[r] == info.name]
+            info.band_channels = np.array(mine, np.int64)
         self.band_alarms = AlarmTracker(len(rows), np.array(delays, np.int64), np.array(delays, np.int64))
 
     def _build_device_indicators(self, n: int) -> None:
@@ -304,7 +307,8 @@ class IndicatorPipeline:
                 keep = self.alarm_allowed[ev.row, ev.kind]
                 events.append(_take(ev, keep))
         spc_events = AlarmEvents.concat(events)
-        band_events = self._band(sig, readings)
+        t_batch = int(readings.t_ns.max()) if len(readings) else now_ns
+        band_events = self._band(info, t_batch)
         device_events = self._device_indicators(info, readings, now_ns, out)
         self._alarm_records(info, spc_events, band_events, device_events, out)
         if cycle_moved or now_ns >= info.kpi_due_ns:
@@ -312,25 +316,24 @@ class IndicatorPipeline:
             info.kpi_due_ns = now_ns + int(info.profile.kpi_interval_s * 1e9)
         return out
 
-    def _band(self, sig: NDArray[np.int64], readings: Readings) -> AlarmEvents:
-        ch = self.band_channel[sig]
-        use = (ch >= 0) & readings.good
-        if not use.any():
+    def _band(self, info: DeviceInfo, t_ns: int) -> AlarmEvents:
+        # judged on the last values at every batch of the device, not only when a banded signal
+        # arrives: a subscribed zone that drops and then holds still sends nothing more, and its
+        # persistence delay must still run out
+        ch = info.band_channels
+        if ch.size == 0:
             return AlarmEvents.empty()
-        ch = ch[use]
-        value = readings.value[use]
+        rows = self.band_rows[ch]
+        value = self.last_value[rows]
         sp = self.last_value[self.band_setpoint[ch]]
+        known = np.isfinite(value) & np.isfinite(sp)
+        if not known.any():
+            return AlarmEvents.empty()
+        ch, rows, value, sp = ch[known], rows[known], value[known], sp[known]
         width = self.band_width[ch]
         raised, cleared = band_conditions(value, sp - width, sp + width, deadband=0.1 * width)
-        known = np.isfinite(sp)
-        ev = self.band_alarms.update(
-            ch[known],
-            readings.t_ns[use][known],
-            raised[known],
-            cleared[known],
-            value[known],
-            np.where(value >= sp, sp + width, sp - width)[known],
-        )
+        limit = np.where(value >= sp, sp + width, sp - width)
+        ev = self.band_alarms.update(ch, t_ns, raised, cleared, value, limit)
         return AlarmEvents(self.band_rows[ev.row], ev.kind, ev.t_ns, ev.start, ev.value, ev.limit, ev.mask)
 
     def _device_indicators(

@@ -116,3 +116,21 @@ def test_engine_alarm_is_one_start_and_one_clear() -> None:
     ]
     assert rules[0] == (10, True) and rules[-1][1] is False and len(rules) == 2
     assert upd.events.to_records(ALARM_KIND_NAMES)[0]["state"] == "start"
+
+
+def test_furnace_overshoot_follows_the_direction_of_the_setpoint_change() -> None:
+    from edge_agent.core.furnace import FurnaceMonitor
+
+    mon = FurnaceMonitor([0, 0], tolerance_c=6.0)
+    s = 1_000_000_000
+    # heating to 900: overshoot is how far the hottest sensor goes above the setpoint
+    for k, temps in enumerate([(880, 882), (899, 901), (905, 903), (902, 900)]):
+        st = mon.update(k * s, temps, 900.0)
+    assert st.overshoot_c[0] == 5.0
+    # a step down to 850 starts from above: nothing is "overshoot" until the furnace crosses 850,
+    # and then it is how far the coldest sensor falls below it
+    st = mon.update(10 * s, (899, 897), 850.0)
+    assert st.overshoot_c[0] == 0.0
+    for k, temps in enumerate([(851, 849), (847, 846), (850, 849)]):
+        st = mon.update((11 + k) * s, temps, 850.0)
+    assert st.overshoot_c[0] == 4.0

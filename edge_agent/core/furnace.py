@@ -33,7 +33,9 @@ class FurnaceStatus:
     all_in_band: NDArray[np.bool_]  # every sensor valid and in band
     soak_s: NDArray[np.float64]
     ramp_c_per_min: NDArray[np.float64]  # least-squares slope of the furnace mean over the ramp window
-    overshoot_c: NDArray[np.float64]  # max T - SP after the first crossing of SP (0 before)
+    overshoot_c: NDArray[
+        np.float64
+    ]  # beyond SP after first crossing it: max T - SP heating, SP - min T cooling
     time_to_temp_s: NDArray[np.float64]  # from the setpoint change to all sensors in band, NaN until then
 
 
@@ -84,6 +86,7 @@ class FurnaceMonitor:
         self.was_in_band = np.zeros(F, bool)
         self.soak_ns = np.zeros(F)
         self.crossed = np.zeros(F, bool)
+        self.rising = np.ones(F, bool)  # direction of the last setpoint change
         self.overshoot = np.zeros(F)
         self.ttt = np.full(F, np.nan)
         self.rb_t = np.zeros((F, ramp_capacity))
@@ -107,6 +110,8 @@ class FurnaceMonitor:
             self.overshoot[changed] = 0.0
             self.ttt[changed] = np.nan
             self.was_in_band[changed] = False
+            # a step down approaches from above: its "overshoot" is how far the furnace undershoots
+            self.rising[changed] = ~(sp[changed] < self.sp[changed])
             self.sp = sp.copy()
         f = self.sf
         with np.errstate(invalid="ignore"):
@@ -137,8 +142,9 @@ class FurnaceMonitor:
         self.was_in_band = all_in
         self.last_t[:] = t_ns
         with np.errstate(invalid="ignore"):
-            self.crossed |= tmax >= sp
-            self.overshoot = np.where(self.crossed, np.fmax(self.overshoot, tmax - sp), self.overshoot)
+            self.crossed |= np.where(self.rising, tmax >= sp, tmin <= sp)
+            beyond = np.where(self.rising, tmax - sp, sp - tmin)
+            self.overshoot = np.where(self.crossed, np.fmax(self.overshoot, beyond), self.overshoot)
         mean = np.where(
             nvalid > 0, np.add.reduceat(np.where(valid, T, 0.0), self.first) / np.maximum(nvalid, 1), np.nan
         )
