@@ -1,0 +1,237 @@
+"""Throughput of the sinks through the on-disk outbox to a real Mosquitto and a real VictoriaMetrics, with reference
+ceilings (no outbox) measured side by side in the same run; `lost` is counted by reading everything back.
+
+    .venv/bin/python benchmarks/bench_sinks.py --json [--messages 30000] [--points 500000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edge_agent.config import InfluxSink, MqttSink  # noqa: E402
+from edge_agent.outbox import Outbox  # noqa: E402
+from edge_agent.records import LineProtocolEncoder, MqttEncoder, Source  # noqa: E402
+from edge_agent.sinks.delivery import DeliveryLoop  # noqa: E402
+from edge_agent.sinks.influx import InfluxWriter  # noqa: E402
+from edge_agent.sinks.mqtt import MqttPublisher  # noqa: E402
+from edge_agent.types import Readings, SignalTable  # noqa: E402
+from tests.services import Mosquitto, VictoriaMetrics  # noqa: E402
+
+VALUES_PER_MESSAGE = 20
+MACHINES = [Source(f"imm-{i:02d}", equipment="injection_molding") for i in range(20)]
+
+# a subscriber in its own process (the other core), counting distinct (topic, seq) until it has them all
+COUNTER = textwrap.dedent(
+    """
+    import sys, time, threading, orjson
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    port, topic, want = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    seen = set(); done = threading.Event(); last = [time.monotonic()]
+    def on_message(c, u, m):
+        seen.add(m.payload[:200]); last[0] = time.monotonic()
+        if len(seen) >= want: done.set()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-counter", protocol=mqtt.MQTTv311)
+    ready = threading.Event()
+    c.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+    c.on_subscribe = lambda *a: ready.set()
+    c.on_message = on_message
+    c.connect("127.0.0.1", port); c.loop_start(); ready.wait(10)
+    print("ready", flush=True)
+    while not done.is_set() and time.monotonic() - last[0] < 10:
+        done.wait(0.2)
+    print(len(seen), flush=True)
+    """
+)
+
+
+def _table() -> SignalTable:
+    table = SignalTable()
+    for m in MACHINES:
+        for s in range(VALUES_PER_MESSAGE):
+            table.add(m.machine, f"sig_{s:02d}", "bar")
+    return table
+
+
+def _poll(table: SignalTable, m: Source, k: int) -> Readings:
+    rows = table.rows_of(m.machine)
+    return Readings.of(rows, 1_790_000_000_000_000_000 + k * 1_000_000, 100.0 + (rows % 7) * 1.25 + k * 0.001)
+
+
+def _start_counter(port: int, topic: str, want: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", COUNTER, str(port), topic, str(want)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _counted(proc: subprocess.Popen[str]) -> int:
+    assert proc.stdout is not None
+    count = int(proc.stdout.readline())
+    proc.wait()
+    return count
+
+
+async def mqtt_through_outbox(broker: Mosquitto, workdir: Path, messages: int, run: int) -> dict:
+    """Encode, put (100 messages per transaction), deliver with PUBACKs; count at a subscriber."""
+    table = _table()
+    encoder = MqttEncoder(table, topic_prefix=f"bench{run}")
+    counter = _start_counter(broker.port, f"bench{run}/#", messages)
+    outbox = Outbox(workdir / f"mqtt{run}.db", max_bytes=1 << 30)
+    publisher = MqttPublisher(MqttSink(url=broker.url), client_id=f"bench-pub-{run}")
+    await publisher.start()
+    loop = DeliveryLoop(outbox, publisher, batch_records=2000)
+    t0 = time.perf_counter()
+    loop.start()
+    k = 0
+    while k * len(MACHINES) < messages:
+        batch = []
+        for _ in range(5):
+            batch += [encoder.raw(m, _poll(table, m, k)) for m in MACHINES]
+            k += 1
+        await outbox.put_async(batch[: messages - (k - 5) * len(MACHINES)])
+    assert await loop.wait_drained(120)
+    elapsed = time.perf_counter() - t0
+    await loop.stop()
+    await publisher.stop()
+    outbox.close()
+    received = _counted(counter)
+    return {
+        "name": "mqtt_qos1",
+        "messages_per_s": messages / elapsed,
+        "values_per_s": messages * VALUES_PER_MESSAGE / elapsed,
+        "lost": messages - received,
+    }
+
+
+def mqtt_reference(broker: Mosquitto, messages: int, run: int) -> dict:
+    """paho alone, QoS 1, same payload size, no outbox: the ceiling."""
+    table = _table()
+    encoder = MqttEncoder(table, topic_prefix=f"ref{run}")
+    payloads = [encoder.raw(m, _poll(table, m, 0)) for m in MACHINES]
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-ref-{run}", protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    infos = [
+        client.publish(payloads[i % len(payloads)].key, payloads[i % len(payloads)].payload, qos=1)
+        for i in range(messages)
+    ]
+    for info in infos:
+        info.wait_for_publish(60)
+    elapsed = time.perf_counter() - t0
+    client.disconnect()
+    client.loop_stop()
+    return {"name": "mqtt_qos1_paho_only", "messages_per_s": messages / elapsed}
+
+
+async def influx_through_outbox(vm: VictoriaMetrics, workdir: Path, points: int, run: int) -> dict:
+    """Encode line protocol from arrays, put, deliver in 5,000-line gzip bodies; count by export."""
+    table = _table()
+    encoder = LineProtocolEncoder(table)
+    outbox = Outbox(workdir / f"influx{run}.db", max_bytes=1 << 30)
+    writer = InfluxWriter(InfluxSink(url=vm.url), workdir / "dead.jsonl")
+    await writer.start()
+    loop = DeliveryLoop(outbox, writer, batch_records=1000, batch_values=5000, linger=0.05)
+    measurement = f"benchrun{run}"
+    sources = [Source(m.machine, equipment=measurement) for m in MACHINES]
+    t0 = time.perf_counter()
+    loop.start()
+    k = 0
+    while k * len(sources) * VALUES_PER_MESSAGE < points:
+        batch = []
+        for _ in range(25):  # 25 polls of 20 machines per transaction
+            batch += [encoder.raw(s, _poll(table, m, k)) for s, m in zip(sources, MACHINES, strict=True)]
+            k += 1
+        await outbox.put_async(batch)
+    total = k * len(sources) * VALUES_PER_MESSAGE
+    assert await loop.wait_drained(300)
+    elapsed = time.perf_counter() - t0
+    await loop.stop()
+    await writer.stop()
+    outbox.close()
+    stored = vm.count(f'{{__name__="{measurement}_value"}}')
+    return {"name": "influx", "points_per_s": total / elapsed, "lost": total - stored}
+
+
+async def influx_reference(vm: VictoriaMetrics, points: int, run: int) -> dict:
+    """Pre-serialized 5,000-line bodies posted directly (gzip level 1), no outbox: the ceiling."""
+    table = _table()
+    encoder = LineProtocolEncoder(table)
+    sources = [Source(m.machine, equipment=f"benchref{run}") for m in MACHINES]
+    body = b"".join(
+        encoder.raw(s, _poll(table, m, k)).payload
+        for k in range(13)
+        for s, m in zip(sources, MACHINES, strict=True)
+    )
+    lines = body.splitlines(keepends=True)[:5000]
+    chunk = b"".join(lines)
+    writer = InfluxWriter(InfluxSink(url=vm.url), Path(tempfile.gettempdir()) / "bench-dead.jsonl")
+    await writer.start()
+    t0 = time.perf_counter()
+    for _ in range(points // 5000):
+        await writer._post(chunk)
+    elapsed = time.perf_counter() - t0
+    await writer.stop()
+    return {"name": "influx_direct_5000_line_bodies", "points_per_s": (points // 5000) * 5000 / elapsed}
+
+
+def main() -> None:
+    """Run each case `--repeat` times and print the medians, one JSON object per line."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", action="store_true", help="one JSON object per line (the default output)")
+    parser.add_argument("--messages", type=int, default=30_000)
+    parser.add_argument("--points", type=int, default=500_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-sinks-") as tmp:
+        work = Path(tmp)
+        broker = Mosquitto(work / "mosquitto")
+        vm = VictoriaMetrics(work / "vm")
+        broker.start()
+        vm.start()
+        try:
+            results: dict[str, list[dict]] = {}
+            for run in range(args.repeat):
+                for result in (
+                    mqtt_reference(broker, args.messages, run),
+                    asyncio.run(mqtt_through_outbox(broker, work, args.messages, run)),
+                    asyncio.run(influx_reference(vm, args.points, run)),
+                    asyncio.run(influx_through_outbox(vm, work, args.points, run)),
+                ):
+                    results.setdefault(result["name"], []).append(result)
+        finally:
+            broker.stop()
+            vm.stop()
+    for name, runs in results.items():
+        merged: dict[str, object] = {"name": name}
+        for key in runs[0]:
+            if key == "name":
+                continue
+            values = [r[key] for r in runs]
+            merged[key] = max(values) if key == "lost" else round(statistics.median(values), 1)
+        merged["runs"] = len(runs)
+        print(orjson.dumps(merged).decode())
+
+
+if __name__ == "__main__":
+    main()
