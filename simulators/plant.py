@@ -34,6 +34,8 @@ class Plant:
     faults: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """Faults per machine key at start, e.g. {"imm": ["check_ring_wear"]}."""
     machines: dict[str, Any] = field(default_factory=dict)
+    warmup_cycles: int = 200
+    """Cycles of simulated production run before the servers start, so the process is past its warm-up."""
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(MACHINES)
@@ -53,7 +55,13 @@ class Plant:
                 speed=self.speed * FURNACE_SPEED_FACTOR, seed=self.seed, faults=f.get("furnace", [])
             ),
         }
-        for sim in self.machines.values():
+        for key, sim in self.machines.items():
+            cycle_s = MACHINES[key][1]
+            if self.warmup_cycles and cycle_s is not None:
+                sim.advance(self.warmup_cycles * cycle_s)
+                # what happened before the server ran was never observable: no backlog of cycle events
+                if hasattr(sim, "pending"):
+                    sim.pending.clear()
             await sim.start(host, 0)
 
     async def stop(self) -> None:
