@@ -109,7 +109,7 @@ async def bench_read(n: int, reps: int) -> dict[str, Any]:
         driver = OpcUaDriver(dev, {t.name: i for i, t in enumerate(dev.tags)}, config_dir=Path.cwd())
         await driver.connect()
         group = driver.groups()[0]
-        raw = Client(endpoint, timeout=30)
+        raw = Client(endpoint, timeout=30, watchdog_intervall=5.0)
         await raw.connect()
         idx = await raw.get_namespace_index(NS_URI)
         nodes = [raw.get_node(nid(f"v{i}", idx)) for i in range(n)]
@@ -166,7 +166,9 @@ async def bench_subscribe(n: int, window_s: float, rounds: int) -> dict[str, Any
                     )
                     await driver.connect()
                 else:
-                    client = Client(endpoint, timeout=30)
+                    # the driver's default keep-alive interval: at 1 s (asyncua's default) the probe times out
+                    # while the server is busy rewriting 10k values, and the bare client drops the session
+                    client = Client(endpoint, timeout=30, watchdog_intervall=5.0)
                     await client.connect()
                     idx = await client.get_namespace_index(NS_URI)
                     params = ua.CreateSubscriptionParameters(
@@ -193,6 +195,8 @@ async def bench_subscribe(n: int, window_s: float, rounds: int) -> dict[str, Any
                 await asyncio.sleep(window_s)
                 c1, w1 = time.process_time(), time.perf_counter()
                 got = counts[side] - start
+                if got == 0:
+                    raise RuntimeError(f"subscribe_{n // 1000}k: no notifications reached the {side} client")
                 if side == "driver":
                     await driver.close()
                     drv_cpu.append((c1 - c0) / got * n)
