@@ -33,6 +33,8 @@ _KIND_NEEDS = {
     "ewma": {"ewma"},
     "cusum": {"cusum"},
 }
+#: A furnace sensor further than this from its furnace's median reads implausibly (burnout, short).
+MAX_SENSOR_DEVIATION_C = 200.0
 #: A per-cycle alarm clears only after its condition stayed away this many nominal cycles.
 CLEAR_AFTER_CYCLES = 5
 _SPC_INDICATORS = {"rolling", "imr", "xbar_r", "xbar_s", "capability", "rules", "ewma", "cusum"}
@@ -269,6 +271,9 @@ class IndicatorPipeline:
                 np.zeros(len(spec.sensors), np.int64),
                 ams2750_tolerance(spec.furnace_class),
                 soak_policy=spec.soak_policy,
+                # a burnt-out thermocouple reads upscale or ambient, hundreds of degrees off; a zone whose
+                # heater fails drifts tens of degrees: that is a uniformity problem, not an invalid sensor
+                max_dev_c=MAX_SENSOR_DEVIATION_C,
             )
             info.furnace_rows = np.array([info.rows[s] for s in spec.sensors], np.int64)
 
@@ -374,13 +379,13 @@ class IndicatorPipeline:
                 "tolerance_c": tol,
                 "valid_sensors": float(st.valid.sum()),
             }
-            soaking = bool(np.isfinite(st.time_to_temp_s[0]))
+            with np.errstate(all="ignore"):
+                # "at temperature": the furnace's median sensor is in band, whatever one zone does
+                at_temp = bool(np.abs(np.nanmedian(st.deviation)) <= tol) if st.valid.any() else False
             conditions["overshoot"] = (bool(st.overshoot_c[0] > tol), float(st.overshoot_c[0]), tol)
-            conditions["uniformity"] = (
-                soaking and bool(st.spread[0] > 2 * tol),
-                float(st.spread[0]),
-                2 * tol,
-            )
+            # once the furnace reached temperature, any sensor leaving the band interrupts the soak
+            # (a failed zone heater, a burnt-out thermocouple); the spread tells how far apart they are
+            conditions["uniformity"] = (at_temp and not bool(st.all_in_band[0]), float(st.spread[0]), tol)
             n_invalid = float((~st.valid).sum())
             conditions["tc_invalid"] = (n_invalid > 0, n_invalid, 0.0)
             self._quench(info, readings, values)
@@ -469,7 +474,7 @@ class IndicatorPipeline:
                     rule = self.device_conditions[kind - 100]
                     message = {
                         "overshoot": "temperature overshoot above the furnace class tolerance",
-                        "uniformity": "uniformity spread above twice the class tolerance while soaking",
+                        "uniformity": "a sensor is outside the class tolerance band while the furnace is at temperature",
                         "tc_invalid": "a thermocouple reads implausibly (burnout or short)",
                         "heat_removal": "return-supply temperature difference too high (flow loss?)",
                     }[rule]
