@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from edge_agent.config import Config, ModbusDevice, OpcUaDevice
 from edge_agent.core.alarms import AlarmEvents, AlarmTracker, band_conditions
+from edge_agent.core.autocorr import Prewhitener
 from edge_agent.core.cycles import CycleLatch
 from edge_agent.core.furnace import FurnaceMonitor, ams2750_tolerance
 from edge_agent.core.mold import MoldMaintenance, heat_removed_kw
@@ -145,6 +146,7 @@ class IndicatorPipeline:
         usl = np.full(rows.shape, np.nan)
         window = np.full(rows.shape, 50)
         phase1 = np.full(rows.shape, 50)
+        per_cycle = np.zeros(rows.shape, bool)
         delay = np.zeros(n, np.int64)
         off_delay = np.zeros(n, np.int64)
         for i, (info, name) in enumerate(owners):
@@ -156,6 +158,7 @@ class IndicatorPipeline:
             lsl[i] = np.nan if lo is None else lo
             usl[i] = np.nan if hi is None else hi
             window[i] = info.profile.window
+            per_cycle[i] = ps.sampling == "per_cycle"
             phase1[i] = info.profile.baseline_samples
             wanted = set(ps.indicators)
             row = rows[i]
@@ -178,6 +181,8 @@ class IndicatorPipeline:
         )
         if rows.size:
             self.spc.configure(rows, SpcParams(window=window, phase1_n=phase1, lsl=lsl, usl=usl))
+        # per-cycle process data are autocorrelated: whiten them before the charts (core/autocorr.py)
+        self.whitener = Prewhitener(max(n, 1), rows[per_cycle], phase1[per_cycle])
 
     def _build_cycles(self, n: int) -> None:
         counters, latched, nominal, modulus, devices = [], [], [], [], []
@@ -302,7 +307,7 @@ class IndicatorPipeline:
             cycle_moved = bool((batch.events.cycles > 0).any())
             if len(latched):
                 self.last_value[latched.signal] = latched.value
-        spc_in = Readings.concat([direct, latched])
+        spc_in = self.whitener.transform(Readings.concat([direct, latched]))
         events: list[AlarmEvents] = []
         if len(spc_in):
             update = self.spc.update(spc_in)
@@ -520,6 +525,7 @@ class IndicatorPipeline:
         rows = np.array([r for r in info.rows.values() if self.spc_row[r]], np.int64)
         if rows.size:
             self.spc.rebaseline(rows)
+            self.whitener.reset(rows)
 
 
 def pseudo_family(pseudo: str) -> str:
