@@ -72,14 +72,12 @@ CONTINUOUS_FAULTS = [
     Expectation("mold-tcu", "flow_loss", "tcu1", "flow", frozenset({"spec"}), None, 20),
 ]
 FURNACE_FAULTS = [
-    Expectation(
-        "furnace", "thermocouple_burnout", "furnace-1", "uniformity", frozenset({"tc_invalid"}), None, 10
-    ),
-    Expectation(
-        "furnace", "zone_heater_failure", "furnace-1", "uniformity", frozenset({"uniformity"}), None, 30
-    ),
-    Expectation("furnace", "overshoot", "furnace-1", "uniformity", frozenset({"overshoot"}), None, 30),
-]
+    Expectation("furnace", "thermocouple_burnout", "furnace-1", "uniformity", frozenset({"tc_invalid"}), None, 10),
+    # these two need the recipe at temperature (after its ramp): the 13,200 s recipe loop takes 11 s of
+    # wall time here, so allow several loops on a loaded machine
+    Expectation("furnace", "zone_heater_failure", "furnace-1", "uniformity", frozenset({"uniformity"}), None, 60),
+    Expectation("furnace", "overshoot", "furnace-1", "uniformity", frozenset({"overshoot"}), None, 60),
+]  # fmt: skip
 
 
 def _test_profiles(tmp: Path) -> Path:
