@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -99,9 +99,31 @@ def decode_string(words: Sequence[int] | NDArray[np.uint16], byte_order: ByteOrd
     return raw.replace(b"\x00", b"").decode("ascii", errors="replace").rstrip()
 
 
+def wire_byte_order(width: int, byte_order: ByteOrder) -> tuple[int, ...]:
+    """Positions in the wire bytes of a `width`-register value of its big-endian bytes, most significant first."""
+    words = range(width - 1, -1, -1) if byte_order in _WORDS_REVERSED else range(width)
+    inner = (1, 0) if byte_order in _BYTES_SWAPPED else (0, 1)
+    return tuple(2 * w + b for w in words for b in inner)
+
+
+def _as_slice(positions: NDArray[np.intp], step: int = 1) -> slice | None:
+    """The slice selecting exactly `positions`, if they run from the first upwards by `step`."""
+    if positions.size == 0:
+        return None
+    first = int(positions[0])
+    if np.array_equal(positions, first + step * np.arange(positions.size)):
+        return slice(first, first + step * positions.size, step)
+    return None
+
+
+def where(positions: NDArray[np.intp]) -> NDArray[np.intp] | slice:
+    """`positions` as a slice when they run upwards by one, else unchanged: an index for the same elements."""
+    return _as_slice(positions) or positions
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeBatch:
-    """Tags of one request sharing a decode rule: gathered with one fancy index, decoded in one call."""
+    """Tags of one request sharing a decode rule: gathered from the response bytes at once, decoded in one call."""
 
     kind: str
     """A numeric type name, "bit" (bit of a register) or "flag" (coil / discrete input)."""
@@ -119,20 +141,71 @@ class DecodeBatch:
     """Added after scaling."""
     identity: bool = False
     """True when every scale is 1 and every offset 0 (the arithmetic is skipped)."""
+    wire: np.dtype = field(init=False)
+    """dtype the gathered bytes of one value are read as (the register kinds)."""
+    gather: NDArray[np.intp] | slice = field(init=False)
+    """Which bytes (register kinds) or bits (flags) of the response to take: a slice when they are
+    adjacent in order, so the values are read in place; else positions of shape (tags, bytes per value)."""
+    target: NDArray[np.intp] | slice = field(init=False)
+    """`out`, as a slice when it is a run of positions (slice assignment is several times cheaper)."""
 
-    def decode(self, block: NDArray) -> NDArray[np.float64]:
-        """Engineering values of the batch's tags from one response block (registers or bits)."""
+    def __post_init__(self) -> None:
+        # Everything about the layout is worked out once per planned request, so a poll
+        # only gathers, converts and stores.
+        set_ = object.__setattr__
+        set_(self, "target", where(self.out))
         if self.kind == "flag":
-            raw = block[self.index].astype(np.float64)
-        elif self.kind == "bit":
-            raw = decode_register_bits(block[self.index], self.bits)
-        elif self.index.ndim == 1:
-            raw = decode_words(block[self.index], self.kind, self.byte_order)
+            set_(self, "wire", np.dtype(np.uint8))
+            set_(self, "gather", _as_slice(self.index) or self.index)
+            return
+        if self.kind == "bit":
+            type_, width = "uint16", 1
         else:
-            raw = decode_numbers(block[self.index], self.kind, self.byte_order)
+            type_, width = self.kind, REGISTER_WIDTH[self.kind]
+        first = self.index if self.index.ndim == 1 else self.index[:, 0]
+        nbytes = 2 * width
+        order = wire_byte_order(width, self.byte_order)
+        adjacent = _as_slice(first, width) if first.size else None
+        if adjacent is not None and order == tuple(range(nbytes)):
+            set_(self, "wire", np.dtype(">" + _NUMPY_TYPE[type_]))
+            set_(self, "gather", slice(2 * adjacent.start, 2 * adjacent.stop))
+        elif adjacent is not None and order == tuple(range(nbytes - 1, -1, -1)):
+            set_(self, "wire", np.dtype("<" + _NUMPY_TYPE[type_]))
+            set_(self, "gather", slice(2 * adjacent.start, 2 * adjacent.stop))
+        else:
+            set_(self, "wire", np.dtype(">" + _NUMPY_TYPE[type_]))
+            set_(self, "gather", 2 * first[:, None] + np.array(order, dtype=np.intp)[None, :])
+
+    def raw(self, payload: bytes) -> NDArray:
+        """The batch's values as stored on the device (integers, floats or 0/1), from a response's data bytes."""
+        if self.kind == "flag":
+            return np.unpackbits(np.frombuffer(payload, dtype=np.uint8), bitorder="little")[self.gather]
+        if isinstance(self.gather, slice):
+            return np.frombuffer(payload[self.gather], dtype=self.wire)
+        gathered = np.frombuffer(payload, dtype=np.uint8)[self.gather]
+        return gathered.view(self.wire).reshape(gathered.shape[0])
+
+    def engineering(self, payload: bytes) -> NDArray:
+        """raw * scale + offset of the batch's tags, in batch order (with identity scaling, the raw values)."""
+        raw = self.raw(payload)
+        if self.kind == "bit":
+            raw = decode_register_bits(raw, self.bits)
         if self.identity:
             return raw
         return raw * self.scale + self.offset
+
+    def decode_into(self, payload: bytes, value: NDArray[np.float64]) -> None:
+        """Store the engineering values of the batch's tags, from a response's data bytes, at `out` in `value`."""
+        # the assignment converts to float64 in place, without a temporary
+        value[self.target] = self.engineering(payload)
+
+    def decode(self, block: NDArray | Sequence[int] | Sequence[bool]) -> NDArray[np.float64]:
+        """Engineering values of the batch's tags from one response block (registers or bits)."""
+        if self.kind == "flag":
+            payload = np.packbits(np.asarray(block, dtype=bool), bitorder="little").tobytes()
+        else:
+            payload = np.ascontiguousarray(block, dtype=">u2").tobytes()
+        return np.asarray(self.engineering(payload), dtype=np.float64)
 
 
 def build_batches(

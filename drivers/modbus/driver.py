@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import numpy as np
 from numpy.typing import NDArray
 
 from drivers.base import TagGroup, scan_groups
-from drivers.modbus.codec import DecodeBatch, build_batches, decode_string, is_bit_table, tag_width
+from drivers.modbus.codec import DecodeBatch, build_batches, decode_string, is_bit_table, tag_width, where
 from drivers.modbus.connection import (
     Backoff,
+    MalformedResponse,
     ModbusConnection,
     ModbusExceptionResponse,
     NotConnected,
@@ -23,6 +24,8 @@ from drivers.modbus.connection import (
 from drivers.modbus.planner import ReadRequest, TagSpan, plan_modbus_requests
 from edge_agent.config import ByteOrder, ModbusDevice, ModbusTag
 from edge_agent.types import BAD_THRESHOLD, Quality, Readings, quality_from_modbus_exception
+
+_GOOD = int(Quality.GOOD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,11 @@ class PlannedRead:
     """Output positions of all tags of the request (strings included)."""
     strings: tuple[tuple[str, int, int, int, ByteOrder], ...]
     """(tag name, output position, offset in block, registers, byte order) of the string tags."""
+    at: NDArray[np.intp] | slice = field(init=False)
+    """`slots` as a slice when they are a run of positions (the usual case; cheaper to assign)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "at", where(self.slots))
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +157,7 @@ class ModbusDriver:
         self.backoff = backoff or Backoff()
         self._groups = scan_groups([(t.name, t.interval, True) for t in device.tags], device.poll_interval)
         self._plans = {g: plan_group(device, g, rows) for g in self._groups}
+        self._last_plan: GroupPlan | None = None
         self._conn: ModbusConnection | None = None
         self.last_strings: dict[str, tuple[str, Quality]] = {}
         """Text and quality of each string tag from the last read (text is not a number, so not in Readings)."""
@@ -186,7 +195,11 @@ class ModbusDriver:
 
     async def read(self, group: TagGroup) -> Readings:
         """Poll one scan group; every failure becomes a bad quality on the tags it touched."""
-        plan = self._plans[group]
+        plan = self._last_plan
+        if plan is None or plan.group is not group:
+            # the scheduler passes the same TagGroup objects every poll: hashing one
+            # (a tuple of every tag name) costs more than the identity check
+            plan = self._last_plan = self._plans[group]
         n = len(plan.rows)
         if self._conn is None:
             await self.connect()
@@ -210,32 +223,39 @@ class ModbusDriver:
         failure: Quality | None = None
         for planned in plan.reads:
             req = planned.request
+            at = planned.at
             if failure is not None or req.unit_id in silent_units:
                 # After a lost connection the rest of the poll would fail the same way; after a
                 # timeout, one per unit id and poll is enough: a dead unit behind a gateway must
                 # not cost a timeout for each of its requests.
-                quality[planned.slots] = failure if failure is not None else Quality.BAD_TIMEOUT
-                t_ns[planned.slots] = time.time_ns()
+                quality[at] = failure if failure is not None else Quality.BAD_TIMEOUT
+                t_ns[at] = time.time_ns()
                 continue
             try:
                 self.requests_sent += 1
-                block = await conn.read(req.table, req.unit_id, req.start, req.count, timeout)
+                payload = await conn.read(req.table, req.unit_id, req.start, req.count, timeout)
             except ModbusExceptionResponse as exc:
-                quality[planned.slots] = quality_from_modbus_exception(exc.code)
+                quality[at] = quality_from_modbus_exception(exc.code)
+                errors.append(str(exc))
+            except MalformedResponse as exc:
+                quality[at] = Quality.BAD_COMM_FAILURE
                 errors.append(str(exc))
             except TimeoutError:
-                quality[planned.slots] = Quality.BAD_TIMEOUT
+                quality[at] = Quality.BAD_TIMEOUT
                 silent_units.add(req.unit_id)
                 errors.append(f"unit {req.unit_id}: no response within {timeout:g} s")
             except NotConnected as exc:
-                quality[planned.slots] = failure = Quality.BAD_NOT_CONNECTED
+                quality[at] = failure = Quality.BAD_NOT_CONNECTED
                 errors.append(str(exc))
             else:
-                t_ns[planned.slots] = time.time_ns()
-                quality[planned.slots] = Quality.GOOD
-                self._decode(planned, block, value)
+                t_ns[at] = time.time_ns()
+                quality[at] = _GOOD
+                for batch in planned.batches:
+                    batch.decode_into(payload, value)
+                if planned.strings:
+                    self._decode_strings(planned, payload)
                 continue
-            t_ns[planned.slots] = time.time_ns()
+            t_ns[at] = time.time_ns()
         if plan.has_strings:
             for planned in plan.reads:
                 for name, pos, *_ in planned.strings:
@@ -244,13 +264,10 @@ class ModbusDriver:
         self.last_error = "; ".join(errors) if errors else None
         return self._readings(plan, t_ns, value, quality, failed=bool(errors) or failure is not None)
 
-    def _decode(self, planned: PlannedRead, block: Sequence[int] | Sequence[bool], value: NDArray) -> None:
-        table = planned.request.table
-        arr = np.asarray(block, dtype=bool if is_bit_table(table) else np.uint16)
-        for batch in planned.batches:
-            value[batch.out] = batch.decode(arr)
+    def _decode_strings(self, planned: PlannedRead, payload: bytes) -> None:
         for name, _, offset, width, order in planned.strings:
-            self.last_strings[name] = (decode_string(arr[offset : offset + width], order), Quality.GOOD)
+            words = np.frombuffer(payload, dtype=">u2", count=width, offset=2 * offset)
+            self.last_strings[name] = (decode_string(words, order), Quality.GOOD)
 
     def _readings(
         self, plan: GroupPlan, t_ns: NDArray, value: NDArray, quality: NDArray, failed: bool = True
