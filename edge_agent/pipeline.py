@@ -69,6 +69,18 @@ class DeviceInfo:
     """Per-cycle signals that arrive as events (one per cycle): fed directly, not latched on the counter."""
     last_state: dict[str, float] = field(default_factory=dict)
     """Last value of the state signals whose edges matter (door, quench)."""
+    last_stamp: dict[str, int] = field(default_factory=dict)
+    """Last timestamp given to each indicator series of the device."""
+
+    def stamp(self, series: str, t_ns: int) -> int:
+        """A timestamp for an indicator record, strictly after the series' previous one by >= 1 ms.
+
+        Two records of one series at the same time would overwrite each other in a TSDB (and
+        VictoriaMetrics keeps milliseconds): e.g. two cycle events stamped in the same millisecond.
+        """
+        t = max(t_ns, self.last_stamp.get(series, -(10**18)) + 1_000_000)
+        self.last_stamp[series] = t
+        return t
 
 
 @dataclass
@@ -415,7 +427,10 @@ class IndicatorPipeline:
                 (
                     info.source,
                     IndicatorBatch(
-                        t, row, {k: np.array([v]) for k, v in fields.items()}, family=pseudo_family(pseudo)
+                        info.stamp(pseudo, t),
+                        row,
+                        {k: np.array([v]) for k, v in fields.items()},
+                        family=pseudo_family(pseudo),
                     ),
                 )
             )
@@ -511,7 +526,7 @@ class IndicatorPipeline:
             (
                 info.source,
                 IndicatorBatch(
-                    t if t > 0 else now_ns,
+                    info.stamp("spc", t if t > 0 else now_ns),
                     rows.astype(np.int32),
                     {k: np.asarray(snap[k], np.float64) for k in SPC_FIELDS},
                     family="spc",

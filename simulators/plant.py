@@ -79,9 +79,15 @@ class Plant:
         for key, sim in self.machines.items():
             name, cycle_s = MACHINES[key]
             if key in ("imm", "furnace"):
-                text = sim.device_config(name=name)
+                text = sim.device_config(name=name, poll_interval=poll_interval)
                 # keep only the device tables: the shipped files are whole agent configs
                 text = text[text.index("[[devices]]") :]
+                # per-tag intervals are set for real time; simulated time runs faster, so sample faster too
+                text = re.sub(
+                    r"(?m)^interval = ([0-9.]+)$",
+                    lambda m: f"interval = {min(float(m.group(1)), poll_interval)!r}",
+                    text,
+                )
             else:
                 text = sim.device_config(name=name, poll_interval=poll_interval)
             if cycle_s is not None:

@@ -134,3 +134,20 @@ def test_furnace_overshoot_follows_the_direction_of_the_setpoint_change() -> Non
     for k, temps in enumerate([(851, 849), (847, 846), (850, 849)]):
         st = mon.update((11 + k) * s, temps, 850.0)
     assert st.overshoot_c[0] == 4.0
+
+
+def test_furnace_overshoot_during_a_ramp_counts_for_the_whole_approach() -> None:
+    from edge_agent.core.furnace import FurnaceMonitor
+
+    mon = FurnaceMonitor([0], tolerance_c=6.0)
+    s = 1_000_000_000
+    # the setpoint ramps 850 -> 880 in steps; the furnace runs 12 °C ahead of it at 870
+    steps = [(850, 850.0), (860, 858.0), (870, 882.0), (880, 884.0), (880, 881.0)]
+    for k, (sp, temp) in enumerate(steps):
+        st = mon.update(k * s, [temp], float(sp))
+    assert st.overshoot_c[0] == 12.0
+    # in band at the ramp's last step (t = 3 s): the time to temperature counts from the ramp's start
+    assert st.time_to_temp_s[0] == 3.0
+    # turning back down is a new approach
+    st = mon.update(10 * s, [880.0], 860.0)
+    assert st.overshoot_c[0] == 0.0

@@ -86,7 +86,8 @@ class FurnaceMonitor:
         self.was_in_band = np.zeros(F, bool)
         self.soak_ns = np.zeros(F)
         self.crossed = np.zeros(F, bool)
-        self.rising = np.ones(F, bool)  # direction of the last setpoint change
+        self.rising = np.ones(F, bool)  # direction of the current approach
+        self.approaching = np.zeros(F, bool)  # a setpoint was seen (the first one starts an approach)
         self.overshoot = np.zeros(F)
         self.ttt = np.full(F, np.nan)
         self.rb_t = np.zeros((F, ramp_capacity))
@@ -101,17 +102,23 @@ class FurnaceMonitor:
             raise ValueError(f"FurnaceMonitor.update: got {T.size} temperatures for {self.n_sensors} sensors")
         sp = np.broadcast_to(np.asarray(setpoint, np.float64), (self.n_furnaces,))
         changed = ~(sp == self.sp)
-        if (
-            changed.any()
-        ):  # a new setpoint starts a new approach: soak, overshoot and time-to-temperature restart
-            self.sp_t[changed] = t_ns
+        if changed.any():
+            # a new setpoint restarts the soak and the time to temperature; it starts a new approach
+            # (overshoot measured afresh) unless it continues a ramp in the same direction: a furnace
+            # that runs ahead of its ramp overshoots during the ramp, and that counts
+            up = sp > self.sp
+            down = sp < self.sp
+            continues = changed & self.approaching & ((self.rising & up) | (~self.rising & down))
+            fresh = changed & ~continues
+            self.sp_t[fresh] = t_ns
+            self.crossed[fresh] = False
+            self.overshoot[fresh] = 0.0
+            # a step down approaches from above: its "overshoot" is how far the furnace undershoots
+            self.rising[fresh] = ~down[fresh]
+            self.approaching[fresh] = True
             self.soak_ns[changed] = 0.0
-            self.crossed[changed] = False
-            self.overshoot[changed] = 0.0
             self.ttt[changed] = np.nan
             self.was_in_band[changed] = False
-            # a step down approaches from above: its "overshoot" is how far the furnace undershoots
-            self.rising[changed] = ~(sp[changed] < self.sp[changed])
             self.sp = sp.copy()
         f = self.sf
         with np.errstate(invalid="ignore"):
