@@ -136,10 +136,12 @@ class AlarmTracker:
         cleared: ArrayLike | None = None,
         value: ArrayLike | None = None,
         limit: ArrayLike | None = None,
+        unique: bool = False,
     ) -> AlarmEvents:
         """Feed one observation per entry (channels may repeat, in time order); return the transitions.
 
-        `cleared` defaults to `~raised` (no hysteresis band).
+        `cleared` defaults to `~raised` (no hysteresis band). `unique=True` promises that no
+        channel repeats, which skips splitting the batch into rounds.
         """
         ch = np.asarray(channel, dtype=np.int64).reshape(-1)
         n = ch.shape[0]
@@ -153,6 +155,8 @@ class AlarmTracker:
             )
         val = np.broadcast_to(np.asarray(np.nan if value is None else value, dtype=np.float64), (n,))
         lim = np.broadcast_to(np.asarray(np.nan if limit is None else limit, dtype=np.float64), (n,))
+        if unique:
+            return self._round(ch, t, up, down, val, lim)
         parts = []
         for idx in occurrence_rounds(ch):
             parts.append(self._round(ch[idx], t[idx], up[idx], down[idx], val[idx], lim[idx]))

@@ -119,18 +119,54 @@ class SpcUpdate:
     events: AlarmEvents
 
 
-# Packed rule histories: four 16-bit lanes per uint64, newest sample in each lane's bit 0.
-_LANE = [U64(0), U64(16), U64(32), U64(48)]
-_KEEP = U64(0xFFFE_FFFE_FFFE_FFFE)
-_ONE = U64(1)
+_U8 = np.uint8
+_U32 = np.uint32
 
 
-def _lane(h: NDArray[np.uint64], lane: int, bits: int) -> NDArray[np.uint64]:
-    return (h >> _LANE[lane]) & U64((1 << bits) - 1)
+def _rule_tables() -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:
+    """Rule bits for every packed zone history (newest sample in bit 0, zeros before the first).
+
+    Table 1 is indexed by (above 1σ, last 8) | (below 1σ, last 8) << 8: WE3/N6 (4 of the last 5
+    beyond 1σ on one side) and N8 (8 outside ±1σ with both sides present). Table 2 is indexed by
+    (above 2σ, last 3) | (below 2σ, last 3) << 4: WE2/N5 (2 of the last 3 beyond 2σ on one side).
+    """
+    i = np.arange(1 << 16, dtype=np.uint32)
+    a, b = i & 0xFF, i >> 8
+    pc = np.bitwise_count
+    four_of_five = (pc(a & 0x1F) >= 4) | (pc(b & 0x1F) >= 4)
+    n8 = ((a | b) == 0xFF) & (a != 0) & (b != 0)
+    t1 = four_of_five * _U32(Rule.WE3 | Rule.N6) | n8 * _U32(Rule.N8)
+    j = np.arange(256, dtype=np.uint32)
+    two_of_three = (pc(j & 0x7) >= 2) | (pc((j >> 4) & 0x7) >= 2)
+    t2 = two_of_three * _U32(Rule.WE2 | Rule.N5)
+    return t1.astype(np.uint32), t2.astype(np.uint32)
+
+
+_T1, _T2 = _rule_tables()
+_STATS_BLOCK = 4096  # rows per block when snapshot() reduces the ring buffer
+_RUN_CAP = 15  # run counters saturate here: the longest run a rule asks for (N7)
+
+
+def _put(arr: NDArray[Any], r: slice | NDArray[np.int64], val: NDArray[Any]) -> None:
+    """Write back `val` taken as arr[r]: a slice gave a view already updated in place, fancy rows a copy."""
+    if not isinstance(r, slice):
+        arr[r] = val
+
+
+def _or_bit(m: NDArray[np.uint32], cond: NDArray[np.bool_], bit: int, tmp: NDArray[np.uint32]) -> None:
+    np.multiply(cond, _U32(bit), out=tmp)
+    np.bitwise_or(m, tmp, out=m)
 
 
 def _bits(cond: NDArray[np.bool_], rule: int) -> NDArray[np.uint32]:
     return cond.astype(np.uint32) * np.uint32(rule)
+
+
+def _run(run: NDArray[np.uint8], cond: NDArray[np.bool_]) -> None:
+    """Advance a saturating run counter in place: +1 where `cond`, else 0."""
+    np.minimum(run, _RUN_CAP - 1, out=run)
+    run += 1
+    np.multiply(run, cond, out=run)
 
 
 class SpcEngine:
@@ -151,48 +187,45 @@ class SpcEngine:
         S, W = capacity, max_window
         self.capacity, self.max_window = S, W
         self._rows = np.arange(S, dtype=np.int64)
-        self._col = np.arange(W, dtype=np.int64)
         # configuration
-        self.window = np.full(S, W, np.int64)
+        self.window = np.full(S, W, np.int32)
         self.phase1_n = np.zeros(S, np.int64)
         self.lsl = np.full(S, np.nan)
         self.usl = np.full(S, np.nan)
         self.lam = np.zeros(S)
+        self.oml = np.ones(S)  # 1 - lambda
         self.L = np.zeros(S)
         self.k = np.zeros(S)
         self.h = np.zeros(S)
-        self.sub_n = np.ones(S, np.int64)
+        self.sub_n = np.ones(S, np.int8)
         self.given_cl = np.full(S, np.nan)
         self.given_sigma = np.full(S, np.nan)
+        self._has_spec = False
+        self._sub_rows = np.empty(0, np.int64)  # rows with subgroups (subgroup_n >= 2)
         # counters
         self.n_good = np.zeros(S, np.int64)
         self.n_missing = np.zeros(S, np.int64)
         self.missing_run = np.zeros(S, np.int64)
+        self._missing_runs = False  # some row may have missing_run > 0
         self.last_t = np.full(S, -1, np.int64)
         self.prev = np.full(S, np.nan)
-        # rolling window: ring buffer + shifted running sums, exact recompute on wrap or eviction of an extreme
-        self.buf = np.zeros((S, W))
-        self.pos = np.zeros(S, np.int64)
-        self.wraps = np.zeros(S, np.int64)
-        self.fill = np.zeros(S, np.int64)
-        self.shift = np.zeros(S)
-        self.s1 = np.zeros(S)
-        self.s2 = np.zeros(S)
-        self.rmin = np.full(S, np.inf)
-        self.rmax = np.full(S, -np.inf)
-        # phase I
+        # rolling window: ring buffer, time-major so a full tick writes one contiguous row;
+        # mean/sd/min/max are evaluated exactly from it at read-out (snapshot), not per sample
+        self.buf = np.zeros((W, S))
+        self.pos = np.zeros(S, np.int32)
+        self.fill = np.zeros(S, np.int32)
+        # phase I (the number of moving ranges is p1_n - 1: the first sample has none)
         self.phase = np.zeros(S, np.int8)
         self.p1_n = np.zeros(S, np.int64)
         self.p1_ref = np.zeros(S)
         self.p1_sum = np.zeros(S)
         self.p1_mr = np.zeros(S)
-        self.p1_mrn = np.zeros(S, np.int64)
         self.p1_xbar = np.zeros(S)
         self.p1_r = np.zeros(S)
         self.p1_s = np.zeros(S)
         self.p1_k = np.zeros(S, np.int64)
         # current subgroup
-        self.sg_k = np.zeros(S, np.int64)
+        self.sg_k = np.zeros(S, np.int8)
         self.sg_ref = np.zeros(S)
         self.sg_s1 = np.zeros(S)
         self.sg_s2 = np.zeros(S)
@@ -201,30 +234,41 @@ class SpcEngine:
         self.last_xbar = np.full(S, np.nan)
         self.last_r = np.full(S, np.nan)
         self.last_s = np.full(S, np.nan)
-        # limits (phase II)
+        # limits (phase II) and the per-sample thresholds derived from them once per phase II start
         self.cl = np.full(S, np.nan)
         self.sigma = np.full(S, np.nan)
         self.xcl = np.full(S, np.nan)
         self.rbar = np.full(S, np.nan)
         self.sbar = np.full(S, np.nan)
+        self.mr_ucl = np.full(S, np.nan)
+        self.ew_w2 = np.full(S, np.nan)  # squared asymptotic EWMA half-width (L·σ)²·λ/(2-λ)
+        self.cu_hi = np.full(S, np.nan)  # CL + K
+        self.cu_lo = np.full(S, np.nan)  # CL - K
+        self.cu_h = np.full(S, np.nan)  # H = h·σ
         # EWMA, CUSUM, rules
         self.ewma = np.full(S, np.nan)
-        self.ewma_decay = np.ones(S)
+        self.ewma_decay = np.ones(S)  # (1-λ)^(2i)
         self.cpos = np.zeros(S)
         self.cneg = np.zeros(S)
         self.npos = np.zeros(S, np.int64)
         self.nneg = np.zeros(S, np.int64)
-        self.h0 = np.zeros(S, U64)  # lanes: above 2σ, below 2σ, above 1σ, below 1σ
-        self.h1 = np.zeros(S, U64)  # lanes: above CL, below CL, up, down
-        self.n_mon = np.zeros(S, np.int64)
+        # zone histories, newest sample in bit 0: [:, 0] above 1σ, [:, 1] below 1σ (read as one uint16)
+        self.hz1 = np.zeros((S, 2), _U8)
+        self.hz2 = np.zeros(S, _U8)  # bits 0-2 above 2σ, bits 4-6 below 2σ
+        # saturating run lengths: above CL, below CL, within ±1σ, rising, falling, alternating
+        self.run_pos = np.zeros(S, _U8)
+        self.run_neg = np.zeros(S, _U8)
+        self.run_in = np.zeros(S, _U8)
+        self.run_up = np.zeros(S, _U8)
+        self.run_dn = np.zeros(S, _U8)
+        self.run_alt = np.zeros(S, _U8)
         self.mask = np.zeros(S, np.uint32)
-        # capability study accumulators (since the last rebaseline or reset_capability)
+        # capability study accumulators (since the last rebaseline or reset_capability); cap_n - 1 moving ranges
         self.cap_n = np.zeros(S, np.int64)
         self.cap_ref = np.zeros(S)
         self.cap_s1 = np.zeros(S)
         self.cap_s2 = np.zeros(S)
         self.cap_mr = np.zeros(S)
-        self.cap_mrn = np.zeros(S, np.int64)
         self.cap_r = np.zeros(S)
         self.cap_s = np.zeros(S)
         self.cap_k = np.zeros(S, np.int64)
@@ -281,13 +325,17 @@ class SpcEngine:
             "make phase1_n a multiple of subgroup_n so phase I ends on a subgroup boundary",
         )
         bad("lsl", v["lsl"] >= v["usl"], "LSL must be below USL")
-        self.window[r] = v["window"].astype(np.int64)
+        self.window[r] = v["window"].astype(np.int32)
         self.phase1_n[r] = v["phase1_n"].astype(np.int64)
         self.lsl[r], self.usl[r] = v["lsl"], v["usl"]
         self.lam[r], self.L[r] = v["ewma_lambda"], v["ewma_L"]
+        self.oml[r] = 1.0 - v["ewma_lambda"]
         self.k[r], self.h[r] = v["cusum_k"], v["cusum_h"]
-        self.sub_n[r] = v["subgroup_n"].astype(np.int64)
+        self.sub_n[r] = v["subgroup_n"].astype(np.int8)
         self.given_cl[r], self.given_sigma[r] = v["centre"], v["sigma"]
+        # whole-engine facts that let a full tick skip work: any spec limit at all, which rows have subgroups
+        self._has_spec = bool(np.isfinite(self.lsl).any() or np.isfinite(self.usl).any())
+        self._sub_rows = np.flatnonzero(self.sub_n >= 2)
         for a, val in (
             (self.n_good, 0),
             (self.n_missing, 0),
@@ -295,16 +343,10 @@ class SpcEngine:
             (self.last_t, -1),
             (self.prev, np.nan),
             (self.pos, 0),
-            (self.wraps, 0),
             (self.fill, 0),
-            (self.shift, 0.0),
-            (self.s1, 0.0),
-            (self.s2, 0.0),
-            (self.rmin, np.inf),
-            (self.rmax, -np.inf),
         ):
             a[r] = val
-        self.buf[r] = 0.0
+        self.buf[:, r] = 0.0
         self.rebaseline(r)
 
     def rebaseline(
@@ -324,7 +366,6 @@ class SpcEngine:
             self.p1_n,
             self.p1_sum,
             self.p1_mr,
-            self.p1_mrn,
             self.p1_xbar,
             self.p1_r,
             self.p1_s,
@@ -361,7 +402,6 @@ class SpcEngine:
             self.cap_s1,
             self.cap_s2,
             self.cap_mr,
-            self.cap_mrn,
             self.cap_r,
             self.cap_s,
             self.cap_k,
@@ -374,11 +414,11 @@ class SpcEngine:
         sig = readings.signal
         check_rows("SpcEngine.update Readings.signal", sig, self.capacity)
         good = readings.good
-        all_good = bool(good.all())
-        if not all_good:
+        if not good.all():
             bad_rows = sig[~good]
             np.add.at(self.n_missing, bad_rows, 1)
             np.add.at(self.missing_run, bad_rows, 1)
+            self._missing_runs = True
             sig, t, x = sig[good], readings.t_ns[good], readings.value[good]
         else:
             t, x = readings.t_ns, readings.value
@@ -390,7 +430,9 @@ class SpcEngine:
             for idx in occurrence_rounds(sig):
                 rr = sig[idx].astype(np.int64)
                 self._round(rr, rr, x[idx], t[idx], hits, events)
-        if hits:
+        if len(hits) == 1:
+            rh = hits[0]
+        elif hits:
             rh = RuleHits(
                 np.concatenate([h.row for h in hits]),
                 np.concatenate([h.t_ns for h in hits]),
@@ -410,130 +452,117 @@ class SpcEngine:
         hits: list[RuleHits],
         events: list[AlarmEvents],
     ) -> None:
-        """One vectorized step: each row in `r` (unique; `ra` the same rows as an array) gets one good value."""
+        """One vectorized step: each row in `r` (unique; `ra` the same rows as an array) gets one good value.
+
+        For a full tick `r` is slice(None): every state array is then a view updated in place.
+        Otherwise `r` holds row numbers and each array is gathered, updated and written back
+        (`_put`). Both run the same arithmetic, so they give identical results.
+        """
+        full = isinstance(r, slice)
         self.n_good[r] += 1
-        self.missing_run[r] = 0
+        if self._missing_runs:
+            self.missing_run[r] = 0
+            self._missing_runs = not full
         self.last_t[r] = t
-        prev = self.prev[r].copy()
-        has_prev = ~np.isnan(prev)
-        mr = np.abs(x - prev)  # NaN where there is no previous value
+        dx = np.subtract(x, self.prev[r])  # NaN where there is no previous value
         self.prev[r] = x
+        mr = np.abs(dx)
         self._window(r, ra, x)
-        self._capability(r, x, mr, has_prev)
-        phase = self.phase[r].copy()
-        in1 = phase == 0
-        mask = np.zeros(x.shape[0], np.uint32)
+        self._capability(r, x, mr)
+        in1 = self.phase[r] == 0
         any1 = bool(in1.any())
         if any1:
             i1 = np.flatnonzero(in1)
-            self._phase1(ra[i1], x[i1], mr[i1], has_prev[i1])
-        sub = self.sub_n[r] >= 2
-        if sub.all():
-            mask |= self._subgroup(r, ra, x, in1)
-        elif sub.any():
-            isub = np.flatnonzero(sub)
-            mask[isub] |= self._subgroup(ra[isub], ra[isub], x[isub], in1[isub])
-        if not any1:
-            mask |= self._monitor(r, x, prev, mr, has_prev)
-            r2 = ra
-        elif not in1.all():
-            i2 = np.flatnonzero(~in1)
-            r2 = ra[i2]
-            mask[i2] |= self._monitor(r2, x[i2], prev[i2], mr[i2], has_prev[i2])
-        else:
-            r2 = ra[:0]
+            self._phase1(ra[i1], x[i1], mr[i1])
+        # phase I rows run through the monitor too (cheaper than splitting the arrays); their
+        # monitor state is reset when phase II starts and their bits are dropped here
+        mask = self._monitor(r, x, dx, mr)
         if any1:
-            done = ra[in1][self.p1_n[ra[in1]] >= self.phase1_n[ra[in1]]]
+            mask[in1] = 0
+        self._subgroups(r, ra, x, in1, mask)
+        if any1:
+            r1 = ra[in1]
+            done = r1[self.p1_n[r1] >= self.phase1_n[r1]]
             if done.size:
                 self._finish_phase1(done)
         self.mask[r] = mask
         nz = np.flatnonzero(mask)
         if nz.size:
             hits.append(RuleHits(ra[nz].astype(np.int32), t[nz], x[nz], mask[nz]))
-        if r2.size:
-            ev = self._alarm(ra, x, t, mask)
+        if not (any1 and in1.all()):
+            ev = self._alarm(r, ra, x, t, mask)
             if len(ev):
                 events.append(ev)
 
     def _window(self, r: slice | NDArray[np.int64], ra: NDArray[np.int64], x: NDArray[np.float64]) -> None:
+        p = self.pos[r]
+        if isinstance(r, slice) and bool((p == p[0]).all()):
+            self.buf[int(p[0])] = x  # rows in lockstep: one contiguous row of the buffer
+        else:
+            self.buf.reshape(-1)[p.astype(np.int64) * self.capacity + ra] = x
         w = self.window[r]
-        p = self.pos[r].copy()
-        fill = self.fill[r].copy()
-        old = self.buf[ra, p]
-        self.buf[ra, p] = x
-        full = fill == w
-        sh = self.shift[r]
-        d = x - sh
-        od = np.where(full, old - sh, 0.0)
-        self.s1[r] += d - od
-        self.s2[r] += d * d - od * od
-        mn = self.rmin[r].copy()
-        mx = self.rmax[r].copy()
-        # evicting the current min or max invalidates it; those rows (about 2/window of them) get an exact recompute
-        dirty = full & ((old <= mn) | (old >= mx))
-        np.minimum(mn, x, out=mn)
-        np.maximum(mx, x, out=mx)
-        self.rmin[r] = mn
-        self.rmax[r] = mx
         p += 1
-        wrap = p >= w
-        p[wrap] = 0
-        self.pos[r] = p
-        np.minimum(fill + 1, w, out=fill)
-        self.fill[r] = fill
-        # an exact pass every 8th wrap bounds the rounding drift of the running sums (and re-centres the shift)
-        wraps = self.wraps[r] + wrap
-        self.wraps[r] = wraps
-        redo = dirty | (wrap & (wraps % 8 == 1))
-        if redo.any():
-            self._recompute_window(ra[redo])
-
-    def _recompute_window(self, rows: NDArray[np.int64]) -> None:
-        vals = self.buf[rows]
-        f = self.fill[rows]
-        valid = self._col[None, :] < f[:, None]
-        cnt = np.maximum(f, 1)
-        mean = np.where(valid, vals, 0.0).sum(1) / cnt
-        dv = np.where(valid, vals - mean[:, None], 0.0)
-        self.shift[rows] = mean
-        self.s1[rows] = dv.sum(1)
-        self.s2[rows] = (dv * dv).sum(1)
-        self.rmin[rows] = np.where(valid, vals, np.inf).min(1)
-        self.rmax[rows] = np.where(valid, vals, -np.inf).max(1)
+        np.copyto(p, 0, where=p >= w)
+        _put(self.pos, r, p)
+        f = self.fill[r]
+        f += 1
+        np.minimum(f, w, out=f)
+        _put(self.fill, r, f)
 
     def _capability(
-        self,
-        r: slice | NDArray[np.int64],
-        x: NDArray[np.float64],
-        mr: NDArray[np.float64],
-        has_prev: NDArray[np.bool_],
+        self, r: slice | NDArray[np.int64], x: NDArray[np.float64], mr: NDArray[np.float64]
     ) -> None:
-        cn = self.cap_n[r].copy()
-        ref = np.where(cn == 0, x, self.cap_ref[r])
-        self.cap_ref[r] = ref
-        d = x - ref
-        self.cap_s1[r] += d
-        self.cap_s2[r] += d * d
-        self.cap_n[r] = cn + 1
-        pair = has_prev & (cn > 0)  # moving ranges only within the period
-        self.cap_mr[r] += np.where(pair, mr, 0.0)
-        self.cap_mrn[r] += pair
+        cn = self.cap_n[r]
+        new = cn == 0  # first sample of the period: it sets the reference and has no moving range
+        any_new = bool(new.any())
+        ref = self.cap_ref[r]
+        if any_new:
+            np.copyto(ref, x, where=new)
+            _put(self.cap_ref, r, ref)
+            mr = np.where(new, 0.0, mr)
+        d = np.subtract(x, ref)
+        s1 = self.cap_s1[r]
+        s1 += d
+        _put(self.cap_s1, r, s1)
+        d *= d
+        s2 = self.cap_s2[r]
+        s2 += d
+        _put(self.cap_s2, r, s2)
+        cn += 1
+        _put(self.cap_n, r, cn)
+        m = self.cap_mr[r]
+        m += mr
+        _put(self.cap_mr, r, m)
 
-    def _phase1(
-        self,
-        r: NDArray[np.int64],
-        x: NDArray[np.float64],
-        mr: NDArray[np.float64],
-        has_prev: NDArray[np.bool_],
-    ) -> None:
+    def _phase1(self, r: NDArray[np.int64], x: NDArray[np.float64], mr: NDArray[np.float64]) -> None:
         n = self.p1_n[r]
-        ref = np.where(n == 0, x, self.p1_ref[r])
+        first = n == 0
+        ref = np.where(first, x, self.p1_ref[r])
         self.p1_ref[r] = ref
         self.p1_sum[r] += x - ref
-        pair = has_prev & (n > 0)
-        self.p1_mr[r] += np.where(pair, mr, 0.0)
-        self.p1_mrn[r] += pair
+        self.p1_mr[r] += np.where(first, 0.0, mr)
         self.p1_n[r] = n + 1
+
+    def _subgroups(
+        self,
+        r: slice | NDArray[np.int64],
+        ra: NDArray[np.int64],
+        x: NDArray[np.float64],
+        in1: NDArray[np.bool_],
+        mask: NDArray[np.uint32],
+    ) -> None:
+        """Run the X̄-R/X̄-S charts on the rows of `r` that have subgroups; OR their bits into `mask`."""
+        # in a full tick positions are row numbers
+        idx = self._sub_rows if isinstance(r, slice) else np.flatnonzero(self.sub_n[ra] >= 2)
+        if idx.size == 0:
+            return
+        if idx.size == x.shape[0]:
+            i, bits = self._subgroup(r, ra, x, in1)
+            mask[i] |= bits
+        else:
+            rows = ra[idx]
+            i, bits = self._subgroup(rows, rows, x[idx], in1[idx])
+            mask[idx[i]] |= bits
 
     def _subgroup(
         self,
@@ -541,24 +570,35 @@ class SpcEngine:
         ra: NDArray[np.int64],
         x: NDArray[np.float64],
         in1: NDArray[np.bool_],
-    ) -> NDArray[np.uint32]:
-        k = self.sg_k[r].copy()
+    ) -> tuple[NDArray[np.intp], NDArray[np.uint32]]:
+        """Add one value to each row's current subgroup; return the positions whose completed subgroup fired and their bits."""
+        k = self.sg_k[r]
+        ref, s1, s2 = self.sg_ref[r], self.sg_s1[r], self.sg_s2[r]
+        mn, mx = self.sg_min[r], self.sg_max[r]
         first = k == 0
-        ref = np.where(first, x, self.sg_ref[r])
-        d = x - ref
-        s1 = np.where(first, 0.0, self.sg_s1[r]) + d
-        s2 = np.where(first, 0.0, self.sg_s2[r]) + d * d
-        mn = np.where(first, x, np.minimum(self.sg_min[r], x))
-        mx = np.where(first, x, np.maximum(self.sg_max[r], x))
-        k1 = k + 1
+        if first.any():
+            np.copyto(ref, x, where=first)
+            np.copyto(s1, 0.0, where=first)
+            np.copyto(s2, 0.0, where=first)
+            np.copyto(mn, x, where=first)
+            np.copyto(mx, x, where=first)
+        d = np.subtract(x, ref)
+        s1 += d
+        d *= d
+        s2 += d
+        np.minimum(mn, x, out=mn)
+        np.maximum(mx, x, out=mx)
+        k += 1
         n = self.sub_n[r]
-        done = k1 >= n
-        self.sg_k[r] = np.where(done, 0, k1)
-        self.sg_ref[r], self.sg_s1[r], self.sg_s2[r] = ref, s1, s2
-        self.sg_min[r], self.sg_max[r] = mn, mx
-        out = np.zeros(x.shape[0], np.uint32)
+        done = k >= n
+        np.copyto(k, 0, where=done)
+        for arr, v in ((self.sg_k, k), (self.sg_ref, ref), (self.sg_s1, s1), (self.sg_s2, s2)):
+            _put(arr, r, v)
+        _put(self.sg_min, r, mn)
+        _put(self.sg_max, r, mx)
+        none = np.empty(0, np.intp), np.empty(0, np.uint32)
         if not done.any():
-            return out
+            return none
         i = np.flatnonzero(done)
         rd, nd = ra[i], n[i].astype(F64)
         xbar = ref[i] + s1[i] / nd
@@ -576,24 +616,25 @@ class SpcEngine:
             self.p1_s[rp] += sd[p1]
             self.p1_k[rp] += 1
         m2 = ~p1
-        if m2.any():
-            rm, ni = rd[m2], n[i][m2]
-            xb, rg, s = xbar[m2], rng[m2], sd[m2]
-            xcl, rbar, sbar = self.xcl[rm], self.rbar[rm], self.sbar[rm]
-            a2 = C.A2[ni] * rbar
-            a3 = C.A3[ni] * sbar
-            m = _bits((xb > xcl + a2) | (xb < xcl - a2), Rule.XBAR_R)
-            m |= _bits((rg > C.D4[ni] * rbar) | (rg < C.D3[ni] * rbar), Rule.R_OUT)
-            m |= _bits((xb > xcl + a3) | (xb < xcl - a3), Rule.XBAR_S)
-            m |= _bits((s > C.B4[ni] * sbar) | (s < C.B3[ni] * sbar), Rule.S_OUT)
-            out[i[m2]] = m
-        return out
+        if not m2.any():
+            return none
+        rm, ni = rd[m2], n[i][m2]
+        xb, rg, s = xbar[m2], rng[m2], sd[m2]
+        xcl, rbar, sbar = self.xcl[rm], self.rbar[rm], self.sbar[rm]
+        a2 = C.A2[ni] * rbar
+        a3 = C.A3[ni] * sbar
+        m = _bits((xb > xcl + a2) | (xb < xcl - a2), Rule.XBAR_R)
+        m |= _bits((rg > C.D4[ni] * rbar) | (rg < C.D3[ni] * rbar), Rule.R_OUT)
+        m |= _bits((xb > xcl + a3) | (xb < xcl - a3), Rule.XBAR_S)
+        m |= _bits((s > C.B4[ni] * sbar) | (s < C.B3[ni] * sbar), Rule.S_OUT)
+        return i[m2], m
 
     def _finish_phase1(self, r: NDArray[np.int64]) -> None:
         n = self.p1_n[r].astype(F64)
+        mrn = self.p1_n[r] - 1
         with np.errstate(invalid="ignore", divide="ignore"):
             cl_est = np.where(n > 0, self.p1_ref[r] + self.p1_sum[r] / n, np.nan)
-            sig_est = np.where(self.p1_mrn[r] > 0, self.p1_mr[r] / self.p1_mrn[r] / C.D2_MR, np.nan)
+            sig_est = np.where(mrn > 0, self.p1_mr[r] / mrn / C.D2_MR, np.nan)
             k = self.p1_k[r].astype(F64)
             xcl_est = np.where(k > 0, self.p1_xbar[r] / k, np.nan)
             rbar_est = np.where(k > 0, self.p1_r[r] / k, np.nan)
@@ -608,94 +649,130 @@ class SpcEngine:
         self.xcl[r] = np.where(np.isfinite(gcl), gcl, xcl_est)
         self.rbar[r] = np.where(np.isfinite(gs), C.D2[ns] * gs, rbar_est)
         self.sbar[r] = np.where(np.isfinite(gs), C.C4[ns] * gs, sbar_est)
+        lam = self.lam[r]
+        self.mr_ucl[r] = C.D4_MR * C.D2_MR * sigma
+        self.ew_w2[r] = (self.L[r] * sigma) ** 2 * (lam / (2.0 - lam))
+        kk = self.k[r] * sigma
+        self.cu_hi[r], self.cu_lo[r], self.cu_h[r] = cl + kk, cl - kk, self.h[r] * sigma
         self.phase[r] = 1
         self.sg_k[r] = 0
         self.ewma[r] = cl
         self.ewma_decay[r] = 1.0
-        self.cpos[r] = 0.0
-        self.cneg[r] = 0.0
-        self.npos[r] = 0
-        self.nneg[r] = 0
-        self.h0[r] = 0
-        self.h1[r] = 0
-        self.n_mon[r] = 0
+        for a in (self.cpos, self.cneg, self.npos, self.nneg, self.hz1, self.hz2):
+            a[r] = 0
+        for a in (self.run_pos, self.run_neg, self.run_in, self.run_up, self.run_dn, self.run_alt):
+            a[r] = 0
 
     def _monitor(
         self,
         r: slice | NDArray[np.int64],
         x: NDArray[np.float64],
-        prev: NDArray[np.float64],
+        dx: NDArray[np.float64],
         mr: NDArray[np.float64],
-        has_prev: NDArray[np.bool_],
     ) -> NDArray[np.uint32]:
+        """Phase II rule mask of one sample per row, updating rule histories, EWMA and CUSUM in place."""
+        n = x.shape[0]
         cl = self.cl[r]
-        sg = self.sigma[r]
-        z = (x - cl) / sg
-        a2, b2, a1, b1 = z > 2.0, z < -2.0, z > 1.0, z < -1.0
-        up = x > prev
-        dn = x < prev
-        new0 = a2.astype(U64)
-        new0 |= b2.astype(U64) << _LANE[1]
-        new0 |= a1.astype(U64) << _LANE[2]
-        new0 |= b1.astype(U64) << _LANE[3]
-        new1 = (z > 0.0).astype(U64)
-        new1 |= (z < 0.0).astype(U64) << _LANE[1]
-        new1 |= up.astype(U64) << _LANE[2]
-        new1 |= dn.astype(U64) << _LANE[3]
-        h0 = ((self.h0[r] << _ONE) & _KEEP) | new0
-        h1 = ((self.h1[r] << _ONE) & _KEEP) | new1
-        self.h0[r] = h0
-        self.h1[r] = h1
-        n_mon = np.minimum(self.n_mon[r] + 1, 1 << 20)
-        self.n_mon[r] = n_mon
-        beyond3 = np.abs(z) > 3.0
-        m = _bits(beyond3, Rule.WE1 | Rule.N1)
-        pc = np.bitwise_count
-        two_of_three = (pc(_lane(h0, 0, 3)) >= 2) | (pc(_lane(h0, 1, 3)) >= 2)
-        m |= _bits(two_of_three, Rule.WE2 | Rule.N5)
-        four_of_five = (pc(_lane(h0, 2, 5)) >= 4) | (pc(_lane(h0, 3, 5)) >= 4)
-        m |= _bits(four_of_five, Rule.WE3 | Rule.N6)
-        m |= _bits((_lane(h1, 0, 8) == 0xFF) | (_lane(h1, 1, 8) == 0xFF), Rule.WE4)
-        m |= _bits((_lane(h1, 0, 9) == 0x1FF) | (_lane(h1, 1, 9) == 0x1FF), Rule.N2)
-        m |= _bits((_lane(h1, 2, 5) == 0x1F) | (_lane(h1, 3, 5) == 0x1F), Rule.N3)
-        u13 = _lane(h1, 2, 13)
-        alt = ((u13 | _lane(h1, 3, 13)) == 0x1FFF) & ((u13 == 0x1555) | (u13 == 0x0AAA))
-        m |= _bits(alt, Rule.N4)
-        a1_15, b1_15 = _lane(h0, 2, 15), _lane(h0, 3, 15)
-        m |= _bits(((a1_15 | b1_15) == 0) & (n_mon >= 15), Rule.N7)
-        a1_8, b1_8 = a1_15 & U64(0xFF), b1_15 & U64(0xFF)
-        m |= _bits(((a1_8 | b1_8) == 0xFF) & (a1_8 != 0) & (b1_8 != 0), Rule.N8)
-        m |= _bits(has_prev & (mr > C.D4_MR * C.D2_MR * sg), Rule.MR_HIGH)
-        # EWMA with the exact time-varying limits
-        lam = self.lam[r]
-        e = lam * x + (1.0 - lam) * self.ewma[r]
-        self.ewma[r] = e
-        one_m = 1.0 - lam
-        decay = self.ewma_decay[r] * one_m * one_m
-        self.ewma_decay[r] = decay
-        width = self.L[r] * sg * np.sqrt(lam / (2.0 - lam) * (1.0 - decay))
-        m |= _bits(e > cl + width, Rule.EWMA_HIGH)
-        m |= _bits(e < cl - width, Rule.EWMA_LOW)
-        # tabular CUSUM
-        kk = self.k[r] * sg
-        hh = self.h[r] * sg
-        cp = np.maximum(0.0, x - (cl + kk) + self.cpos[r])
-        cn = np.maximum(0.0, (cl - kk) - x + self.cneg[r])
-        self.cpos[r] = cp
-        self.cneg[r] = cn
-        self.npos[r] = np.where(cp > 0, self.npos[r] + 1, 0)
-        self.nneg[r] = np.where(cn > 0, self.nneg[r] + 1, 0)
-        m |= _bits(cp > hh, Rule.CUSUM_POS)
-        m |= _bits(cn > hh, Rule.CUSUM_NEG)
-        m |= _bits(x > self.usl[r], Rule.ABOVE_USL)
-        m |= _bits(x < self.lsl[r], Rule.BELOW_LSL)
+        z = np.subtract(x, cl)
+        z /= self.sigma[r]
+        az = np.abs(z)
+        hz1 = self.hz1[r]
+        np.left_shift(hz1, 1, out=hz1)
+        hz1[:, 0] |= z > 1.0
+        hz1[:, 1] |= z < -1.0
+        _put(self.hz1, r, hz1)
+        # both rules of table 1 are symmetric in above/below, so the byte order of the uint16 view does not matter
+        m = _T1.take(hz1.view(np.uint16).reshape(n))
+        hz2 = self.hz2[r]
+        np.left_shift(hz2, 1, out=hz2)
+        np.bitwise_and(hz2, 0x66, out=hz2)  # keep the last 3 samples of each side
+        hz2 |= z > 2.0
+        b2 = (z < -2.0).view(_U8)
+        b2 <<= 4
+        hz2 |= b2
+        _put(self.hz2, r, hz2)
+        m |= _T2.take(hz2)
+        tmp = np.empty(n, np.uint32)
+        _or_bit(m, az > 3.0, Rule.WE1 | Rule.N1, tmp)
+        rp, rn, ri = self.run_pos[r], self.run_neg[r], self.run_in[r]
+        _run(rp, z > 0.0)
+        _run(rn, z < 0.0)
+        _run(ri, az <= 1.0)  # NaN (no sigma) is not inside
+        side = np.maximum(rp, rn)
+        _or_bit(m, side >= 8, Rule.WE4, tmp)
+        _or_bit(m, side >= 9, Rule.N2, tmp)
+        _or_bit(m, ri >= 15, Rule.N7, tmp)
+        up, dn = dx > 0.0, dx < 0.0
+        ru, rd, alt = self.run_up[r], self.run_dn[r], self.run_alt[r]
+        # the alternation goes on when this difference has the opposite sign of the previous one
+        flip = (up & (rd > 0)) | (dn & (ru > 0))
+        np.minimum(alt, _RUN_CAP - 1, out=alt)
+        np.multiply(alt, flip, out=alt)
+        alt += up | dn
+        _run(ru, up)
+        _run(rd, dn)
+        _or_bit(m, np.maximum(ru, rd) >= 5, Rule.N3, tmp)
+        _or_bit(m, alt >= 13, Rule.N4, tmp)
+        for arr, v in (
+            (self.run_pos, rp),
+            (self.run_neg, rn),
+            (self.run_in, ri),
+            (self.run_up, ru),
+            (self.run_dn, rd),
+            (self.run_alt, alt),
+        ):
+            _put(arr, r, v)
+        _or_bit(m, mr > self.mr_ucl[r], Rule.MR_HIGH, tmp)  # NaN (no previous value) never fires
+        # EWMA, same operation order as lam·x + (1-lam)·ewma; exact time-varying limits
+        oml = self.oml[r]
+        e = self.ewma[r]
+        e *= oml
+        e += np.multiply(self.lam[r], x)
+        _put(self.ewma, r, e)
+        decay = self.ewma_decay[r]
+        decay *= oml
+        decay *= oml
+        _put(self.ewma_decay, r, decay)
+        # compare squared distances with the squared half-width instead of a square root per sample
+        w2 = np.subtract(1.0, decay)
+        w2 *= self.ew_w2[r]
+        de = np.subtract(e, cl)
+        far = np.multiply(de, de) > w2
+        _or_bit(m, far & (de > 0.0), Rule.EWMA_HIGH, tmp)
+        _or_bit(m, far & (de < 0.0), Rule.EWMA_LOW, tmp)
+        # tabular CUSUM, same operation order as max(0, x - (CL + K) + C)
+        cp, cn = self.cpos[r], self.cneg[r]
+        step = np.subtract(x, self.cu_hi[r])
+        cp += step
+        np.maximum(cp, 0.0, out=cp)
+        np.subtract(self.cu_lo[r], x, out=step)
+        cn += step
+        np.maximum(cn, 0.0, out=cn)
+        _put(self.cpos, r, cp)
+        _put(self.cneg, r, cn)
+        for cnt_arr, c in ((self.npos, cp), (self.nneg, cn)):
+            cnt = cnt_arr[r]
+            cnt += 1
+            np.multiply(cnt, c > 0.0, out=cnt)
+            _put(cnt_arr, r, cnt)
+        hh = self.cu_h[r]
+        _or_bit(m, cp > hh, Rule.CUSUM_POS, tmp)
+        _or_bit(m, cn > hh, Rule.CUSUM_NEG, tmp)
+        if self._has_spec:
+            _or_bit(m, x > self.usl[r], Rule.ABOVE_USL, tmp)
+            _or_bit(m, x < self.lsl[r], Rule.BELOW_LSL, tmp)
         return m
 
     def _alarm(
-        self, ra: NDArray[np.int64], x: NDArray[np.float64], t: NDArray[np.int64], mask: NDArray[np.uint32]
+        self,
+        r: slice | NDArray[np.int64],
+        ra: NDArray[np.int64],
+        x: NDArray[np.float64],
+        t: NDArray[np.int64],
+        mask: NDArray[np.uint32],
     ) -> AlarmEvents:
         """Feed the rows that fired or have a live alarm to the tracker, one channel per (row, kind)."""
-        cand = np.flatnonzero((mask != 0) | self.alarm_busy[ra])
+        cand = np.flatnonzero((mask != 0) | self.alarm_busy[r])
         if cand.size == 0:
             return AlarmEvents.empty()
         rows = ra[cand]
@@ -707,7 +784,13 @@ class SpcEngine:
         val[:, 3] = np.maximum(self.cpos[rows], self.cneg[rows])
         lim = self._alarm_limits(rows, x[cand])
         ev = self.alarms.update(
-            ch, np.repeat(t[cand], _N_KINDS), raised.reshape(-1), None, val.reshape(-1), lim.reshape(-1)
+            ch,
+            np.repeat(t[cand], _N_KINDS),
+            raised.reshape(-1),
+            None,
+            val.reshape(-1),
+            lim.reshape(-1),
+            unique=True,  # rows are unique within a round
         )
         self.alarm_busy[rows] = self.alarms.busy(ch).reshape(-1, _N_KINDS).any(1)
         if not len(ev):
@@ -735,16 +818,11 @@ class SpcEngine:
         """Indicator arrays for `rows` (all rows when None); NaN means no data, the reason_* arrays say why (NoData codes)."""
         r = self._rows if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
         check_rows("SpcEngine.snapshot rows", r, self.capacity)
-        f = self.fill[r].astype(F64)
+        mean, sd, mn, mx = self._window_stats(None if rows is None else r)
         ph2 = self.phase[r] == 1
         cl, sg = self.cl[r], self.sigma[r]
         ns = self.sub_n[r]
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(f > 0, self.shift[r] + self.s1[r] / f, np.nan)
-            var = (self.s2[r] - self.s1[r] ** 2 / f) / (f - 1)
-            sd = np.where(f > 1, np.sqrt(np.maximum(var, 0.0)), np.nan)
-            mn = np.where(f > 0, self.rmin[r], np.nan)
-            mx = np.where(f > 0, self.rmax[r], np.nan)
             lim = np.where(ph2, 1.0, np.nan)
             ewma_w = self.L[r] * sg * np.sqrt(self.lam[r] / (2 - self.lam[r]) * (1 - self.ewma_decay[r]))
             xcl, rbar, sbar = self.xcl[r] * lim, self.rbar[r] * lim, self.sbar[r] * lim
@@ -758,6 +836,7 @@ class SpcEngine:
                 np.where(cneg > hh, cl - kk - cneg / self.nneg[r], np.nan),
             )
             cap = self._capability_indices(r)
+        f = self.fill[r]
         reason_w = np.where(f == 0, NoData.NO_SAMPLES, np.where(f < 2, NoData.TOO_FEW, NoData.OK)).astype(
             np.uint8
         )
@@ -772,7 +851,7 @@ class SpcEngine:
             "missing": self.n_missing[r].copy(),
             "missing_run": self.missing_run[r].copy(),
             "last_t_ns": self.last_t[r].copy(),
-            "window_n": self.fill[r].copy(),
+            "window_n": f.astype(np.int64),
             "mean": mean,
             "sd": sd,
             "min": mn,
@@ -812,6 +891,43 @@ class SpcEngine:
         out.update(cap)
         return out
 
+    def _window_stats(
+        self, rows: NDArray[np.int64] | None
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """Exact mean, sd (n-1), min and max of each row's window from the ring buffer (NaN without data); None = all rows."""
+        W = self.max_window
+        fill = self.fill if rows is None else self.fill[rows]
+        n = fill.shape[0]
+        out = np.empty((4, n))
+        col = np.arange(W)[:, None]
+        # blocks of rows keep the [W, block] temporaries in cache
+        for a in range(0, n, _STATS_BLOCK):
+            b = min(a + _STATS_BLOCK, n)
+            v = self.buf[:, a:b] if rows is None else self.buf[:, rows[a:b]]
+            f = fill[a:b]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                if bool((f == W).all()):
+                    mean = v.sum(0) / W
+                    d = v - mean
+                    mn, mx = v.min(0), v.max(0)
+                else:
+                    # slots at or past a row's fill are unused (a shorter window or not yet filled)
+                    valid = col < f
+                    mean = np.where(valid, v, 0.0).sum(0) / f
+                    d = np.where(valid, v - mean, 0.0)
+                    mn = np.where(valid, v, np.inf).min(0)
+                    mx = np.where(valid, v, -np.inf).max(0)
+                    mean[f == 0] = np.nan
+                    mn[f == 0] = np.nan
+                    mx[f == 0] = np.nan
+                d *= d
+                var = d.sum(0) / (f - 1)
+            out[0, a:b] = mean
+            out[1, a:b] = np.where(f > 1, np.sqrt(np.maximum(var, 0.0)), np.nan)
+            out[2, a:b] = mn
+            out[3, a:b] = mx
+        return out[0], out[1], out[2], out[3]
+
     def _capability_indices(self, r: NDArray[np.int64]) -> dict[str, NDArray[Any]]:
         n = self.cap_n[r].astype(F64)
         mu = self.cap_ref[r] + self.cap_s1[r] / n
@@ -819,7 +935,7 @@ class SpcEngine:
         ns = np.clip(self.sub_n[r], 2, C.MAX_SUBGROUP)
         k = self.cap_k[r].astype(F64)
         within_sub = self.cap_r[r] / k / C.D2[ns]
-        within_ind = self.cap_mr[r] / self.cap_mrn[r] / C.D2_MR
+        within_ind = self.cap_mr[r] / (self.cap_n[r] - 1) / C.D2_MR
         within = np.where(self.sub_n[r] >= 2, within_sub, within_ind)
         gs = self.given_sigma[r]
         within = np.where(np.isfinite(gs), gs, within)
@@ -860,7 +976,7 @@ class SpcEngine:
 
     def state_bytes(self) -> int:
         """Bytes held in per-signal state arrays (ring buffer included)."""
-        total = 0
+        total = self.buf.nbytes  # [max_window, S]
         for v in vars(self).values():
             if isinstance(v, np.ndarray) and v.shape[:1] == (self.capacity,):
                 total += v.nbytes
