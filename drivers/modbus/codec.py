@@ -148,12 +148,18 @@ class DecodeBatch:
     adjacent in order, so the values are read in place; else positions of shape (tags, bytes per value)."""
     target: NDArray[np.intp] | slice = field(init=False)
     """`out`, as a slice when it is a run of positions (slice assignment is several times cheaper)."""
+    first_byte: int = field(init=False)
+    """Where the values start in the response bytes when `gather` is a slice."""
+    direct: bool = field(init=False)
+    """Numbers lying back to back, unscaled: decoding is a single read of the bytes in place."""
 
     def __post_init__(self) -> None:
         # Everything about the layout is worked out once per planned request, so a poll
         # only gathers, converts and stores.
         set_ = object.__setattr__
         set_(self, "target", where(self.out))
+        set_(self, "first_byte", 0)
+        set_(self, "direct", False)
         if self.kind == "flag":
             set_(self, "wire", np.dtype(np.uint8))
             set_(self, "gather", _as_slice(self.index) or self.index)
@@ -175,13 +181,16 @@ class DecodeBatch:
         else:
             set_(self, "wire", np.dtype(">" + _NUMPY_TYPE[type_]))
             set_(self, "gather", 2 * first[:, None] + np.array(order, dtype=np.intp)[None, :])
+        if isinstance(self.gather, slice):
+            set_(self, "first_byte", self.gather.start)
+            set_(self, "direct", self.kind != "bit" and self.identity)
 
     def raw(self, payload: bytes) -> NDArray:
         """The batch's values as stored on the device (integers, floats or 0/1), from a response's data bytes."""
         if self.kind == "flag":
             return np.unpackbits(np.frombuffer(payload, dtype=np.uint8), bitorder="little")[self.gather]
         if isinstance(self.gather, slice):
-            return np.frombuffer(payload[self.gather], dtype=self.wire)
+            return np.frombuffer(payload, dtype=self.wire, count=self.index.shape[0], offset=self.first_byte)
         gathered = np.frombuffer(payload, dtype=np.uint8)[self.gather]
         return gathered.view(self.wire).reshape(gathered.shape[0])
 
@@ -197,7 +206,12 @@ class DecodeBatch:
     def decode_into(self, payload: bytes, value: NDArray[np.float64]) -> None:
         """Store the engineering values of the batch's tags, from a response's data bytes, at `out` in `value`."""
         # the assignment converts to float64 in place, without a temporary
-        value[self.target] = self.engineering(payload)
+        if self.direct:
+            value[self.target] = np.frombuffer(
+                payload, dtype=self.wire, count=self.out.shape[0], offset=self.first_byte
+            )
+        else:
+            value[self.target] = self.engineering(payload)
 
     def decode(self, block: NDArray | Sequence[int] | Sequence[bool]) -> NDArray[np.float64]:
         """Engineering values of the batch's tags from one response block (registers or bits)."""

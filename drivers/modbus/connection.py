@@ -12,8 +12,18 @@ from dataclasses import dataclass
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
-from pymodbus.pdu.bit_message import ReadCoilsResponse, ReadDiscreteInputsResponse
-from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
+from pymodbus.pdu.bit_message import (
+    ReadCoilsRequest,
+    ReadCoilsResponse,
+    ReadDiscreteInputsRequest,
+    ReadDiscreteInputsResponse,
+)
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersRequest,
+    ReadInputRegistersResponse,
+)
 
 log = logging.getLogger("edge_agent.modbus")
 
@@ -95,11 +105,11 @@ class MalformedResponse(Exception):
     """The device answered with fewer data bytes than the request asked for."""
 
 
-_READERS = {
-    "coil": "read_coils",
-    "discrete_input": "read_discrete_inputs",
-    "holding_register": "read_holding_registers",
-    "input_register": "read_input_registers",
+_REQUESTS: dict[str, type[ModbusPDU]] = {
+    "coil": ReadCoilsRequest,
+    "discrete_input": ReadDiscreteInputsRequest,
+    "holding_register": ReadHoldingRegistersRequest,
+    "input_register": ReadInputRegistersRequest,
 }
 
 
@@ -146,6 +156,7 @@ class ModbusConnection:
         self._down_since = 0.0
         self._last_request_end = 0.0
         self._rng = random.Random()
+        self._requests: dict[tuple[str, int, int, int], ModbusPDU] = {}
 
     @property
     def connected(self) -> bool:
@@ -224,7 +235,14 @@ class ModbusConnection:
 
         Raises ModbusExceptionResponse, MalformedResponse, TimeoutError or NotConnected.
         """
-        reader = getattr(self._client, _READERS[table])
+        key = (table, unit_id, start, count)
+        request = self._requests.get(key)
+        if request is None:
+            # A driver polls the same few blocks forever: build each request PDU once (what
+            # the client's read_* methods would build every time) and hand it to execute(),
+            # which numbers it anew per send.
+            request = _REQUESTS[table](address=start, count=count, dev_id=unit_id)
+            self._requests[key] = request
         async with self._lock:
             if not self._client.connected:
                 raise NotConnected(self.last_error or "not connected")
@@ -236,7 +254,7 @@ class ModbusConnection:
             # timeout is set per request because devices sharing the connection may differ.
             self._client.comm_params.timeout_connect = response_timeout
             try:
-                response: ModbusPDU = await reader(start, count=count, device_id=unit_id)
+                response: ModbusPDU = await self._client.execute(False, request)
             except ConnectionException as exc:
                 self._mark_down(f"connection lost ({exc})")
                 raise NotConnected(self.last_error or "not connected") from None

@@ -25,7 +25,7 @@ from drivers.modbus.planner import ReadRequest, TagSpan, plan_modbus_requests
 from edge_agent.config import ByteOrder, ModbusDevice, ModbusTag
 from edge_agent.types import BAD_THRESHOLD, Quality, Readings, quality_from_modbus_exception
 
-_GOOD = int(Quality.GOOD)
+assert Quality.GOOD == 0  # read() relies on it: a zeroed quality column is all GOOD
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,14 @@ class GroupPlan:
     has_floats: bool
     """Whether a float type can bring NaN/Inf (integers cannot)."""
     has_strings: bool
+    size: int = field(init=False)
+    """Tags in the group."""
+    plain: bool = field(init=False)
+    """All numeric and no floats: a poll without failures needs no masking."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", len(self.rows))
+        object.__setattr__(self, "plain", self.all_numeric and not self.has_floats)
 
 
 def _protocol_address(device: ModbusDevice, tag: ModbusTag) -> int:
@@ -158,6 +166,7 @@ class ModbusDriver:
         self._groups = scan_groups([(t.name, t.interval, True) for t in device.tags], device.poll_interval)
         self._plans = {g: plan_group(device, g, rows) for g in self._groups}
         self._last_plan: GroupPlan | None = None
+        self._timeout = device.modbus.timeout
         self._conn: ModbusConnection | None = None
         self.last_strings: dict[str, tuple[str, Quality]] = {}
         """Text and quality of each string tag from the last read (text is not a number, so not in Readings)."""
@@ -195,44 +204,48 @@ class ModbusDriver:
 
     async def read(self, group: TagGroup) -> Readings:
         """Poll one scan group; every failure becomes a bad quality on the tags it touched."""
+        # This runs for every request of every device: few calls, few numpy operations.
         plan = self._last_plan
         if plan is None or plan.group is not group:
             # the scheduler passes the same TagGroup objects every poll: hashing one
             # (a tuple of every tag name) costs more than the identity check
             plan = self._last_plan = self._plans[group]
-        n = len(plan.rows)
-        if self._conn is None:
-            await self.connect()
+        n = plan.size
         conn = self._conn
-        assert conn is not None
-        if not conn.connected and not await conn.ensure_connected():
-            self.last_error = conn.last_error or "not connected"
-            return self._readings(
-                plan,
-                np.full(n, time.time_ns(), dtype=np.int64),
-                np.full(n, np.nan),
-                np.full(n, Quality.BAD_NOT_CONNECTED, dtype=np.uint8),
-            )
-        # every slot is written by exactly one request below (its values or its failure)
+        if conn is None or not conn.connected:
+            if conn is None:
+                await self.connect()
+                conn = self._conn
+                assert conn is not None
+            if not conn.connected and not await conn.ensure_connected():
+                self.last_error = conn.last_error or "not connected"
+                return self._readings(
+                    plan,
+                    np.full(n, time.time_ns(), dtype=np.int64),
+                    np.full(n, np.nan),
+                    np.full(n, Quality.BAD_NOT_CONNECTED, dtype=np.uint8),
+                )
+        # Every slot is written by exactly one request below (its values or its failure);
+        # GOOD is 0, so quality starts zeroed and only failures write it.
         value = np.empty(n)
-        quality = np.empty(n, dtype=np.uint8)
+        quality = np.zeros(n, dtype=np.uint8)
         t_ns = np.empty(n, dtype=np.int64)
         errors: list[str] = []
-        timeout = self.device.modbus.timeout
+        timeout = self._timeout
         silent_units: set[int] = set()
         failure: Quality | None = None
         for planned in plan.reads:
             req = planned.request
             at = planned.at
-            if failure is not None or req.unit_id in silent_units:
+            if failure is not None or (silent_units and req.unit_id in silent_units):
                 # After a lost connection the rest of the poll would fail the same way; after a
                 # timeout, one per unit id and poll is enough: a dead unit behind a gateway must
                 # not cost a timeout for each of its requests.
                 quality[at] = failure if failure is not None else Quality.BAD_TIMEOUT
                 t_ns[at] = time.time_ns()
                 continue
+            self.requests_sent += 1
             try:
-                self.requests_sent += 1
                 payload = await conn.read(req.table, req.unit_id, req.start, req.count, timeout)
             except ModbusExceptionResponse as exc:
                 quality[at] = quality_from_modbus_exception(exc.code)
@@ -249,7 +262,6 @@ class ModbusDriver:
                 errors.append(str(exc))
             else:
                 t_ns[at] = time.time_ns()
-                quality[at] = _GOOD
                 for batch in planned.batches:
                     batch.decode_into(payload, value)
                 if planned.strings:
@@ -261,8 +273,14 @@ class ModbusDriver:
                 for name, pos, *_ in planned.strings:
                     if quality[pos] != Quality.GOOD:
                         self.last_strings[name] = ("", Quality(int(quality[pos])))
-        self.last_error = "; ".join(errors) if errors else None
-        return self._readings(plan, t_ns, value, quality, failed=bool(errors) or failure is not None)
+        if not errors:
+            self.last_error = None
+            if plan.plain:
+                # all numbers, none of them floats, all good: nothing to mask
+                return Readings(plan.numeric_rows, t_ns, value, quality)
+            return self._readings(plan, t_ns, value, quality, failed=False)
+        self.last_error = "; ".join(errors)
+        return self._readings(plan, t_ns, value, quality)
 
     def _decode_strings(self, planned: PlannedRead, payload: bytes) -> None:
         for name, _, offset, width, order in planned.strings:
