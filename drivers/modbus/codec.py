@@ -112,7 +112,7 @@ def _as_slice(positions: NDArray[np.intp], step: int = 1) -> slice | None:
         return None
     first = int(positions[0])
     if np.array_equal(positions, first + step * np.arange(positions.size)):
-        return slice(first, first + step * positions.size, step)
+        return slice(first, first + step * positions.size, step if step != 1 else None)
     return None
 
 
