@@ -123,26 +123,6 @@ _U8 = np.uint8
 _U32 = np.uint32
 
 
-def _rule_tables() -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:
-    """Rule bits for every packed zone history (newest sample in bit 0, zeros before the first).
-
-    Table 1 is indexed by (above 1σ, last 8) | (below 1σ, last 8) << 8: WE3/N6 (4 of the last 5
-    beyond 1σ on one side) and N8 (8 outside ±1σ with both sides present). Table 2 is indexed by
-    (above 2σ, last 3) | (below 2σ, last 3) << 4: WE2/N5 (2 of the last 3 beyond 2σ on one side).
-    """
-    i = np.arange(1 << 16, dtype=np.uint32)
-    a, b = i & 0xFF, i >> 8
-    pc = np.bitwise_count
-    four_of_five = (pc(a & 0x1F) >= 4) | (pc(b & 0x1F) >= 4)
-    n8 = ((a | b) == 0xFF) & (a != 0) & (b != 0)
-    t1 = four_of_five * _U32(Rule.WE3 | Rule.N6) | n8 * _U32(Rule.N8)
-    j = np.arange(256, dtype=np.uint32)
-    two_of_three = (pc(j & 0x7) >= 2) | (pc((j >> 4) & 0x7) >= 2)
-    t2 = two_of_three * _U32(Rule.WE2 | Rule.N5)
-    return t1.astype(np.uint32), t2.astype(np.uint32)
-
-
-_T1, _T2 = _rule_tables()
 _STATS_BLOCK = 4096  # rows per block when snapshot() reduces the ring buffer
 _RUN_CAP = 15  # run counters saturate here: the longest run a rule asks for (N7)
 
@@ -153,9 +133,10 @@ def _put(arr: NDArray[Any], r: slice | NDArray[np.int64], val: NDArray[Any]) -> 
         arr[r] = val
 
 
-def _or_bit(m: NDArray[np.uint32], cond: NDArray[np.bool_], bit: int, tmp: NDArray[np.uint32]) -> None:
-    np.multiply(cond, _U32(bit), out=tmp)
-    np.bitwise_or(m, tmp, out=m)
+def _set(byte: NDArray[np.uint8], cond: NDArray[np.bool_], bits: int, tmp: NDArray[np.uint8]) -> None:
+    """byte |= bits where cond (bits within one byte of the rule mask)."""
+    np.multiply(cond, _U8(bits), out=tmp)
+    np.bitwise_or(byte, tmp, out=byte)
 
 
 def _bits(cond: NDArray[np.bool_], rule: int) -> NDArray[np.uint32]:
@@ -252,9 +233,11 @@ class SpcEngine:
         self.cneg = np.zeros(S)
         self.npos = np.zeros(S, np.int64)
         self.nneg = np.zeros(S, np.int64)
-        # zone histories, newest sample in bit 0: [:, 0] above 1σ, [:, 1] below 1σ (read as one uint16)
-        self.hz1 = np.zeros((S, 2), _U8)
-        self.hz2 = np.zeros(S, _U8)  # bits 0-2 above 2σ, bits 4-6 below 2σ
+        # zone histories of the last 8 samples, newest in bit 0: above/below 1σ, above/below 2σ
+        self.ha1 = np.zeros(S, _U8)
+        self.hb1 = np.zeros(S, _U8)
+        self.ha2 = np.zeros(S, _U8)
+        self.hb2 = np.zeros(S, _U8)
         # saturating run lengths: above CL, below CL, within ±1σ, rising, falling, alternating
         self.run_pos = np.zeros(S, _U8)
         self.run_neg = np.zeros(S, _U8)
@@ -272,6 +255,9 @@ class SpcEngine:
         self.cap_r = np.zeros(S)
         self.cap_s = np.zeros(S)
         self.cap_k = np.zeros(S, np.int64)
+        # scratch for the per-sample temporaries: a fresh 8·S-byte array per operation would cost page faults
+        self._tmp = np.empty((5, S))
+        self._mtmp = np.empty(S, np.uint32)
         # alarms: one channel per (row, kind); `alarm_busy` lets idle rows skip the tracker
         self.alarms = AlarmTracker(
             S * _N_KINDS,
@@ -464,9 +450,10 @@ class SpcEngine:
             self.missing_run[r] = 0
             self._missing_runs = not full
         self.last_t[r] = t
-        dx = np.subtract(x, self.prev[r])  # NaN where there is no previous value
+        n = x.shape[0]
+        dx = np.subtract(x, self.prev[r], out=self._tmp[0, :n])  # NaN where there is no previous value
         self.prev[r] = x
-        mr = np.abs(dx)
+        mr = np.abs(dx, out=self._tmp[1, :n])
         self._window(r, ra, x)
         self._capability(r, x, mr)
         in1 = self.phase[r] == 0
@@ -520,7 +507,7 @@ class SpcEngine:
             np.copyto(ref, x, where=new)
             _put(self.cap_ref, r, ref)
             mr = np.where(new, 0.0, mr)
-        d = np.subtract(x, ref)
+        d = np.subtract(x, ref, out=self._tmp[2, : x.shape[0]])
         s1 = self.cap_s1[r]
         s1 += d
         _put(self.cap_s1, r, s1)
@@ -582,7 +569,7 @@ class SpcEngine:
             np.copyto(s2, 0.0, where=first)
             np.copyto(mn, x, where=first)
             np.copyto(mx, x, where=first)
-        d = np.subtract(x, ref)
+        d = np.subtract(x, ref, out=self._tmp[2, : x.shape[0]])
         s1 += d
         d *= d
         s2 += d
@@ -658,7 +645,7 @@ class SpcEngine:
         self.sg_k[r] = 0
         self.ewma[r] = cl
         self.ewma_decay[r] = 1.0
-        for a in (self.cpos, self.cneg, self.npos, self.nneg, self.hz1, self.hz2):
+        for a in (self.cpos, self.cneg, self.npos, self.nneg, self.ha1, self.hb1, self.ha2, self.hb2):
             a[r] = 0
         for a in (self.run_pos, self.run_neg, self.run_in, self.run_up, self.run_dn, self.run_alt):
             a[r] = 0
@@ -672,36 +659,44 @@ class SpcEngine:
     ) -> NDArray[np.uint32]:
         """Phase II rule mask of one sample per row, updating rule histories, EWMA and CUSUM in place."""
         n = x.shape[0]
+        # the mask is built as three bytes (bits 0-7, 8-15, 16-23): uint8 passes are far cheaper than uint32 ones
+        b0, b1, b2, tmp = (np.zeros(n, _U8) for _ in range(4))
         cl = self.cl[r]
-        z = np.subtract(x, cl)
+        z = np.subtract(x, cl, out=self._tmp[2, :n])
         z /= self.sigma[r]
-        az = np.abs(z)
-        hz1 = self.hz1[r]
-        np.left_shift(hz1, 1, out=hz1)
-        hz1[:, 0] |= z > 1.0
-        hz1[:, 1] |= z < -1.0
-        _put(self.hz1, r, hz1)
-        # both rules of table 1 are symmetric in above/below, so the byte order of the uint16 view does not matter
-        m = _T1.take(hz1.view(np.uint16).reshape(n))
-        hz2 = self.hz2[r]
-        np.left_shift(hz2, 1, out=hz2)
-        np.bitwise_and(hz2, 0x66, out=hz2)  # keep the last 3 samples of each side
-        hz2 |= z > 2.0
-        b2 = (z < -2.0).view(_U8)
-        b2 <<= 4
-        hz2 |= b2
-        _put(self.hz2, r, hz2)
-        m |= _T2.take(hz2)
-        tmp = np.empty(n, np.uint32)
-        _or_bit(m, az > 3.0, Rule.WE1 | Rule.N1, tmp)
+        az = np.abs(z, out=self._tmp[3, :n])
+        pos, neg = z > 0.0, z < 0.0
+        l1, l2 = az > 1.0, az > 2.0
+        _set(b0, az > 3.0, Rule.WE1 | Rule.N1, tmp)
+        hist = []
+        for arr, cond in (
+            (self.ha1, l1 & pos),
+            (self.hb1, l1 & neg),
+            (self.ha2, l2 & pos),
+            (self.hb2, l2 & neg),
+        ):
+            h = arr[r]
+            h *= 2  # uint8: the sample 8 back drops out
+            h |= cond
+            _put(arr, r, h)
+            hist.append(h)
+        ha1, hb1, ha2, hb2 = hist
+        pc = np.bitwise_count
+        two_of_three = (pc(ha2 & 0x7) >= 2) | (pc(hb2 & 0x7) >= 2)
+        _set(b0, two_of_three, Rule.WE2, tmp)
+        _set(b1, two_of_three, Rule.N5 >> 8, tmp)
+        four_of_five = (pc(ha1 & 0x1F) >= 4) | (pc(hb1 & 0x1F) >= 4)
+        _set(b0, four_of_five, Rule.WE3, tmp)
+        _set(b1, four_of_five, Rule.N6 >> 8, tmp)
+        _set(b1, ((ha1 | hb1) == 0xFF) & (ha1 != 0) & (hb1 != 0), Rule.N8 >> 8, tmp)
         rp, rn, ri = self.run_pos[r], self.run_neg[r], self.run_in[r]
-        _run(rp, z > 0.0)
-        _run(rn, z < 0.0)
+        _run(rp, pos)
+        _run(rn, neg)
         _run(ri, az <= 1.0)  # NaN (no sigma) is not inside
         side = np.maximum(rp, rn)
-        _or_bit(m, side >= 8, Rule.WE4, tmp)
-        _or_bit(m, side >= 9, Rule.N2, tmp)
-        _or_bit(m, ri >= 15, Rule.N7, tmp)
+        _set(b0, side >= 8, Rule.WE4, tmp)
+        _set(b0, side >= 9, Rule.N2, tmp)
+        _set(b1, ri >= 15, Rule.N7 >> 8, tmp)
         up, dn = dx > 0.0, dx < 0.0
         ru, rd, alt = self.run_up[r], self.run_dn[r], self.run_alt[r]
         # the alternation goes on when this difference has the opposite sign of the previous one
@@ -711,8 +706,8 @@ class SpcEngine:
         alt += up | dn
         _run(ru, up)
         _run(rd, dn)
-        _or_bit(m, np.maximum(ru, rd) >= 5, Rule.N3, tmp)
-        _or_bit(m, alt >= 13, Rule.N4, tmp)
+        _set(b0, np.maximum(ru, rd) >= 5, Rule.N3, tmp)
+        _set(b0, alt >= 13, Rule.N4, tmp)
         for arr, v in (
             (self.run_pos, rp),
             (self.run_neg, rn),
@@ -722,27 +717,30 @@ class SpcEngine:
             (self.run_alt, alt),
         ):
             _put(arr, r, v)
-        _or_bit(m, mr > self.mr_ucl[r], Rule.MR_HIGH, tmp)  # NaN (no previous value) never fires
+        _set(b1, mr > self.mr_ucl[r], Rule.MR_HIGH >> 8, tmp)  # NaN (no previous value) never fires
         # EWMA, same operation order as lam·x + (1-lam)·ewma; exact time-varying limits
         oml = self.oml[r]
         e = self.ewma[r]
         e *= oml
-        e += np.multiply(self.lam[r], x)
+        e += np.multiply(self.lam[r], x, out=self._tmp[2, :n])
         _put(self.ewma, r, e)
         decay = self.ewma_decay[r]
         decay *= oml
         decay *= oml
         _put(self.ewma_decay, r, decay)
         # compare squared distances with the squared half-width instead of a square root per sample
-        w2 = np.subtract(1.0, decay)
+        w2 = np.subtract(1.0, decay, out=self._tmp[3, :n])
         w2 *= self.ew_w2[r]
-        de = np.subtract(e, cl)
-        far = np.multiply(de, de) > w2
-        _or_bit(m, far & (de > 0.0), Rule.EWMA_HIGH, tmp)
-        _or_bit(m, far & (de < 0.0), Rule.EWMA_LOW, tmp)
+        de = np.subtract(e, cl, out=self._tmp[2, :n])
+        de2 = np.multiply(de, de, out=self._tmp[4, :n])
+        far = np.flatnonzero(de2 > w2)
+        if far.size:
+            side_hi = de[far] > 0.0
+            b2[far[side_hi]] |= Rule.EWMA_HIGH >> 16
+            b2[far[~side_hi]] |= Rule.EWMA_LOW >> 16
         # tabular CUSUM, same operation order as max(0, x - (CL + K) + C)
         cp, cn = self.cpos[r], self.cneg[r]
-        step = np.subtract(x, self.cu_hi[r])
+        step = np.subtract(x, self.cu_hi[r], out=self._tmp[2, :n])
         cp += step
         np.maximum(cp, 0.0, out=cp)
         np.subtract(self.cu_lo[r], x, out=step)
@@ -756,11 +754,17 @@ class SpcEngine:
             np.multiply(cnt, c > 0.0, out=cnt)
             _put(cnt_arr, r, cnt)
         hh = self.cu_h[r]
-        _or_bit(m, cp > hh, Rule.CUSUM_POS, tmp)
-        _or_bit(m, cn > hh, Rule.CUSUM_NEG, tmp)
+        _set(b2, cp > hh, Rule.CUSUM_POS >> 16, tmp)
+        _set(b2, cn > hh, Rule.CUSUM_NEG >> 16, tmp)
         if self._has_spec:
-            _or_bit(m, x > self.usl[r], Rule.ABOVE_USL, tmp)
-            _or_bit(m, x < self.lsl[r], Rule.BELOW_LSL, tmp)
+            _set(b2, x > self.usl[r], Rule.ABOVE_USL >> 16, tmp)
+            _set(b2, x < self.lsl[r], Rule.BELOW_LSL >> 16, tmp)
+        m = self._mtmp[:n]
+        np.copyto(m, b2)
+        m *= 256
+        m |= b1
+        m *= 256
+        m |= b0
         return m
 
     def _alarm(
@@ -771,33 +775,33 @@ class SpcEngine:
         t: NDArray[np.int64],
         mask: NDArray[np.uint32],
     ) -> AlarmEvents:
-        """Feed the rows that fired or have a live alarm to the tracker, one channel per (row, kind)."""
+        """Feed the (row, kind) channels that are raised or have a live alarm to the tracker."""
         cand = np.flatnonzero((mask != 0) | self.alarm_busy[r])
         if cand.size == 0:
             return AlarmEvents.empty()
         rows = ra[cand]
-        mk = mask[cand]
-        raised = (mk[:, None] & _KIND_BITS[None, :]) != 0
-        ch = (rows[:, None] * _N_KINDS + np.arange(_N_KINDS)[None, :]).reshape(-1)
-        val = np.repeat(x[cand][:, None], _N_KINDS, axis=1)
-        val[:, 2] = self.ewma[rows]
-        val[:, 3] = np.maximum(self.cpos[rows], self.cneg[rows])
-        lim = self._alarm_limits(rows, x[cand])
-        ev = self.alarms.update(
-            ch,
-            np.repeat(t[cand], _N_KINDS),
-            raised.reshape(-1),
-            None,
-            val.reshape(-1),
-            lim.reshape(-1),
-            unique=True,  # rows are unique within a round
-        )
-        self.alarm_busy[rows] = self.alarms.busy(ch).reshape(-1, _N_KINDS).any(1)
+        raised = (mask[cand][:, None] & _KIND_BITS[None, :]) != 0
+        ch = rows[:, None] * _N_KINDS + np.arange(_N_KINDS)[None, :]
+        # an idle channel that is not raised stays idle: only raised or busy channels need the tracker
+        sel = np.flatnonzero(raised | self.alarms.busy(ch))
+        chs = ch.reshape(-1)[sel]
+        at = cand[sel // _N_KINDS]  # position in the round of each selected channel
+        ev = self.alarms.update(chs, t[at], raised.reshape(-1)[sel], unique=True)
+        busy = np.zeros(ch.size, bool)
+        busy[sel] = self.alarms.busy(chs)
+        self.alarm_busy[rows] = busy.reshape(-1, _N_KINDS).any(1)
         if not len(ev):
             return ev
+        # value and limit only for the transitions
+        j = at[_index_of(ev.row, chs)]
         er = ev.row // _N_KINDS
-        kind = (ev.row % _N_KINDS).astype(np.int16)
-        return AlarmEvents(er, kind, ev.t_ns, ev.start, ev.value, ev.limit, _lookup(er, rows, mk))
+        kind = ev.row % _N_KINDS
+        xe = x[j]
+        val = np.where(
+            kind == 2, self.ewma[er], np.where(kind == 3, np.maximum(self.cpos[er], self.cneg[er]), xe)
+        )
+        lim = self._alarm_limits(er, xe)[np.arange(er.shape[0]), kind]
+        return AlarmEvents(er, kind.astype(np.int16), ev.t_ns, ev.start, val, lim, mask[j])
 
     def _alarm_limits(self, rows: NDArray[np.int64], x: NDArray[np.float64]) -> NDArray[np.float64]:
         cl, sg = self.cl[rows], self.sigma[rows]
@@ -991,7 +995,7 @@ class SpcEngine:
         return total
 
 
-def _lookup(rows: NDArray[np.int64], keys: NDArray[np.int64], vals: NDArray[np.uint32]) -> NDArray[np.uint32]:
-    order = np.argsort(keys, kind="stable")
-    pos = np.searchsorted(keys[order], rows)
-    return vals[order[pos]]
+def _index_of(keys: NDArray[np.int64], table: NDArray[np.int64]) -> NDArray[np.intp]:
+    """Position of each key in `table` (unique values, every key present)."""
+    order = np.argsort(table, kind="stable")
+    return order[np.searchsorted(table[order], keys)]
