@@ -123,7 +123,7 @@ _U8 = np.uint8
 _U32 = np.uint32
 
 
-_STATS_BLOCK = 4096  # rows per block when snapshot() reduces the ring buffer
+_STATS_BLOCK = 2048  # rows per block when snapshot() reduces the ring buffer
 _RUN_CAP = 15  # run counters saturate here: the longest run a rule asks for (N7)
 
 
@@ -904,6 +904,7 @@ class SpcEngine:
         n = fill.shape[0]
         out = np.empty((4, n))
         col = np.arange(W)[:, None]
+        scratch = np.empty((W, min(n, _STATS_BLOCK)))
         # blocks of rows keep the [W, block] temporaries in cache
         for a in range(0, n, _STATS_BLOCK):
             b = min(a + _STATS_BLOCK, n)
@@ -912,7 +913,7 @@ class SpcEngine:
             with np.errstate(invalid="ignore", divide="ignore"):
                 if bool((f == W).all()):
                     mean = v.sum(0) / W
-                    d = v - mean
+                    d = np.subtract(v, mean, out=scratch[:, : b - a])
                     mn, mx = v.min(0), v.max(0)
                 else:
                     # slots at or past a row's fill are unused (a shorter window or not yet filled)
