@@ -291,28 +291,38 @@ class LineProtocolEncoder:
             f"machine={lp_tag(source.machine)},site={lp_tag(source.site)}"
         )
 
-    def _row_prefixes(self, source: Source, measurement: str) -> NDArray[np.object_]:
+    def _row_prefixes(
+        self, source: Source, measurement: str, rows: NDArray[np.integer]
+    ) -> NDArray[np.object_]:
+        """The line prefixes of `rows` for this source and measurement, built once per row on first use.
+
+        Only the rows a source really sends get a prefix: building them for the whole table per
+        source cost ~100 bytes x signals x sources (hundreds of MB for 100 devices of 100 tags).
+        """
         self._signals.refresh()
         key = (source, measurement)
+        n = self._signals.names.shape[0]
         cached = self._prefixes.get(key)
-        if cached is None or cached.shape[0] != self._signals.names.shape[0]:
+        if cached is None or cached.shape[0] != n:
+            grown = np.full(n, None, dtype=object)
+            if cached is not None:
+                grown[: cached.shape[0]] = cached
+            cached = self._prefixes[key] = grown
+        missing = np.unique(rows[cached[rows] == None])  # noqa: E711 - elementwise test of an object array
+        if missing.size:
             head = f"{lp_measurement(measurement)},{self._tags(source)},signal="
-            cached = np.array(
-                [
-                    f"{head}{lp_tag(name)}{',unit=' + lp_tag(unit) if unit else ''} "
-                    for name, unit in zip(
-                        self._signals.names.tolist(), self._signals.units.tolist(), strict=True
-                    )
-                ],
-                dtype=object,
-            )
-            self._prefixes[key] = cached
-        return cached
+            names = self._signals.names[missing].tolist()
+            units = self._signals.units[missing].tolist()
+            cached[missing] = [
+                f"{head}{lp_tag(name)}{',unit=' + lp_tag(unit) if unit else ''} "
+                for name, unit in zip(names, units, strict=True)
+            ]
+        return cached[rows]
 
     def raw(self, source: Source, readings: Readings) -> Record:
         """Lines `{equipment},tags,signal=.. value=..,quality=..i t_ns`; a bad value carries only its quality."""
         n = len(readings)
-        prefixes = self._row_prefixes(source, source.equipment)[readings.signal].tolist()
+        prefixes = self._row_prefixes(source, source.equipment, readings.signal).tolist()
         quality = readings.quality.tolist()
         stamps = readings.t_ns.tolist()
         bad = readings.quality >= BAD_THRESHOLD
@@ -338,7 +348,7 @@ class LineProtocolEncoder:
 
     def kpi(self, source: Source, batch: IndicatorBatch) -> Record:
         """One line per signal: `{family},tags,signal=.. name=value,... t_ns`; NaN indicators are left out."""
-        prefixes = self._row_prefixes(source, batch.family)[batch.signal].tolist()
+        prefixes = self._row_prefixes(source, batch.family, batch.signal).tolist()
         names = [lp_tag(k) for k in batch.values]
         columns = [_float_texts(np.nan_to_num(col, nan=0.0)) for col in batch.values.values()]
         finite = [np.isfinite(col).tolist() for col in batch.values.values()]
@@ -355,7 +365,7 @@ class LineProtocolEncoder:
 
     def alarm(self, source: Source, event: AlarmEvent) -> Record:
         """One line `alarm,tags,signal=..,rule=.. active=1i|0i,value=..,limit=..,severity="..",message=".." t_ns`."""
-        prefix = self._row_prefixes(source, "alarm")[event.signal]
+        prefix = self._row_prefixes(source, "alarm", np.array([event.signal]))[0]
         fields = [f"active={1 if event.state == 'start' else 0}i"]
         for name, number in (("value", event.value), ("limit", event.limit)):
             if np.isfinite(number):
