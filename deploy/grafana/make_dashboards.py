@@ -707,12 +707,27 @@ def kind_dashboard(kind: str) -> dict[str, Any]:
 
 
 def overview_dashboard() -> dict[str, Any]:
-    """One site at a glance: agent health, OEE and active alarms per machine, the latest alarms."""
+    """One site at a glance: last data, OEE and active alarms per machine, furnace and mould, the latest alarms."""
     lay = Layout()
     lay.row("Site overview")
-    q = flux("agent_status", ["online"], machine=False, start="-30d", tail=_last_per("machine"))
-    online = _value_map({0: ("offline", RED), 1: ("online", GREEN)})
-    lay.add(stat("Agents", q, rows=True, mappings=[online], description="machine = agent name"), 6, 6)
+    # every machine writes `x` of its signals at least every kpi interval: its last one says the data flows
+    # (agent_status goes to MQTT only, so the InfluxDB side cannot show agent health)
+    q = flux(
+        "spc",
+        ["x"],
+        machine=False,
+        start="-30d",
+        tail=[
+            "last()",
+            'group(columns: ["machine"])',
+            'sort(columns: ["_time"])',
+            'last(column: "_time")',
+            'keep(columns: ["machine", "_time"])',
+            "group()",
+            'sort(columns: ["machine"])',
+        ],
+    )
+    lay.add(table("Last data by machine", q, description="time of the newest indicator line"), 6, 6)
     q = flux("oee", ["oee"], signals=["oee"], machine=False, tail=_last_per("machine"))
     pct = _thresholds((RED, None), (YELLOW, 0.6), (GREEN, 0.85))
     oee_bars = stat(
@@ -744,14 +759,8 @@ def overview_dashboard() -> dict[str, Any]:
         9,
         6,
     )
-    q = flux(
-        "furnace",
-        ["spread", "tolerance_c"],
-        signals=["uniformity"],
-        machine=False,
-        tail=_per("_field", "max"),
-    )
-    lay.add(timeseries("Furnace uniformity spread", q, unit="celsius"), 12, 8)
+    q = flux("furnace", ["spread"], signals=["uniformity"], machine=False, tail=_per("machine", "max"))
+    lay.add(timeseries("Furnace uniformity spread", q, label="machine", unit="celsius"), 12, 8)
     q = flux("mold", ["delta_t"], signals=["heat_removal"], machine=False, tail=_per("machine"))
     lay.add(timeseries("Mould return - supply ΔT", q, label="machine", unit="celsius"), 12, 8)
     alarms(lay, machine=False)
@@ -759,7 +768,7 @@ def overview_dashboard() -> dict[str, Any]:
         "edge-overview",
         "Edge agent overview",
         lay.panels,
-        _variables("alarm", machine=False),
+        _variables("spc", machine=False),
         ["edge-agent", "overview"],
     )
 
