@@ -113,10 +113,10 @@ def query_problems(
     for s in sorted(used_signals & set(PSEUDO_SIGNALS)):
         if m != "alarm" and pseudo_family(s) != m:
             problems.append(f"signal {s!r} is written to {pseudo_family(s)!r}, not {m!r}")
-    if m in schema.EQUIPMENT_MEASUREMENTS and m not in {pseudo_family(s) for s in used_signals}:
-        problems += [
-            f"{m}: {s!r} is a device indicator, not a raw signal" for s in used_signals & set(PSEUDO_SIGNALS)
-        ]
+    # `furnace` holds raw values and the furnace indicators: raw signals carry only the raw fields
+    if m in schema.EQUIPMENT_MEASUREMENTS and used_signals - set(PSEUDO_SIGNALS):
+        extra = sorted(used_fields - set(schema.RAW_FIELDS))
+        problems += [f"{m}: {f!r} is not a field of raw values" for f in extra]
     referenced = {a or b for a, b in _VARIABLE.findall(query)}
     problems += [f"variable ${v} is not defined" for v in sorted(referenced - variables)]
     return problems
@@ -336,6 +336,8 @@ def test_checker_knows_raw_furnace_values_and_furnace_indicators() -> None:
     assert query_problems(kpi.replace('"soak_s"', '"heat_kw"'), ALL_SIGNALS, VARS) == [
         "furnace: no field 'heat_kw'"
     ]
+    mixed = raw.replace('"value"', '"soak_s"')
+    assert query_problems(mixed, ALL_SIGNALS, VARS) == ["furnace: 'soak_s' is not a field of raw values"]
 
 
 def test_checker_reports_broken_dashboards() -> None:
