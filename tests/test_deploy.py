@@ -21,8 +21,8 @@ import pytest
 import yaml  # PyYAML comes with amqtt, a runtime dependency
 
 from edge_agent import schema
-from edge_agent.config import Config, load_config
-from edge_agent.pipeline import pseudo_family
+from edge_agent.config import Config, load_config, profile_dirs
+from edge_agent.pipeline import IndicatorPipeline, pseudo_family
 from edge_agent.profiles import load_profile
 from simulators.plant import MACHINES
 
@@ -219,6 +219,14 @@ def test_dashboard_is_consistent_with_schema(path: Path) -> None:
     assert dashboard_problems(board, dashboard_signals(path)) == []
     # a dashboard emptied by a generator bug would pass the checks above vacuously
     assert sum(1 for _ in queries(board)) >= 8
+
+
+def test_pseudo_signals_are_those_of_the_pipeline() -> None:
+    config = agent_config()
+    pipeline = IndicatorPipeline(config, profile_dirs(config, DEPLOY))
+    for info in pipeline.devices.values():
+        raw = {s for s in info.rows if info.profile.signal(s) is not None}
+        assert set(info.rows) - raw == set(PSEUDO_SIGNALS), info.name
 
 
 def test_dashboard_uids_are_unique() -> None:
