@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from edge_agent.core.constants import AMS2750_TOLERANCE_C  # noqa: E402
 from edge_agent.profiles import Profile, ProfileSignal, load_profile  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parent / "dashboards"
@@ -479,7 +480,8 @@ def furnace(lay: Layout, profile: Profile) -> None:
         4,
         5,
     )
-    over = _thresholds((GREEN, None), (RED, 6.0))
+    # the overshoot alarm limit: the class's uniformity tolerance (AMS 2750)
+    over = _thresholds((GREEN, None), (RED, AMS2750_TOLERANCE_C[spec.furnace_class]))
     q = flux("furnace", ["overshoot_c"], signals=["uniformity"], tail=one)
     lay.add(stat("Overshoot", q, unit="celsius", thresholds=over, decimals=1), 4, 5)
     q = flux("furnace", ["time_to_temp_s"], signals=["uniformity"], tail=one)
