@@ -222,10 +222,11 @@ def test_outbox_file_with_a_damaged_page_is_salvaged(tmp_path: Path) -> None:
     for k in range(200):
         outbox.put([_lines("trunc", k * 20, 20)])
     outbox.close()
-    pages = path.stat().st_size // 4096
+    page = int.from_bytes(path.read_bytes()[16:18], "big")  # the page size in the file header
+    pages = path.stat().st_size // page
     with path.open("r+b") as f:  # a disk fault: one page in the middle of the file is garbage
-        f.seek(pages // 2 * 4096)
-        f.write(b"\xa5" * 4096)
+        f.seek(pages // 2 * page)
+        f.write(b"\xa5" * page)
     reopened = Outbox(path)
     assert reopened.counters.salvaged_files == 1
     kept = len(reopened)

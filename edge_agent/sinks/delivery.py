@@ -106,8 +106,9 @@ class DeliveryLoop:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        # what was in flight was not acknowledged: it is still in the outbox, offered again on the next start
-        self.outbox.release()
+        # what was in flight was not acknowledged: it is still in the outbox, offered again on the next start;
+        # released on the outbox thread, after a take the cancelled loop may have left queued there
+        await self.outbox.release_async()
 
     async def wait_drained(self, timeout: float) -> bool:
         """True once the outbox is empty (everything acknowledged), False after `timeout` seconds."""
@@ -122,21 +123,30 @@ class DeliveryLoop:
 
     async def run(self) -> None:
         """Deliver forever (until cancelled)."""
+        batch = await self._take()
         while True:
-            batch = await self._take()
             if not batch:
                 self._progress.set()
                 await self.outbox.wait_for_data(self.idle_wait)
+                batch = await self._take()
                 continue
             records = [s.record for s in batch]
-            await self._send_until_accepted(records)
-            await self.outbox.ack_async([s.id for s in batch])
-            c = self.counters
-            c.batches += 1
-            c.sent_records += len(records)
-            c.sent_values += sum(r.n for r in records)
-            c.last_success_unix = time.time()
-            self._progress.set()
+            # the next batch is read from disk while this one is on the wire; it is sent only after this
+            # one is accepted, so sends stay strictly in outbox order
+            upcoming = asyncio.ensure_future(self._take())
+            try:
+                await self._send_until_accepted(records)
+                await self.outbox.ack_async([s.id for s in batch])
+                c = self.counters
+                c.batches += 1
+                c.sent_records += len(records)
+                c.sent_values += sum(r.n for r in records)
+                c.last_success_unix = time.time()
+                self._progress.set()
+                batch = await upcoming
+            finally:
+                if not upcoming.done():
+                    upcoming.cancel()
 
     async def _take(self) -> list:
         batch = await self.outbox.take_async(self.batch_records, None)
