@@ -545,7 +545,10 @@ class IndicatorPipeline:
 
 def pseudo_family(pseudo: str) -> str:
     """The InfluxDB measurement (indicator family) of a device-level indicator."""
-    return {"uniformity": "furnace", "heat_removal": "mold", "maintenance": "mold"}.get(pseudo, pseudo)
+    # not "furnace": that is the measurement of the furnaces' raw values (an equipment kind)
+    return {"uniformity": "furnace_uniformity", "heat_removal": "mold", "maintenance": "mold"}.get(
+        pseudo, pseudo
+    )
 
 
 def _matches(signal: object, want: str) -> bool:

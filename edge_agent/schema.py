@@ -79,8 +79,8 @@ def measurements() -> dict[str, Measurement]:
     }
     out["spc"] = Measurement("spc", per_signal, SPC_FIELDS, "SPC indicators per signal")
     out["oee"] = Measurement("oee", per_signal, OEE_FIELDS, "OEE per machine (signal=oee)")
-    out["furnace"] = Measurement(
-        "furnace", per_signal, FURNACE_FIELDS, "furnace uniformity, soak, ramp (signal=uniformity)"
+    out["furnace_uniformity"] = Measurement(
+        "furnace_uniformity", per_signal, FURNACE_FIELDS, "furnace uniformity, soak, ramp (signal=uniformity)"
     )
     out["mold"] = Measurement(
         "mold",

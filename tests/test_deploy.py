@@ -40,19 +40,8 @@ PSEUDO_SIGNALS = ("cycle", "oee", "uniformity", "heat_removal", "maintenance")
 
 
 def documented_schema() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
-    """Measurement -> (tags, fields) of edge_agent.schema, with raw fields on every equipment measurement.
-
-    `furnace` is both an equipment measurement (raw `value`, `quality`) and the furnace indicator
-    family; `schema.measurements()` is keyed by name, so its `furnace` entry lists the indicator
-    fields only. Both kinds of line are written to it (records.py), so the checker takes the union.
-    """
-    out: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
-    for name, m in schema.measurements().items():
-        out[name] = (frozenset(m.tags), frozenset(m.fields))
-    for name in schema.EQUIPMENT_MEASUREMENTS:
-        tags, fields = out[name]
-        out[name] = (tags, fields | frozenset(schema.RAW_FIELDS))
-    return out
+    """Measurement -> (tags, fields) of edge_agent.schema."""
+    return {name: (frozenset(m.tags), frozenset(m.fields)) for name, m in schema.measurements().items()}
 
 
 def profile_signals(kind: str) -> set[str]:
@@ -113,10 +102,6 @@ def query_problems(
     for s in sorted(used_signals & set(PSEUDO_SIGNALS)):
         if m != "alarm" and pseudo_family(s) != m:
             problems.append(f"signal {s!r} is written to {pseudo_family(s)!r}, not {m!r}")
-    # `furnace` holds raw values and the furnace indicators: raw signals carry only the raw fields
-    if m in schema.EQUIPMENT_MEASUREMENTS and used_signals - set(PSEUDO_SIGNALS):
-        extra = sorted(used_fields - set(schema.RAW_FIELDS))
-        problems += [f"{m}: {f!r} is not a field of raw values" for f in extra]
     referenced = {a or b for a, b in _VARIABLE.findall(query)}
     problems += [f"variable ${v} is not defined" for v in sorted(referenced - variables)]
     return problems
@@ -249,7 +234,10 @@ def test_dashboard_uids_are_unique() -> None:
             {"spc": {"x", "cl", "ucl", "lcl", "cpk"}, "oee": {"oee"}, "injection_molding": {"value"}},
         ),
         ("mold_tcu", {"mold": {"heat_kw", "delta_t", "flow", "pct_used"}, "mold_tcu": {"value"}}),
-        ("furnace", {"furnace": {"value", "spread", "soak_s", "overshoot_c", "tolerance_c"}}),
+        (
+            "furnace",
+            {"furnace": {"value"}, "furnace_uniformity": {"spread", "soak_s", "overshoot_c", "tolerance_c"}},
+        ),
     ],
 )
 def test_dashboard_shows_what_the_issue_asks_for(kind: str, wanted: dict[str, set[str]]) -> None:
@@ -332,20 +320,22 @@ def test_checker_reports_a_wrong_query(old: str, new: str, expected: str) -> Non
     assert any(p.startswith(expected) for p in problems), problems
 
 
-def test_checker_knows_raw_furnace_values_and_furnace_indicators() -> None:
+def test_checker_tells_raw_furnace_values_from_furnace_indicators() -> None:
     raw = (
         GOOD.replace('"spc"', '"furnace"')
         .replace('"cushion"', '"zone_1_temp"')
         .replace('r._field == "x" or r._field == "ucl"', 'r._field == "value"')
     )
     assert query_problems(raw, ALL_SIGNALS, VARS) == []
-    kpi = raw.replace('"zone_1_temp"', '"uniformity"').replace('"value"', '"soak_s"')
+    kpi = raw.replace('"furnace"', '"furnace_uniformity"').replace('"zone_1_temp"', '"uniformity"')
+    kpi = kpi.replace('"value"', '"soak_s"')
     assert query_problems(kpi, ALL_SIGNALS, VARS) == []
     assert query_problems(kpi.replace('"soak_s"', '"heat_kw"'), ALL_SIGNALS, VARS) == [
-        "furnace: no field 'heat_kw'"
+        "furnace_uniformity: no field 'heat_kw'"
     ]
-    mixed = raw.replace('"value"', '"soak_s"')
-    assert query_problems(mixed, ALL_SIGNALS, VARS) == ["furnace: 'soak_s' is not a field of raw values"]
+    assert query_problems(raw.replace('"value"', '"soak_s"'), ALL_SIGNALS, VARS) == [
+        "furnace: no field 'soak_s'"
+    ]
 
 
 def test_checker_reports_broken_dashboards() -> None:

@@ -455,7 +455,9 @@ def furnace(lay: Layout, profile: Profile) -> None:
     q_sp = flux(profile.measurement, ["value"], signals=[spec.setpoint], tail=_per("signal"))
     panel = timeseries("Zone temperatures vs setpoint", q, label="signal", dashed_query=q_sp, unit="celsius")
     lay.add(panel, 16, 9)
-    q = flux("furnace", ["spread", "tolerance_c"], signals=["uniformity"], tail=_per("_field", "max"))
+    q = flux(
+        "furnace_uniformity", ["spread", "tolerance_c"], signals=["uniformity"], tail=_per("_field", "max")
+    )
     tol = [_override("tolerance_c", {"color": _color(RED), "custom.lineStyle": DASHED})]
     lay.add(
         timeseries(
@@ -470,11 +472,15 @@ def furnace(lay: Layout, profile: Profile) -> None:
     )
     one = ["last()", 'keep(columns: ["_value"])']
     band = _value_map({0: ("out of band", RED), 1: ("all in band", GREEN)})
-    lay.add(stat("Soak time", flux("furnace", ["soak_s"], signals=["uniformity"], tail=one), unit="s"), 4, 5)
+    lay.add(
+        stat("Soak time", flux("furnace_uniformity", ["soak_s"], signals=["uniformity"], tail=one), unit="s"),
+        4,
+        5,
+    )
     lay.add(
         stat(
             "Sensors in band",
-            flux("furnace", ["all_in_band"], signals=["uniformity"], tail=one),
+            flux("furnace_uniformity", ["all_in_band"], signals=["uniformity"], tail=one),
             mappings=[band],
         ),
         4,
@@ -482,18 +488,18 @@ def furnace(lay: Layout, profile: Profile) -> None:
     )
     # the overshoot alarm limit: the class's uniformity tolerance (AMS 2750)
     over = _thresholds((GREEN, None), (RED, AMS2750_TOLERANCE_C[spec.furnace_class]))
-    q = flux("furnace", ["overshoot_c"], signals=["uniformity"], tail=one)
+    q = flux("furnace_uniformity", ["overshoot_c"], signals=["uniformity"], tail=one)
     lay.add(stat("Overshoot", q, unit="celsius", thresholds=over, decimals=1), 4, 5)
-    q = flux("furnace", ["time_to_temp_s"], signals=["uniformity"], tail=one)
+    q = flux("furnace_uniformity", ["time_to_temp_s"], signals=["uniformity"], tail=one)
     lay.add(stat("Time to temperature", q, unit="s"), 4, 5)
-    q = flux("furnace", ["valid_sensors"], signals=["uniformity"], tail=one)
+    q = flux("furnace_uniformity", ["valid_sensors"], signals=["uniformity"], tail=one)
     lay.add(
         stat("Valid thermocouples", q, thresholds=_thresholds((RED, None), (GREEN, len(spec.sensors)))), 4, 5
     )
-    q = flux("furnace", ["quench_delay_s"], signals=["uniformity"], tail=one)
+    q = flux("furnace_uniformity", ["quench_delay_s"], signals=["uniformity"], tail=one)
     lay.add(stat("Quench delay", q, unit="s", description="door open to quench start of the last load"), 4, 5)
     q = flux(
-        "furnace",
+        "furnace_uniformity",
         ["soak_s", "ramp_c_per_min", "overshoot_c"],
         signals=["uniformity"],
         tail=_per("_field", "last"),
@@ -761,7 +767,9 @@ def overview_dashboard() -> dict[str, Any]:
         9,
         6,
     )
-    q = flux("furnace", ["spread"], signals=["uniformity"], machine=False, tail=_per("machine", "max"))
+    q = flux(
+        "furnace_uniformity", ["spread"], signals=["uniformity"], machine=False, tail=_per("machine", "max")
+    )
     lay.add(timeseries("Furnace uniformity spread", q, label="machine", unit="celsius"), 12, 8)
     q = flux("mold", ["delta_t"], signals=["heat_removal"], machine=False, tail=_per("machine"))
     lay.add(timeseries("Mould return - supply ΔT", q, label="machine", unit="celsius"), 12, 8)
