@@ -207,9 +207,8 @@ class DecodeBatch:
         """Store the engineering values of the batch's tags, from a response's data bytes, at `out` in `value`."""
         # the assignment converts to float64 in place, without a temporary
         if self.direct:
-            value[self.target] = np.frombuffer(
-                payload, dtype=self.wire, count=self.out.shape[0], offset=self.first_byte
-            )
+            # positional arguments: keywords cost frombuffer a third of its time here
+            value[self.target] = np.frombuffer(payload, self.wire, self.out.shape[0], self.first_byte)
         else:
             value[self.target] = self.engineering(payload)
 

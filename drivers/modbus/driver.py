@@ -26,6 +26,7 @@ from edge_agent.config import ByteOrder, ModbusDevice, ModbusTag
 from edge_agent.types import BAD_THRESHOLD, Quality, Readings, quality_from_modbus_exception
 
 assert Quality.GOOD == 0  # read() relies on it: a zeroed quality column is all GOOD
+_F8, _U1, _I8 = np.dtype(np.float64), np.dtype(np.uint8), np.dtype(np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,9 +228,9 @@ class ModbusDriver:
                 )
         # Every slot is written by exactly one request below (its values or its failure);
         # GOOD is 0, so quality starts zeroed and only failures write it.
-        value = np.empty(n)
-        quality = np.zeros(n, dtype=np.uint8)
-        t_ns = np.empty(n, dtype=np.int64)
+        value = np.empty(n, _F8)
+        quality = np.zeros(n, _U1)
+        t_ns = np.empty(n, _I8)
         errors: list[str] = []
         timeout = self._timeout
         silent_units: set[int] = set()
