@@ -183,8 +183,10 @@ async def test_sigterm_flushes_and_exits_and_sighup_keeps_unchanged_devices(
     }
     assert {k.split('"')[1] for k in reads} == MACHINES
     assert all(v > 0 for v in reads.values())
-    # change one device (the injection-moulding machine polls faster); the other three keep their connections
-    cfg.write_text(cfg.read_text().replace("poll_interval = 1.0", "poll_interval = 0.5", 1))
+    # change one device (the furnace moves to another area); the other three keep their connections
+    text = cfg.read_text()
+    assert text.count('name = "furnace-1"\n') == 1
+    cfg.write_text(text.replace('name = "furnace-1"\n', 'name = "furnace-1"\narea = "heat-treatment"\n'))
     proc.send_signal(signal.SIGHUP)
     await wait_for("config reloaded")
     reloaded = next(line for line in lines if "config reloaded" in line)
