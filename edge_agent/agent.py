@@ -58,6 +58,7 @@ class Agent:
         self.drivers: dict[str, Driver] = {}
         self.pollers: dict[str, DevicePoller] = {}
         self._connect_tasks: list[asyncio.Task[None]] = []
+        self._status_task: asyncio.Task[None] | None = None
         self._devices = {d.name: d for d in config.devices if d.enabled}
         self.started_ns = time.time_ns()
 
@@ -68,6 +69,7 @@ class Agent:
             await self.sinks.start(self.status("online"))
         for name, device in self._devices.items():
             self._start_device(name, device)
+        self._status_task = asyncio.create_task(self._report_status(), name="agent-status")
 
     def _start_device(self, name: str, device: ModbusDevice | OpcUaDevice) -> None:
         rows = self.pipeline.rows_of(name)
@@ -88,6 +90,8 @@ class Agent:
 
     async def stop(self, flush_timeout: float | None = None) -> None:
         """Stop polling, close the devices, flush the outboxes for up to `flush_timeout` seconds."""
+        if self._status_task is not None:
+            self._status_task.cancel()
         for task in self._connect_tasks:
             task.cancel()
         for task in self._connect_tasks:
@@ -98,7 +102,7 @@ class Agent:
         await asyncio.gather(*(d.close() for d in self.drivers.values()), return_exceptions=True)
         if self.sinks is not None:
             timeout = self.config.agent.shutdown_timeout if flush_timeout is None else flush_timeout
-            await self.sinks.stop(timeout)
+            await self.sinks.stop(timeout, self.status("offline"))
 
     async def reload(self, new: Config) -> None:
         """Apply a new config: unchanged devices keep their connection and poller, the outboxes stay."""
@@ -126,15 +130,27 @@ class Agent:
         )
 
     def status(self, state: str) -> AgentStatus:
-        """The agent's health, published on its status topic."""
+        """The agent's health, published on its status topic and as `agent_status` in InfluxDB."""
+        stats = [p.stats for p in self.pollers.values()]
         health: dict[str, float | int | str] = {
             "devices": len(self._devices),
+            "devices_connected": sum(bool(getattr(d, "connected", False)) for d in self.drivers.values()),
             "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 1),
+            "polls": sum(s.polls for s in stats),
+            "values_read": sum(s.values for s in stats),
+            "overruns": sum(s.overruns for s in stats),
+            "read_errors": sum(s.errors for s in stats),
         }
-        for name, poller in self.pollers.items():
-            health[f"{name}.polls"] = poller.stats.polls
-            health[f"{name}.overruns"] = poller.stats.overruns
+        if self.sinks is not None:
+            for sink, depth in self.sinks.depth().items():
+                health[f"outbox_{sink}"] = depth
         return AgentStatus(time.time_ns(), "online" if state == "online" else "offline", health)
+
+    async def _report_status(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.agent.status_interval)
+            if self.sinks is not None:
+                self.sinks.publish_status(self.status("online"))
 
     @property
     def source(self) -> Source:

@@ -547,6 +547,8 @@ class AgentConfig(Model):
     """Log line format."""
     shutdown_timeout: Seconds = 10.0
     """Seconds to flush the outboxes on SIGTERM before exiting."""
+    status_interval: Seconds = 10.0
+    """Seconds between health reports on the MQTT status topic (retained) and in `agent_status`."""
 
 
 class Config(Model):

@@ -185,10 +185,14 @@ class MqttEncoder:
             self._topics[key] = topic
         return topic
 
-    def _header(self, source: Source, kind: Kind, t_ns: int) -> tuple[str, dict[str, object]]:
+    def _header(
+        self, source: Source, kind: Kind, t_ns: int, sequenced: bool = True
+    ) -> tuple[str, dict[str, object]]:
         topic = self.topic(source, kind)
-        seq = self._seq.get(topic, 0) + 1
-        self._seq[topic] = seq
+        seq = 0
+        if sequenced:
+            seq = self._seq.get(topic, 0) + 1
+            self._seq[topic] = seq
         return topic, {
             "v": MQTT_SCHEMA_VERSION,
             "kind": kind.topic_name,
@@ -243,9 +247,13 @@ class MqttEncoder:
         )
         return Record(Kind.ALARM, topic, orjson.dumps(body))
 
-    def status(self, source: Source, status: AgentStatus) -> Record:
-        """The (retained) status message of a source."""
-        topic, body = self._header(source, Kind.STATUS, status.t_ns)
+    def status(self, source: Source, status: AgentStatus, will: bool = False) -> Record:
+        """The (retained) status message of a source; `will=True` makes the last will, with seq 0.
+
+        The broker sends the will only if the agent dies, at a time nobody knows in advance, so it
+        takes no place in the topic's sequence (seq 0 means "outside the sequence").
+        """
+        topic, body = self._header(source, Kind.STATUS, status.t_ns, sequenced=not will)
         body["state"] = status.state
         body["health"] = dict(status.health)
         return Record(Kind.STATUS, topic, orjson.dumps(body))

@@ -58,6 +58,18 @@ HEAT_REMOVAL_FIELDS = ("heat_kw", "delta_t", "flow")
 MAINTENANCE_FIELDS = ("shots_used", "shots_to_next", "pct_used", "status")
 CYCLE_FIELDS = ("stopped",)
 ALARM_FIELDS = ("active", "value", "limit", "severity", "message")
+AGENT_STATUS_FIELDS = (
+    "online",
+    "devices",
+    "devices_connected",
+    "uptime_s",
+    "polls",
+    "values_read",
+    "overruns",
+    "read_errors",
+    "outbox_mqtt",
+    "outbox_influx",
+)
 
 
 @dataclass(frozen=True)
@@ -92,5 +104,5 @@ def measurements() -> dict[str, Measurement]:
     out["alarm"] = Measurement(
         "alarm", (*per_signal, "rule"), ALARM_FIELDS, "alarm start (active=1) and clear (active=0) events"
     )
-    out["agent_status"] = Measurement("agent_status", HIERARCHY_TAGS, ("online",), "agent health")
+    out["agent_status"] = Measurement("agent_status", HIERARCHY_TAGS, AGENT_STATUS_FIELDS, "agent health")
     return out

@@ -125,7 +125,8 @@ async def test_agent_publishes_every_record_in_order_to_mosquitto(
 ) -> None:
     prefix = f"t{free_port()}"
     sinks = f'[sinks.mqtt]\nurl = "{mosquitto.url}"\ntopic_prefix = "{prefix}"\n[outbox]\ndir = "outbox"\n'
-    config = parse_config(_config(plant, sinks, '[agent]\nname = "gw1"\n'), "test", tmp_path)
+    head = '[agent]\nname = "gw1"\nstatus_interval = 1.0\n'
+    config = parse_config(_config(plant, sinks, head), "test", tmp_path)
     collector = Collector(mosquitto, prefix)
     agent = Agent(config, tmp_path)
     await agent.start()
@@ -142,8 +143,12 @@ async def test_agent_publishes_every_record_in_order_to_mosquitto(
         assert seqs == list(range(1, len(seqs) + 1)), topic
     assert sum(len(b) for t, b in topics.items() if t.endswith("/raw")) >= 4 * 10
     # the agent's status: online while running, offline (retained) after a clean stop
-    status = [b["state"] for b in topics[f"{prefix}/p1/a1/l1/gw1/status"]]
-    assert status == ["online", "offline"]
+    status = topics[f"{prefix}/p1/a1/l1/gw1/status"]
+    assert [b["state"] for b in status] == ["online"] * (len(status) - 1) + ["offline"]
+    assert len(status) >= 5  # online at start, health every second, offline at the stop
+    health = status[-2]["health"]
+    assert health["devices"] == 4 and health["devices_connected"] == 4
+    assert health["values_read"] > 100 and health["overruns"] == 0
     kpi = [b for t, bs in topics.items() if t.endswith("tcu1/kpi") for b in bs]
     heat = [b for b in kpi if b["family"] == "mold" and b["signals"] == ["heat_removal"]]
     assert heat and 3.0 < heat[-1]["indicators"]["heat_kw"][0] < 15.0

@@ -52,6 +52,7 @@ class SinkChannel:
     outbox: Outbox
     sink: Sink
     loop: DeliveryLoop
+    encode_status: Callable[[AgentStatus], Record] | None = None
     pending: list[Record] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     writer: asyncio.Task[None] | None = None
@@ -97,12 +98,20 @@ class SinkSet:
             from edge_agent.sinks.mqtt import MqttPublisher
 
             online = self.mqtt_encoder.status(self.source, status)
-            will = self.mqtt_encoder.status(self.source, AgentStatus(status.t_ns, "offline", {}))
+            will = self.mqtt_encoder.status(self.source, AgentStatus(status.t_ns, "offline", {}), will=True)
             client_id = cfg.mqtt.client_id or f"edge-agent-{self.config.agent.name}-{socket.gethostname()}"
             publisher = MqttPublisher(cfg.mqtt, client_id=client_id, online=online, will=will)
             outbox = self._outbox("mqtt")
             await publisher.start()
-            self._add("mqtt", _mqtt_records(self.mqtt_encoder), outbox, publisher, batch_records=500)
+            mqtt_encoder = self.mqtt_encoder
+            self._add(
+                "mqtt",
+                _mqtt_records(mqtt_encoder),
+                outbox,
+                publisher,
+                batch_records=500,
+                status=lambda st: mqtt_encoder.status(self.source, st),
+            )
         if cfg.influx is not None:
             from edge_agent.sinks.influx import InfluxWriter
 
@@ -110,14 +119,16 @@ class SinkSet:
             writer = InfluxWriter(cfg.influx, dead_letter=dead_letter)
             outbox = self._outbox("influx")
             await writer.start()
+            line_encoder = LineProtocolEncoder(self.table)
             self._add(
                 "influx",
-                _line_records(LineProtocolEncoder(self.table)),
+                _line_records(line_encoder),
                 outbox,
                 writer,
                 batch_records=1000,
                 batch_values=cfg.influx.batch_size,
                 linger=cfg.influx.flush_interval,
+                status=lambda st: line_encoder.status(self.source, st),
             )
         self._metrics_task = asyncio.create_task(self._export_metrics(), name="sink-metrics")
 
@@ -130,14 +141,22 @@ class SinkSet:
         batch_records: int,
         batch_values: int | None = None,
         linger: float = 0.0,
+        status: Callable[[AgentStatus], Record] | None = None,
     ) -> None:
         loop = DeliveryLoop(
             outbox, sink, batch_records=batch_records, batch_values=batch_values, linger=linger
         )
-        channel = SinkChannel(name, encode, outbox, sink, loop)
+        channel = SinkChannel(name, encode, outbox, sink, loop, encode_status=status)
         channel.writer = asyncio.create_task(self._write(channel), name=f"outbox-writer-{name}")
         loop.start()
         self.channels.append(channel)
+
+    def publish_status(self, status: AgentStatus) -> None:
+        """Queue the agent's health for every sink (retained on MQTT, `agent_status` in InfluxDB)."""
+        for channel in self.channels:
+            if channel.encode_status is not None:
+                channel.pending.append(channel.encode_status(status))
+                channel.wake.set()
 
     def publish(self, out: Output) -> None:
         """Encode one batch of output for every sink and queue it for that sink's outbox writer."""
@@ -178,8 +197,11 @@ class SinkSet:
             m.retries.labels(ch.name).inc(retries - ch.published_retries)
             ch.published_sent, ch.published_dropped, ch.published_retries = sent, dropped, retries
 
-    async def stop(self, drain_s: float) -> None:
-        """Write what is queued, deliver for up to `drain_s` seconds, then close; the rest waits on disk."""
+    async def stop(self, drain_s: float, status: AgentStatus | None = None) -> None:
+        """Queue the final status, write what is queued, deliver for up to `drain_s` s, close; the rest waits on disk."""
+        if status is not None:
+            # a fresh offline status in sequence (the will is only for a death nobody announced)
+            self.publish_status(status)
         if self._metrics_task is not None:
             self._metrics_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -196,7 +218,10 @@ class SinkSet:
         self.export_metrics()
         for channel in self.channels:
             with contextlib.suppress(Exception):
-                await channel.sink.stop()  # type: ignore[attr-defined]
+                if channel.name == "mqtt":
+                    await channel.sink.stop(publish_offline=False)  # type: ignore[attr-defined]
+                else:
+                    await channel.sink.stop()  # type: ignore[attr-defined]
             await channel.outbox.close_async()
         self.channels.clear()
 
