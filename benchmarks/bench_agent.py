@@ -1,0 +1,201 @@
+"""The whole agent under load: N Modbus devices x M tags at rate R to real Mosquitto and VictoriaMetrics.
+
+    python benchmarks/bench_agent.py --json
+
+A child process serves N simulated Modbus devices of M uint16 registers; the agent runs as its own
+process (`edge-agent run`) with every tag in the indicator core (rolling statistics) and both sinks;
+this process subscribes to the raw topics. Each workload prints one JSON line:
+  values_per_s  values the agent read per second, sustained over the measurement window
+  agent_cores   agent CPU seconds per wall second (user + system, from /proc)
+  rss_mb        agent resident memory at the end of the window
+  p50_ms/p99_ms sample timestamp (poll time) to arrival at a subscriber of the broker
+  lost          values read but not on MQTT, plus values on MQTT but not in the TSDB (must be 0)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import paho.mqtt.client as mqtt
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.services import Mosquitto, VictoriaMetrics  # noqa: E402
+
+WORKLOADS = {
+    # name: (devices, tags, poll interval s)
+    "agent_20k": (100, 100, 0.5),
+    "agent_100k": (100, 100, 0.1),
+}
+
+
+def _profile(tags: int) -> str:
+    lines = ['description = "benchmark device"', 'measurement = "bench"', ""]
+    for i in range(tags):
+        lines += ["[[signals]]", f'name = "r{i}"', 'indicators = ["rolling"]', ""]
+    return "\n".join(lines)
+
+
+def _config(
+    ports: list[int], tags: int, interval: float, mqtt_url: str, influx_url: str, workdir: Path
+) -> str:
+    from simulators.modbus_server import RegisterField, render_device_toml
+
+    fields = [RegisterField(f"r{i}", "holding_register", i, "uint16") for i in range(tags)]
+    devices = "\n".join(
+        render_device_toml(
+            fields,
+            name=f"dev{k:03d}",
+            profile="bench",
+            endpoint=f"modbus-tcp://127.0.0.1:{p}",
+            poll_interval=interval,
+        )
+        for k, p in enumerate(ports)
+    )
+    return (
+        f'profiles_dir = "{workdir / "profiles"}"\n[agent]\nname = "bench"\n'
+        f'[sinks.mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "bench"\n'
+        f'[sinks.influx]\nurl = "{influx_url}"\nbatch_size = 5000\nflush_interval = 0.2\n'
+        f'[outbox]\ndir = "{workdir / "outbox"}"\n\n{devices}'
+    )
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class RawListener:
+    """Counts raw values per message and the latency from sample time to arrival."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.lock = threading.Lock()
+        self.values = 0
+        self.latencies_ms: list[float] = []
+        self.seqs: dict[str, list[int]] = {}
+        self.measuring = False
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.subscribe("bench/+/+/+/+/raw", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        now_ms = time.time() * 1000
+        body = orjson.loads(msg.payload)
+        with self.lock:
+            self.values += len(body["values"])
+            self.seqs.setdefault(msg.topic, []).append(body["seq"])
+            if self.measuring:
+                self.latencies_ms.append(now_ms - max(body["t_ms"]))
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def run_workload(name: str, devices: int, tags: int, interval: float, seconds: float) -> dict[str, object]:
+    """Start servers, broker, TSDB and the agent; measure; stop; count what landed."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+    (workdir / "profiles").mkdir()
+    (workdir / "profiles" / "bench.toml").write_text(_profile(tags))
+    broker = Mosquitto(workdir / "mosquitto")
+    vm = VictoriaMetrics(workdir / "vm")
+    broker.start()
+    vm.start()
+    servers = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "bench_modbus.py"), "--serve", str(devices), "--registers", str(tags)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    assert servers.stdout is not None
+    ports = orjson.loads(servers.stdout.readline())
+    config = workdir / "agent.toml"
+    config.write_text(_config(ports, tags, interval, broker.url, vm.url, workdir))
+    listener = RawListener(broker)
+    with (workdir / "agent.log").open("wb") as log:  # the child keeps its own copy of the descriptor
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent.cli", "run", "-c", str(config)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    try:
+        time.sleep(5.0)  # connect, fill the windows, reach a steady state
+        with listener.lock:
+            listener.measuring = True
+            values_before = listener.values
+        cpu_before, wall_before = _proc_cpu_s(agent.pid), time.monotonic()
+        time.sleep(seconds)
+        cpu_after, wall_after = _proc_cpu_s(agent.pid), time.monotonic()
+        rss = _proc_rss_mb(agent.pid)
+        with listener.lock:
+            listener.measuring = False
+            values_window = listener.values - values_before
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(60)
+        time.sleep(1.0)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        servers.stdin.close()  # type: ignore[union-attr]
+        servers.wait(30)
+    listener.close()
+    missing_msgs = sum(max(s) - len(set(s)) for s in listener.seqs.values())
+    stored = vm.count('{__name__="bench_value"}')
+    lost = missing_msgs * tags + abs(stored - listener.values)
+    broker.stop()
+    vm.stop()
+    wall = wall_after - wall_before
+    lat = np.array(listener.latencies_ms)
+    return {
+        "name": name,
+        "devices": devices,
+        "tags": tags,
+        "poll_interval_s": interval,
+        "target_values_per_s": round(devices * tags / interval),
+        "values_per_s": round(values_window / wall),
+        "agent_cores": round((cpu_after - cpu_before) / wall, 3),
+        "rss_mb": round(rss, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
+        "lost": int(lost),
+        "mqtt_values": listener.values,
+        "tsdb_values": stored,
+        "window_s": round(wall, 1),
+    }
+
+
+def main() -> int:
+    """Run the workloads and print one line each."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line (the default output)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per workload")
+    parser.add_argument("--only", choices=sorted(WORKLOADS), action="append", help="run only these workloads")
+    args = parser.parse_args()
+    for name in args.only or list(WORKLOADS):
+        devices, tags, interval = WORKLOADS[name]
+        print(orjson.dumps(run_workload(name, devices, tags, interval, args.seconds)).decode(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
