@@ -158,7 +158,7 @@ class Subscriber:
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.raw.append((msg.topic, msg.payload, bool(msg.retain)))
+            self.raw.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
             try:
                 self.messages.append((msg.topic, orjson.loads(msg.payload)))
             except orjson.JSONDecodeError:
