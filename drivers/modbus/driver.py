@@ -166,7 +166,9 @@ class ModbusDriver:
         self.backoff = backoff or Backoff()
         self._groups = scan_groups([(t.name, t.interval, True) for t in device.tags], device.poll_interval)
         self._plans = {g: plan_group(device, g, rows) for g in self._groups}
-        self._last_plan: GroupPlan | None = None
+        # groups() hands out these very objects and callers pass them back every poll:
+        # finding the plan by identity spares hashing a tuple of every tag name
+        self._plan_of_id = {id(g): p for g, p in self._plans.items()}
         self._timeout = device.modbus.timeout
         self._conn: ModbusConnection | None = None
         self.last_strings: dict[str, tuple[str, Quality]] = {}
@@ -206,11 +208,9 @@ class ModbusDriver:
     async def read(self, group: TagGroup) -> Readings:
         """Poll one scan group; every failure becomes a bad quality on the tags it touched."""
         # This runs for every request of every device: few calls, few numpy operations.
-        plan = self._last_plan
+        plan = self._plan_of_id.get(id(group))
         if plan is None or plan.group is not group:
-            # the scheduler passes the same TagGroup objects every poll: hashing one
-            # (a tuple of every tag name) costs more than the identity check
-            plan = self._last_plan = self._plans[group]
+            plan = self._plans[group]  # an equal TagGroup made elsewhere
         n = plan.size
         conn = self._conn
         if conn is None or not conn.connected:
