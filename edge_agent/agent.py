@@ -232,6 +232,7 @@ async def serve(config_path: Path, config: Config) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
+    loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
     await agent.start()
     log.info("agent %s running: %s", config.agent.name, config.summary())
     while not stop.is_set():
@@ -245,6 +246,16 @@ async def serve(config_path: Path, config: Config) -> int:
     log.info("stopping: flushing outboxes for up to %.0f s", agent.config.agent.shutdown_timeout)
     await agent.stop()
     return 0
+
+
+def _log_tasks() -> None:
+    """SIGUSR1: log every task of the agent with where it waits (for a stuck agent in the field)."""
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=8)
+        where = " <- ".join(
+            f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno} {f.f_code.co_name}" for f in frames
+        )
+        log.warning("task %s: %s", task.get_name(), where or "(not started)")
 
 
 async def _reload(agent: Agent, config_path: Path) -> None:

@@ -61,15 +61,18 @@ class DevicePoller:
         self.clock = clock
         self.stats = PollStats()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> asyncio.Task[None]:
         """Start polling in a task of the running loop."""
         if self._task is None or self._task.done():
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name=f"poll:{self.driver.name}")
         return self._task
 
     async def stop(self) -> None:
         """Stop polling and wait for the task to end (the driver stays open)."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -83,12 +86,17 @@ class DevicePoller:
         slots = [_Slot(g, start) for g in self.driver.groups()]
         if not slots:
             return
-        while True:
+        task = asyncio.current_task()
+        while not self._stopping:
             slot = min(slots, key=lambda s: s.due)
             delay = slot.due - self.clock()
             if delay > 0:
                 await asyncio.sleep(delay)
             await self._poll(slot.group)
+            if task is not None and task.cancelling():
+                # a protocol library swallowed our cancellation inside the read (seen with pymodbus
+                # under load): honour it here, or stop() would wait on a poller that never ends
+                raise asyncio.CancelledError
             self._advance(slot)
 
     async def _poll(self, group: TagGroup) -> None:

@@ -89,3 +89,22 @@ async def test_a_failing_read_is_counted_and_polling_goes_on() -> None:
     await poller.stop()
     assert poller.stats.errors == 1
     assert poller.stats.polls >= 4
+
+
+class SwallowingDriver(TimedDriver):
+    """Turns a cancellation inside the read into a bad-quality result, as some protocol libraries do."""
+
+    async def read(self, group: TagGroup) -> Readings:
+        try:
+            await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            return Readings.of(np.arange(len(group.tags)), 0, np.full(len(group.tags), np.nan), 0x87)
+        return Readings.of(np.arange(len(group.tags)), 0, np.ones(len(group.tags)))
+
+
+async def test_stop_ends_a_poller_whose_driver_swallows_the_cancellation() -> None:
+    poller = DevicePoller(SwallowingDriver([TagGroup(0.05, ("x",))], {}), lambda *_: None)
+    poller.start()
+    await asyncio.sleep(0.3)
+    await asyncio.wait_for(poller.stop(), timeout=2.0)
+    assert poller._task is None
