@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--units", default="1-10", help="modbus: unit ids to probe, e.g. 1-10 or 1,2,5")
     p.add_argument("--max-address", type=int, default=200, help="modbus: probe registers below this address")
     p.add_argument("--max-nodes", type=int, default=5000, help="opcua: stop browsing after this many nodes")
+    p.add_argument("--name", default="machine-1", help="device name to write into the skeleton")
+    p.add_argument("--profile", help="equipment profile to write into the skeleton (see config/profiles)")
     p.set_defaults(func=_discover)
     return parser
 
@@ -121,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `edge-agent read ... | head`: the reader left; that is not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 IMM2MES_URI = "http://opcfoundation.org/UA/IMM2MES/"
 
+#: Modbus exceptions a TCP gateway returns for a unit id with no device behind it.
+GATEWAY_EXCEPTIONS = (0x0A, 0x0B)
+
 #: EUROMAP 77 browse-name path suffixes -> the injection_molding profile's signal names.
 EUROMAP77_SIGNALS: dict[tuple[str, ...], str] = {
     ("MachineStatus", "MachineMode"): "machine_mode",
@@ -105,14 +108,20 @@ async def browse_opcua(
     return found, euromap
 
 
-def opcua_skeleton(url: str, variables: list[FoundVariable], euromap: bool) -> str:
+def opcua_skeleton(
+    url: str,
+    variables: list[FoundVariable],
+    euromap: bool,
+    name: str = "machine-1",
+    profile: str | None = None,
+) -> str:
     """A device config for the browsed server: EUROMAP 77 signals by their profile names, the rest commented."""
-    profile = "injection_molding" if euromap else "CHOOSE_A_PROFILE"
+    profile = profile or ("injection_molding" if euromap else "CHOOSE_A_PROFILE")
     lines = [
         f"# discovered from {url}: {len(variables)} variables"
         + (" (EUROMAP 77 / OPC 40077 machine recognised)" if euromap else ""),
         "[[devices]]",
-        'name = "machine-1"',
+        f'name = "{name}"',
         'protocol = "opcua"',
         f'profile = "{profile}"',
         f"endpoint = {_toml_str(url)}",
@@ -182,6 +191,8 @@ async def probe_modbus(
             rr = await read(address, count=count, device_id=unit)
         except ModbusException:
             return None  # no answer at all: no such unit behind the gateway
+        if rr.isError() and getattr(rr, "exception_code", 0) in GATEWAY_EXCEPTIONS:
+            return None  # the gateway answered for a unit that is not there
         return not rr.isError()
 
     try:
@@ -213,15 +224,22 @@ async def probe_modbus(
     return present, ranges
 
 
-def modbus_skeleton(host: str, port: int, units: list[int], ranges: list[RegisterRange]) -> str:
+def modbus_skeleton(
+    host: str,
+    port: int,
+    units: list[int],
+    ranges: list[RegisterRange],
+    name: str = "machine-1",
+    profile: str = "CHOOSE_A_PROFILE",
+) -> str:
     """A device config listing every readable register as a uint16 tag, to be renamed and typed."""
     lines = [
         f"# discovered at {host}:{port}: unit ids {', '.join(map(str, units)) or 'none'}",
         "# every readable register is listed as uint16; merge pairs into 32-bit types and name them",
         "[[devices]]",
-        'name = "machine-1"',
+        f'name = "{name}"',
         'protocol = "modbus"',
-        'profile = "CHOOSE_A_PROFILE"',
+        f'profile = "{profile}"',
         f'endpoint = "modbus-tcp://{host}:{port}"',
         "",
         "[devices.modbus]",
@@ -262,7 +280,7 @@ def discover_command(args: argparse.Namespace) -> int:
                 print(f"discover opcua: {args.target!r} is not an opc.tcp:// URL", file=sys.stderr)
                 return 2
             variables, euromap = asyncio.run(browse_opcua(args.target, max_nodes=args.max_nodes))
-            sys.stdout.write(opcua_skeleton(args.target, variables, euromap))
+            sys.stdout.write(opcua_skeleton(args.target, variables, euromap, args.name, args.profile))
             return 0
         host, _, port_text = args.target.rpartition(":")
         if not host or not port_text.isdigit():
@@ -270,7 +288,8 @@ def discover_command(args: argparse.Namespace) -> int:
             return 2
         units = _units(args.units)
         present, ranges = asyncio.run(probe_modbus(host, int(port_text), units, args.max_address))
-        sys.stdout.write(modbus_skeleton(host, int(port_text), present, ranges))
+        profile = args.profile or "CHOOSE_A_PROFILE"
+        sys.stdout.write(modbus_skeleton(host, int(port_text), present, ranges, args.name, profile))
         return 0 if present else 1
     except (OSError, ValueError, TimeoutError) as exc:
         print(f"discover {args.protocol} {args.target}: {exc}", file=sys.stderr)
