@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the four simulators and the agent, with a live view")
     p.add_argument("--mqtt-url", help="publish to this broker instead of an embedded one")
+    p.add_argument(
+        "--broker-port", type=int, default=0, help="port of the embedded broker (default: a free one)"
+    )
     p.add_argument("--influx-url", help="also write to this InfluxDB (v2 write API)")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--speed", type=float, default=20.0, help="simulated time per wall-clock second")

@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 HEADLINES = [
     ("oee", "oee", "OEE", "{:.0%}"),
     ("oee", "availability", "avail", "{:.0%}"),
-    ("furnace", "spread", "spread °C", "{:.1f}"),
-    ("furnace", "soak_s", "soak s", "{:.0f}"),
-    ("furnace", "overshoot_c", "overshoot °C", "{:.1f}"),
+    ("furnace_uniformity", "spread", "spread °C", "{:.1f}"),
+    ("furnace_uniformity", "soak_s", "soak s", "{:.0f}"),
+    ("furnace_uniformity", "overshoot_c", "overshoot °C", "{:.1f}"),
     ("mold", "heat_kw", "heat kW", "{:.1f}"),
     ("mold", "delta_t", "ΔT K", "{:.2f}"),
 ]
@@ -191,13 +191,13 @@ def demo_config(
     )
 
 
-async def _embedded_broker() -> tuple[object, str]:
-    """An amqtt broker on a free loopback port (MQTT 3.1.1)."""
+async def _embedded_broker(port: int = 0) -> tuple[object, str]:
+    """An amqtt broker on loopback (MQTT 3.1.1), on `port` or a free one."""
     from amqtt.broker import Broker
 
     from simulators.opcua_server import free_port
 
-    port = free_port()
+    port = port or free_port()
     broker = Broker(
         {
             "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
@@ -218,7 +218,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     broker = None
     mqtt_url, protocol = args.mqtt_url, "5"
     if mqtt_url is None:
-        broker, mqtt_url = await _embedded_broker()
+        broker, mqtt_url = await _embedded_broker(args.broker_port)
         protocol = "3.1.1"  # amqtt speaks MQTT 3.1.1
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     text = demo_config(plant.devices_toml(), mqtt_url, protocol, args.influx_url, workdir / "outbox")
