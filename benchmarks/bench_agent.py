@@ -158,7 +158,7 @@ def run_workload(name: str, devices: int, tags: int, interval: float, seconds: f
         servers.wait(30)
     listener.close()
     missing_msgs = sum(max(s) - len(set(s)) for s in listener.seqs.values())
-    stored = vm.count('{__name__="bench_value"}')
+    stored = vm.settled_count('{__name__="bench_value"}', listener.values)
     lost = missing_msgs * tags + abs(stored - listener.values)
     broker.stop()
     vm.stop()

@@ -171,7 +171,8 @@ async def influx_through_outbox(vm: VictoriaMetrics, workdir: Path, points: int,
     await loop.stop()
     await writer.stop()
     outbox.close()
-    stored = vm.count(f'{{__name__="{measurement}_value"}}')
+    # VictoriaMetrics makes rows searchable asynchronously: count once the number settles
+    stored = vm.settled_count(f'{{__name__="{measurement}_value"}}', total)
     return {"name": "influx", "points_per_s": total / elapsed, "lost": total - stored, "sync": outbox.sync}
 
 

@@ -167,6 +167,20 @@ class VictoriaMetrics(_Process):
         """Number of points stored under the selector."""
         return sum(len(s["values"]) for s in self.export(match))
 
+    def settled_count(self, match: str, expect: int, timeout: float = 15.0) -> int:
+        """The point count under `match` once it reaches `expect` or stops growing for 2 s (ingestion is async)."""
+        deadline = time.monotonic() + timeout
+        last, stable_since = -1, time.monotonic()
+        while True:
+            n = self.count(match)
+            if n >= expect or time.monotonic() > deadline:
+                return n
+            if n != last:
+                last, stable_since = n, time.monotonic()
+            elif time.monotonic() - stable_since > 2.0:
+                return n
+            time.sleep(0.2)
+
     def reset(self) -> None:
         """Delete every series, so a test starts from an empty database."""
         data = urllib.parse.urlencode({"match[]": '{__name__!=""}'}).encode()
