@@ -432,20 +432,34 @@ class Outbox:
         """`close` on a helper thread (it waits for the outbox thread to finish)."""
         await asyncio.to_thread(self.close)
 
-    async def wait_for_data(self, wait_s: float) -> None:
-        """Return when a put happened (from any thread) or after `wait_s` seconds."""
-        event = asyncio.Event()
-        entry = (asyncio.get_running_loop(), event)
+    def watch(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Event]:
+        """Start listening for puts now; pass the result to `wait_for_data` after a take came back empty.
+
+        Registering before the take closes the gap in which a put lands after the take looked
+        and before the waiter is in place (that put would otherwise wait for the next one).
+        """
+        entry = (asyncio.get_running_loop(), asyncio.Event())
         with self._waiters_lock:
             self._waiters.append(entry)
+        return entry
+
+    def unwatch(self, watched: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
+        """Stop listening (the take found data after all)."""
+        with self._waiters_lock:
+            if watched in self._waiters:
+                self._waiters.remove(watched)
+
+    async def wait_for_data(
+        self, wait_s: float, watched: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+    ) -> None:
+        """Return when a put happened (since `watched` began, or from now) or after `wait_s` seconds."""
+        entry = watched or self.watch()
         try:
-            await asyncio.wait_for(event.wait(), wait_s)
+            await asyncio.wait_for(entry[1].wait(), wait_s)
         except TimeoutError:
             pass
         finally:
-            with self._waiters_lock:
-                if entry in self._waiters:
-                    self._waiters.remove(entry)
+            self.unwatch(entry)
 
     def _wake(self) -> None:
         with self._waiters_lock:

@@ -127,8 +127,14 @@ class DeliveryLoop:
         while True:
             if not batch:
                 self._progress.set()
-                await self.outbox.wait_for_data(self.idle_wait)
+                # the prefetch may have looked before the latest puts: look again, listening first
+                watched = self.outbox.watch()
                 batch = await self._take()
+                if batch:
+                    self.outbox.unwatch(watched)
+                else:
+                    await self.outbox.wait_for_data(self.idle_wait, watched)
+                    batch = await self._take()
                 continue
             records = [s.record for s in batch]
             # the next batch is read from disk while this one is on the wire; it is sent only after this
