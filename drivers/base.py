@@ -41,19 +41,15 @@ class Driver(Protocol):
 
     def groups(self) -> list[TagGroup]:
         """The polled tag groups (scan classes) of the device."""
-        ...
 
     async def connect(self) -> None:
         """Open the connection (and subscriptions); retried by the driver itself after a loss."""
-        ...
 
     async def read(self, group: TagGroup) -> Readings:
         """One batched read of a group; per-tag failures are bad qualities, not exceptions."""
-        ...
 
     async def close(self) -> None:
         """Close the connection; idempotent."""
-        ...
 
 
 def make_driver(

@@ -36,7 +36,6 @@ class Sink(Protocol):
 
     async def send(self, records: Sequence[Record]) -> None:
         """Deliver every record (acknowledged by the server) or raise SinkError."""
-        ...
 
 
 @dataclass(frozen=True)
