@@ -161,6 +161,8 @@ class IndicatorPipeline:
         per_cycle = np.zeros(rows.shape, bool)
         delay = np.zeros(n, np.int64)
         off_delay = np.zeros(n, np.int64)
+        self.spec_lsl = np.full(n, np.nan)
+        self.spec_usl = np.full(n, np.nan)
         for i, (info, name) in enumerate(owners):
             ps = info.profile.signal(name)
             assert ps is not None
@@ -176,9 +178,9 @@ class IndicatorPipeline:
             row = rows[i]
             for kind, kind_name in ALARM_KIND_NAMES.items():
                 needs = _KIND_NEEDS.get(kind_name)
-                # spec alarms follow the limits: a signal with an LSL or USL is checked against it
-                allowed = bool(wanted & needs) if needs else bool(lo is not None or hi is not None)
-                self.alarm_allowed[row, kind] = allowed
+                # the engine sees whitened values; specification limits are judged on the raw ones (_spec)
+                self.alarm_allowed[row, kind] = bool(wanted & needs) if needs else False
+            self.spec_lsl[row], self.spec_usl[row] = lsl[i], usl[i]
             if ps.sampling == "continuous":
                 delay[row] = int(info.profile.alarm_delay_s * 1e9)
             elif info.nominal_cycle_s:
@@ -195,6 +197,8 @@ class IndicatorPipeline:
             self.spc.configure(rows, SpcParams(window=window, phase1_n=phase1, lsl=lsl, usl=usl))
         # per-cycle process data are autocorrelated: whiten them before the charts (core/autocorr.py)
         self.whitener = Prewhitener(max(n, 1), rows[per_cycle], phase1[per_cycle])
+        self.spec_row = np.isfinite(self.spec_lsl) | np.isfinite(self.spec_usl)
+        self.spec_alarms = AlarmTracker(max(n, 1), delay, np.maximum(delay, off_delay))
 
     def _build_cycles(self, n: int) -> None:
         counters, latched, nominal, modulus, devices = [], [], [], [], []
@@ -319,7 +323,9 @@ class IndicatorPipeline:
             cycle_moved = bool((batch.events.cycles > 0).any())
             if len(latched):
                 self.last_value[latched.signal] = latched.value
-        spc_in = self.whitener.transform(Readings.concat([direct, latched]))
+        raw_spc = Readings.concat([direct, latched])
+        spec_events = self._spec(raw_spc)
+        spc_in = self.whitener.transform(raw_spc)
         events: list[AlarmEvents] = []
         if len(spc_in):
             update = self.spc.update(spc_in)
@@ -332,11 +338,23 @@ class IndicatorPipeline:
         t_batch = int(readings.t_ns.max()) if len(readings) else now_ns
         band_events = self._band(info, t_batch)
         device_events = self._device_indicators(info, readings, now_ns, out)
-        self._alarm_records(info, spc_events, band_events, device_events, out)
+        self._alarm_records(info, spc_events, band_events, device_events, spec_events, out)
         if cycle_moved or now_ns >= info.kpi_due_ns:
             self._kpi(info, now_ns, out)
             info.kpi_due_ns = now_ns + int(info.profile.kpi_interval_s * 1e9)
         return out
+
+    def _spec(self, r: Readings) -> AlarmEvents:
+        """Specification limits on the raw values (one per cycle for per-cycle signals)."""
+        sig = r.signal.astype(np.int64)
+        use = self.spec_row[sig] & r.good
+        if not use.any():
+            return AlarmEvents.empty()
+        rows, value = sig[use], r.value[use]
+        lo, hi = self.spec_lsl[rows], self.spec_usl[rows]
+        raised, cleared = band_conditions(value, lo, hi)
+        limit = np.where(value > hi, hi, lo)
+        return self.spec_alarms.update(rows, r.t_ns[use], raised, cleared, value, limit)
 
     def _band(self, info: DeviceInfo, t_ns: int) -> AlarmEvents:
         # judged on the last values at every batch of the device, not only when a banded signal
@@ -478,9 +496,15 @@ class IndicatorPipeline:
                     values["uniformity"]["quench_delay_s"] = delay
 
     def _alarm_records(
-        self, info: DeviceInfo, spc: AlarmEvents, band: AlarmEvents, device: AlarmEvents, out: Output
+        self,
+        info: DeviceInfo,
+        spc: AlarmEvents,
+        band: AlarmEvents,
+        device: AlarmEvents,
+        spec: AlarmEvents,
+        out: Output,
     ) -> None:
-        for ev, origin in ((spc, "spc"), (band, "band"), (device, "device")):
+        for ev, origin in ((spc, "spc"), (band, "band"), (device, "device"), (spec, "spec")):
             for i in range(len(ev)):
                 # alarms are rare (start and clear only), so one object per event is cheap
                 kind = int(ev.kind[i])
@@ -490,6 +514,9 @@ class IndicatorPipeline:
                     message = f"{rule} alarm ({detail})" if ev.start[i] else f"{rule} alarm cleared"
                 elif origin == "band":
                     rule, message = "band", "outside the band around the setpoint"
+                elif origin == "spec":
+                    below = ev.value[i] < ev.limit[i]
+                    rule, message = "spec", "below the LSL" if below else "above the USL"
                 else:
                     rule = self.device_conditions[kind - 100]
                     message = {
