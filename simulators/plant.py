@@ -34,7 +34,7 @@ class Plant:
     faults: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """Faults per machine key at start, e.g. {"imm": ["check_ring_wear"]}."""
     machines: dict[str, Any] = field(default_factory=dict)
-    warmup_cycles: int = 200
+    warmup_cycles: int = 600
     """Cycles of simulated production run before the servers start, so the process is past its warm-up."""
 
     def __post_init__(self) -> None:
