@@ -209,13 +209,10 @@ async def run_once(config: Config, config_dir: Path) -> tuple[list[Record], list
         agent._handle(name, readings)
 
     await asyncio.gather(*(one(n, d) for n, d in agent._devices.items()))
+    from edge_agent.sinks.runtime import encode_output
+
     encoder = MqttEncoder(agent.pipeline.table, topic_prefix=_prefix(config))
-    records: list[Record] = []
-    for _device, out in outputs:
-        records += [encoder.raw(src, r) for src, r in out.raw]
-        records += [encoder.kpi(src, b) for src, b in out.kpi]
-        records += [encoder.alarm(src, a) for src, a in out.alarms]
-    return records, failed
+    return [r for _device, out in outputs for r in encode_output(encoder, out)], failed
 
 
 async def serve(config_path: Path, config: Config) -> int:

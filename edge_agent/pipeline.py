@@ -63,6 +63,8 @@ class DeviceInfo:
     kpi_due_ns: int = 0
     furnace: FurnaceMonitor | None = None
     furnace_rows: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    row_array: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    """The device's rows (signals and pseudo-signals) as an array, for masks without a loop."""
     band_channels: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     """The device's channels of the band-alarm tracker."""
     event_signals: set[str] = field(default_factory=set)
@@ -128,6 +130,7 @@ class IndicatorPipeline:
                 or (profile.cycle.nominal_cycle_s if profile.cycle else 0.0),
                 ideal_cycle_s=dev.ideal_cycle_s or (profile.oee.ideal_cycle_s if profile.oee else 0.0),
                 event_signals=events,
+                row_array=np.array(list(rows.values()), np.int64),
             )
         n = len(self.table)
         self.last_value = np.full(n, np.nan)
@@ -542,7 +545,7 @@ class IndicatorPipeline:
                 )
 
     def _kpi(self, info: DeviceInfo, now_ns: int, out: Output) -> None:
-        rows = np.array([r for r in info.rows.values() if self._dirty[r]], np.int64)
+        rows = info.row_array[self._dirty[info.row_array]]
         if rows.size == 0:
             return
         self._dirty[rows] = False
@@ -564,7 +567,7 @@ class IndicatorPipeline:
     def rebaseline(self, device: str) -> None:
         """Re-estimate the control limits of a device's signals from the next samples (phase I again)."""
         info = self.devices[device]
-        rows = np.array([r for r in info.rows.values() if self.spc_row[r]], np.int64)
+        rows = info.row_array[self.spc_row[info.row_array]]
         if rows.size:
             self.spc.rebaseline(rows)
             self.whitener.reset(rows)

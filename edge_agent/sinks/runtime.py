@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -22,25 +23,13 @@ log = logging.getLogger(__name__)
 Encode = Callable[[Output], list[Record]]
 
 
-def _mqtt_records(encoder: MqttEncoder) -> Encode:
-    def encode(out: Output) -> list[Record]:
-        records = [encoder.raw(src, r) for src, r in out.raw]
-        records += [encoder.kpi(src, b) for src, b in out.kpi]
-        records += [encoder.alarm(src, a) for src, a in out.alarms]
-        return records
-
-    return encode
-
-
-def _line_records(encoder: LineProtocolEncoder) -> Encode:
-    def encode(out: Output) -> list[Record]:
-        records = [encoder.raw(src, r) for src, r in out.raw]
-        records += [encoder.kpi(src, b) for src, b in out.kpi]
-        records += [encoder.alarm(src, a) for src, a in out.alarms]
-        # a KPI line set with every indicator NaN encodes to nothing: no empty record in the outbox
-        return [r for r in records if r.payload]
-
-    return encode
+def encode_output(encoder: MqttEncoder | LineProtocolEncoder, out: Output) -> list[Record]:
+    """One batch of pipeline output as records of one sink's encoding."""
+    records = [encoder.raw(src, r) for src, r in out.raw]
+    records += [encoder.kpi(src, b) for src, b in out.kpi]
+    records += [encoder.alarm(src, a) for src, a in out.alarms]
+    # a KPI line set with every indicator NaN encodes to nothing: no empty record in the outbox
+    return [r for r in records if r.payload]
 
 
 @dataclass
@@ -106,7 +95,7 @@ class SinkSet:
             mqtt_encoder = self.mqtt_encoder
             self._add(
                 "mqtt",
-                _mqtt_records(mqtt_encoder),
+                functools.partial(encode_output, mqtt_encoder),
                 outbox,
                 publisher,
                 batch_records=500,
@@ -122,7 +111,7 @@ class SinkSet:
             line_encoder = LineProtocolEncoder(self.table)
             self._add(
                 "influx",
-                _line_records(line_encoder),
+                functools.partial(encode_output, line_encoder),
                 outbox,
                 writer,
                 batch_records=1000,
