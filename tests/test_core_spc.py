@@ -303,3 +303,26 @@ def test_full_tick_path_equals_general_path(lockstep: bool) -> None:
     sa, sb = fast.snapshot(), slow.snapshot()
     for key in sa:
         np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+
+
+def test_alarms_without_delays_equal_the_tracker() -> None:
+    """With no on/off delays the engine sets alarm bits directly; the events equal those of the full tracker."""
+    rng = np.random.default_rng(5)
+    S = 30
+    cfgs = [CONFIGS[i % len(CONFIGS)] for i in range(S)]
+    fast, slow = make_engine(cfgs), make_engine(cfgs)
+    assert fast._instant_alarms
+    slow._instant_alarms = False  # the general state machine with zero delays
+    data = np.stack([process_values(rng, 300) for _ in range(S)], axis=1)
+    n_events = 0
+    for i in range(300):
+        rows = rng.permutation(S)[: int(rng.integers(1, S + 1))]
+        a = fast.update(Readings.of(rows, i, data[i, rows]))
+        b = slow.update(Readings.of(rows, i, data[i, rows]))
+        assert [tuple(map(repr, d.values())) for d in a.events.to_records()] == [
+            tuple(map(repr, d.values())) for d in b.events.to_records()
+        ], i
+        n_events += len(a.events)
+    assert n_events > 200
+    np.testing.assert_array_equal(fast.alarms.active, slow.alarms.active)
+    np.testing.assert_array_equal(fast.alarm_on, slow.alarm_on)

@@ -63,6 +63,11 @@ ALARM_KINDS: dict[int, tuple[str, int]] = {
 ALARM_KIND_NAMES: dict[int, str] = {k: v[0] for k, v in ALARM_KINDS.items()}
 _N_KINDS = len(ALARM_KINDS)
 _KIND_BITS = np.array([ALARM_KINDS[k][1] for k in range(_N_KINDS)], np.uint32)
+# kinds 1-4 cover rule bits 12-22: one table lookup on mask >> 12 gives their raised bits; kind 0 is bits 0-11
+_KIND_TABLE = np.array(
+    [sum(1 << k for k in range(1, _N_KINDS) if (v << 12) & int(_KIND_BITS[k])) for v in range(1 << 11)],
+    np.uint8,
+)
 
 
 class NoData(IntEnum):
@@ -258,12 +263,17 @@ class SpcEngine:
         # scratch for the per-sample temporaries: a fresh 8·S-byte array per operation would cost page faults
         self._tmp = np.empty((5, S))
         self._mtmp = np.empty(S, np.uint32)
-        # alarms: one channel per (row, kind); `alarm_busy` lets idle rows skip the tracker
+        # alarms: one channel per (row, kind); per row one bit per kind says the channel is active
+        # (alarm_on) or waits out a persistence delay (alarm_wait), so only channels that can change
+        # state go to the tracker; `alarm_busy` (either byte not zero) lets idle rows skip even that
         self.alarms = AlarmTracker(
             S * _N_KINDS,
             np.repeat(np.broadcast_to(np.asarray(alarm_on_delay_ns, np.int64), (S,)), _N_KINDS),
             np.repeat(np.broadcast_to(np.asarray(alarm_off_delay_ns, np.int64), (S,)), _N_KINDS),
         )
+        self._instant_alarms = not (np.any(alarm_on_delay_ns) or np.any(alarm_off_delay_ns))
+        self.alarm_on = np.zeros(S, _U8)
+        self.alarm_wait = np.zeros(S, _U8)
         self.alarm_busy = np.zeros(S, bool)
         self.configure(self._rows, params or SpcParams())
 
@@ -375,6 +385,8 @@ class SpcEngine:
         self.reset_capability(r)
         ch = (r[:, None] * _N_KINDS + np.arange(_N_KINDS)).reshape(-1)
         self.alarms.reset(ch)
+        self.alarm_on[r] = 0
+        self.alarm_wait[r] = 0
         self.alarm_busy[r] = False
         given = r[np.isfinite(self.given_cl[r]) & np.isfinite(self.given_sigma[r])]
         if given.size:
@@ -780,42 +792,76 @@ class SpcEngine:
         if cand.size == 0:
             return AlarmEvents.empty()
         rows = ra[cand]
-        raised = (mask[cand][:, None] & _KIND_BITS[None, :]) != 0
-        ch = rows[:, None] * _N_KINDS + np.arange(_N_KINDS)[None, :]
-        # an idle channel that is not raised stays idle: only raised or busy channels need the tracker
-        sel = np.flatnonzero(raised | self.alarms.busy(ch))
-        chs = ch.reshape(-1)[sel]
-        at = cand[sel // _N_KINDS]  # position in the round of each selected channel
-        ev = self.alarms.update(chs, t[at], raised.reshape(-1)[sel], unique=True)
-        busy = np.zeros(ch.size, bool)
-        busy[sel] = self.alarms.busy(chs)
-        self.alarm_busy[rows] = busy.reshape(-1, _N_KINDS).any(1)
-        if not len(ev):
-            return ev
+        mc = mask[cand]
+        raised = _KIND_TABLE[mc >> 12]
+        raised |= (mc & 0xFFF) != 0
+        on = self.alarm_on[rows]
+        # a channel can change state only when raised differs from active or a timer runs
+        work = raised ^ on
+        work |= self.alarm_wait[rows]
+        # bit k of row i unpacks to position 8·i + k; only bits below _N_KINDS are ever set
+        sel = np.flatnonzero(np.unpackbits(work, bitorder="little"))
+        if sel.size == 0:
+            return AlarmEvents.empty()
+        loc, kind = sel >> 3, sel & 7
+        chs = rows[loc] * _N_KINDS + kind
+        at = cand[loc]  # position in the round of each selected channel
+        kbit = np.left_shift(1, kind).astype(_U8)
+        up = (raised[loc] & kbit) != 0
+        tr = self.alarms
+        if self._instant_alarms:
+            # no delays: every selected channel is a transition (active becomes raised), no timers
+            tr.active[chs] = up
+            self.alarm_on[rows] = raised
+            self.alarm_busy[rows] = raised != 0
+            ev_ch, ev_t, start, j = chs, t[at], up, at
+        else:
+            ev = tr.update(chs, t[at], up, unique=True)
+            act = tr.active[chs]
+            wait = (tr.pending_since[chs] >= 0) | (tr.clearing_since[chs] >= 0)
+            # one row's channels have distinct kind bits, so summing them per row is an OR
+            n = cand.size
+            on &= ~work
+            on |= np.bincount(loc, weights=kbit * act, minlength=n).astype(_U8)
+            wt = np.bincount(loc, weights=kbit * wait, minlength=n).astype(_U8)
+            self.alarm_on[rows] = on
+            self.alarm_wait[rows] = wt
+            self.alarm_busy[rows] = (on | wt) != 0
+            if not len(ev):
+                return ev
+            ev_ch, ev_t, start = ev.row, ev.t_ns, ev.start
+            j = at[_index_of(ev_ch, chs)]
         # value and limit only for the transitions
-        j = at[_index_of(ev.row, chs)]
-        er = ev.row // _N_KINDS
-        kind = ev.row % _N_KINDS
-        xe = x[j]
-        val = np.where(
-            kind == 2, self.ewma[er], np.where(kind == 3, np.maximum(self.cpos[er], self.cneg[er]), xe)
-        )
-        lim = self._alarm_limits(er, xe)[np.arange(er.shape[0]), kind]
-        return AlarmEvents(er, kind.astype(np.int16), ev.t_ns, ev.start, val, lim, mask[j])
+        er, kind = np.divmod(ev_ch, _N_KINDS)
+        val, lim = self._alarm_value_limit(er, kind, x[j])
+        return AlarmEvents(er, kind.astype(np.int16), ev_t, start, val, lim, mask[j])
 
-    def _alarm_limits(self, rows: NDArray[np.int64], x: NDArray[np.float64]) -> NDArray[np.float64]:
-        cl, sg = self.cl[rows], self.sigma[rows]
-        hi = x >= cl
-        out = np.empty((rows.shape[0], _N_KINDS))
-        out[:, 0] = np.where(hi, cl + 3 * sg, cl - 3 * sg)
-        out[:, 1] = out[:, 0]
-        width = (
-            self.L[rows] * sg * np.sqrt(self.lam[rows] / (2 - self.lam[rows]) * (1 - self.ewma_decay[rows]))
-        )
-        out[:, 2] = np.where(self.ewma[rows] >= cl, cl + width, cl - width)
-        out[:, 3] = self.h[rows] * sg
-        out[:, 4] = np.where(hi, self.usl[rows], self.lsl[rows])
-        return out
+    def _alarm_value_limit(
+        self, rows: NDArray[np.int64], kind: NDArray[np.int64], x: NDArray[np.float64]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """The value that decided each alarm transition and the limit it crossed, per kind."""
+        val = x.copy()
+        lim = np.empty(x.shape[0])
+        for k in range(_N_KINDS):
+            i = np.flatnonzero(kind == k)
+            if i.size == 0:
+                continue
+            rk, xk = rows[i], x[i]
+            cl, sg = self.cl[rk], self.sigma[rk]
+            if k <= 1:
+                lim[i] = np.where(xk >= cl, cl + 3 * sg, cl - 3 * sg)
+            elif k == 2:
+                lam = self.lam[rk]
+                width = self.L[rk] * sg * np.sqrt(lam / (2 - lam) * (1 - self.ewma_decay[rk]))
+                e = self.ewma[rk]
+                val[i] = e
+                lim[i] = np.where(e >= cl, cl + width, cl - width)
+            elif k == 3:
+                val[i] = np.maximum(self.cpos[rk], self.cneg[rk])
+                lim[i] = self.h[rk] * sg
+            else:
+                lim[i] = np.where(xk >= cl, self.usl[rk], self.lsl[rk])
+        return val, lim
 
     # ------------------------------------------------------------------ read-out
     def snapshot(self, rows: ArrayLike | None = None) -> dict[str, NDArray[Any]]:
