@@ -73,6 +73,11 @@ def _poll(table: SignalTable, m: Source, k: int) -> Readings:
     return Readings.of(rows, 1_790_000_000_000_000_000 + k * 1_000_000, 100.0 + (rows % 7) * 1.25 + k * 0.001)
 
 
+def _polls(table: SignalTable, polls: int) -> list[list[Readings]]:
+    """`polls` rounds of one poll per machine, built before the clock starts: the devices are not what is measured."""
+    return [[_poll(table, m, k) for m in MACHINES] for k in range(polls)]
+
+
 def _start_counter(port: int, topic: str, want: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-c", COUNTER, str(port), topic, str(want)], stdout=subprocess.PIPE, text=True
@@ -93,6 +98,7 @@ async def mqtt_through_outbox(broker: Mosquitto, workdir: Path, messages: int, r
     """Encode, put (100 messages per transaction), deliver with PUBACKs; count at a subscriber."""
     table = _table()
     encoder = MqttEncoder(table, topic_prefix=f"bench{run}")
+    polls = _polls(table, -(-messages // len(MACHINES)) + 5)
     counter = _start_counter(broker.port, f"bench{run}/#", messages)
     outbox = Outbox(workdir / f"mqtt{run}.db", max_bytes=1 << 30)  # default sync="full": fsync per put
     publisher = MqttPublisher(MqttSink(url=broker.url), client_id=f"bench-pub-{run}")
@@ -104,7 +110,7 @@ async def mqtt_through_outbox(broker: Mosquitto, workdir: Path, messages: int, r
     while k * len(MACHINES) < messages:
         batch = []
         for _ in range(5):
-            batch += [encoder.raw(m, _poll(table, m, k)) for m in MACHINES]
+            batch += [encoder.raw(m, r) for m, r in zip(MACHINES, polls[k], strict=True)]
             k += 1
         await outbox.put_async(batch[: messages - (k - 5) * len(MACHINES)])
     assert await loop.wait_drained(120)
@@ -123,7 +129,12 @@ async def mqtt_through_outbox(broker: Mosquitto, workdir: Path, messages: int, r
 
 
 def mqtt_reference(broker: Mosquitto, messages: int, run: int) -> dict:
-    """paho alone (its own network thread), QoS 1, same payloads, no outbox, same subscriber load: the ceiling."""
+    """paho alone (its own network thread), QoS 1, same payloads, no outbox, same subscriber load: the ceiling.
+
+    paho's own in-flight limit is off (0): with a limit, paho walks every message it holds at each PUBACK
+    (`_update_inflight`), which is quadratic in the messages queued and held this reference at a third of
+    paho's speed. Without it, paho writes every message at once and the socket buffers are the window.
+    """
     table = _table()
     encoder = MqttEncoder(table, topic_prefix=f"ref{run}")
     payloads = [
@@ -131,7 +142,7 @@ def mqtt_reference(broker: Mosquitto, messages: int, run: int) -> dict:
     ]
     counter = _start_counter(broker.port, f"ref{run}/#", messages)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-ref-{run}", protocol=mqtt.MQTTv5)
-    client.max_inflight_messages_set(1000)
+    client.max_inflight_messages_set(0)
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
     time.sleep(0.2)
@@ -156,13 +167,14 @@ async def influx_through_outbox(vm: VictoriaMetrics, workdir: Path, points: int,
     loop = DeliveryLoop(outbox, writer, batch_records=1000, batch_values=5000, linger=0.05)
     measurement = f"benchrun{run}"
     sources = [Source(m.machine, equipment=measurement) for m in MACHINES]
+    polls = _polls(table, -(-points // (len(sources) * VALUES_PER_MESSAGE)) + 25)
     t0 = time.perf_counter()
     loop.start()
     k = 0
     while k * len(sources) * VALUES_PER_MESSAGE < points:
         batch = []
         for _ in range(25):  # 25 polls of 20 machines per transaction
-            batch += [encoder.raw(s, _poll(table, m, k)) for s, m in zip(sources, MACHINES, strict=True)]
+            batch += [encoder.raw(s, r) for s, r in zip(sources, polls[k], strict=True)]
             k += 1
         await outbox.put_async(batch)
     total = k * len(sources) * VALUES_PER_MESSAGE
