@@ -13,6 +13,14 @@ I4  A taken, unacknowledged record (in flight) is never dropped: the sink may be
 I5  `_bytes` equals the sum of `stored_size` over the rows in the table; the cap is enforced on it.
 I6  After a crash nothing is in flight: every stored record is delivered again (at least once);
     records acknowledged just before a crash may be delivered twice (consumers dedupe).
+
+Concurrency: puts run on a writer connection and thread, takes and acks on a reader connection and
+thread (WAL lets a reader work during a writer's fsync; SQLite serializes the two writers, put and
+ack). So a put never queues behind a take, and waits for an ack only for its short commit.
+`_lock` guards the memory state (`_taken_upto`, `_inflight`, `_bytes`, `_count`, counters).
+A put that fits only inserts rows above every id a take can have seen, so it needs `_lock` only to
+decide that it fits and to count what it added. A put that must drop holds `_lock` for its whole
+transaction: its victims must not be taken meanwhile (I4).
 """
 
 from __future__ import annotations
@@ -23,15 +31,17 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from edge_agent.records import Kind, Record, Stored
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Bytes counted per row on top of its key and payload: rowid, columns, b-tree cell and index entry.
 ROW_OVERHEAD = 64
@@ -84,9 +94,9 @@ class OutboxCounters:
 class Outbox:
     """A bounded on-disk FIFO of encoded records for one sink; every call is one SQLite transaction.
 
-    The methods are blocking; the event loop uses the `*_async` versions, which run them on the
-    outbox's own single thread (so SQLite and its fsyncs never block the loop, and the connection
-    is only ever used from one thread at a time).
+    The methods are blocking; the event loop uses the `*_async` versions, which run puts on the
+    outbox's writer thread and takes and acks on its reader thread (so SQLite and its fsyncs never
+    block the loop, and each connection is only ever used from one thread at a time).
     """
 
     def __init__(
@@ -112,7 +122,13 @@ class Outbox:
         self.sync = sync
         self.counters = OutboxCounters()
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"outbox-{self.name}")
+        self._put_lock = threading.Lock()  # one put at a time: its "fits" decision holds until it commits
+        # Serializes the two connections' write transactions. SQLite would too, but its busy handler
+        # sleeps 1, 2, 5... ms between tries; a lock hands over the moment the other commit ends.
+        # Order: _put_lock, then _lock, then _commit_lock.
+        self._commit_lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"outbox-{self.name}-put")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"outbox-{self.name}-take")
         self._inflight: dict[int, tuple[int, int]] = {}  # id -> (stored size, n)
         self._taken_upto = 0
         self._bytes = 0
@@ -123,13 +139,19 @@ class Outbox:
         # a separate lock: the event loop must never wait behind an fsync held under _lock
         self._waiters_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = self._open()
+        self._db = self._open()  # puts
+        self._rdb = self._connect(self.path)  # takes, acks, corrupt-record deletes
+        if self.sync == "full":
+            # A lost ack only means a duplicate delivery after a crash (I6), never a lost record, so
+            # acks commit without their own fsync; the next put's fsync of the WAL covers them.
+            self._rdb.execute("PRAGMA synchronous=NORMAL")
 
     # ------------------------------------------------------------------ opening and salvage
 
     def _connect(self, path: Path) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves so one call is exactly one transaction
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves so one call is exactly one transaction;
+        # the timeout is how long a put waits for an ack's commit (and the other way round)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60.0)
         # only takes effect for a new file: records are 0.5-5 KB, and with 4 KB pages most of them
         # straddle pages (put, and the delete at ack, cost about twice as much as with 16 KB pages)
         db.execute("PRAGMA page_size=16384")
@@ -197,31 +219,46 @@ class Outbox:
             for r in records
         ]
         incoming = sum(row[3] for row in rows)
-        with self._lock:
-            db = self._db
-            dropped: list[tuple[int, int]] = []
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if self._bytes + incoming <= self.max_bytes:
-                    # fast path: everything fits, one executemany
-                    db.executemany(
+        with self._put_lock:
+            with self._lock:
+                fits = self._bytes + incoming <= self.max_bytes
+            if fits:
+                # only acks and corrupt deletes change _bytes meanwhile, and they lower it: it still fits
+                self._transaction(
+                    lambda db: db.executemany(
                         "INSERT INTO records (kind, rank, n, size, crc, key, payload) VALUES (?,?,?,?,?,?,?)",
                         rows,
                     )
-                    added_bytes, added_rows = incoming, len(rows)
-                else:
-                    added_bytes, added_rows, dropped = self._put_when_full(rows)
+                )
+                with self._lock:
+                    self._counted_put(rows, incoming, len(rows), [])
+            else:
+                with self._lock:
+                    self._counted_put(rows, *self._transaction(lambda _db: self._put_when_full(rows)))
+        self._wake()
+
+    def _transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """`body` on the writer connection in one transaction: committed, or rolled back and re-raised."""
+        db = self._db
+        with self._commit_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(db)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            # memory state changes only after the commit, so a failed commit leaves I5 intact
-            self._bytes += added_bytes
-            self._count += added_rows
-            self.counters.put_records += len(rows)
-            self.counters.put_values += sum(row[2] for row in rows)
-            self._count_drops(dropped)
-        self._wake()
+        return result
+
+    def _counted_put(
+        self, rows: list[tuple], added_bytes: int, added_rows: int, dropped: list[tuple[int, int]]
+    ) -> None:
+        # memory state changes only after the commit, so a failed commit leaves I5 intact
+        self._bytes += added_bytes
+        self._count += added_rows
+        self.counters.put_records += len(rows)
+        self.counters.put_values += sum(row[2] for row in rows)
+        self._count_drops(dropped)
 
     def _put_when_full(self, rows: list[tuple]) -> tuple[int, int, list[tuple[int, int]]]:
         """Insert row by row, evicting by policy; returns (bytes added net, rows added net, [(kind, n) dropped])."""
@@ -307,7 +344,7 @@ class Outbox:
         out: list[Stored] = []
         corrupt: list[tuple[int, int]] = []
         with self._lock:
-            cursor = self._db.execute(
+            cursor = self._rdb.execute(
                 "SELECT id, kind, n, size, crc, key, payload FROM records WHERE id > ? ORDER BY id LIMIT ?",
                 (self._taken_upto, max_records),
             )
@@ -328,10 +365,15 @@ class Outbox:
         return out
 
     def _delete_corrupt(self, corrupt: list[tuple[int, int]]) -> None:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany("DELETE FROM records WHERE id = ?", [(rid,) for rid, _ in corrupt])
-        db.execute("COMMIT")
+        db = self._rdb
+        with self._commit_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("DELETE FROM records WHERE id = ?", [(rid,) for rid, _ in corrupt])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         self._bytes -= sum(size for _, size in corrupt)
         self._count -= len(corrupt)
         self.counters.corrupt_records += len(corrupt)
@@ -353,22 +395,16 @@ class Outbox:
             unknown = [i for i in ids if i not in self._inflight]
             if unknown:
                 raise ValueError(f"outbox {self.name}: ack of ids not in flight: {unknown[:5]}")
-            db = self._db
-            # A lost ack only means a duplicate delivery after a crash (I6), never a lost record,
-            # so the delete is committed without its own fsync; the next put's fsync covers it.
-            if self.sync == "full":
-                db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                # one range delete per run of consecutive ids (a batch is usually one run)
-                db.executemany("DELETE FROM records WHERE id BETWEEN ? AND ?", _runs(ids))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            finally:
-                if self.sync == "full":
-                    db.execute("PRAGMA synchronous=FULL")
+            db = self._rdb  # synchronous=NORMAL: no fsync of its own (see __init__)
+            with self._commit_lock:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    # one range delete per run of consecutive ids (a batch is usually one run)
+                    db.executemany("DELETE FROM records WHERE id BETWEEN ? AND ?", _runs(ids))
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
             for i in ids:
                 size, n = self._inflight.pop(i)
                 self._bytes -= size
@@ -383,8 +419,8 @@ class Outbox:
             self._taken_upto = 0
 
     async def release_async(self) -> None:
-        """`release` on the outbox thread, so it comes after any take still queued there."""
-        await self._run(self.release)
+        """`release` on the reader thread, so it comes after any take still queued there."""
+        await self._run(self._reader, self.release)
 
     # ------------------------------------------------------------------ state
 
@@ -402,34 +438,36 @@ class Outbox:
         return len(self._inflight)
 
     def close(self) -> None:
-        """Checkpoint and close the database; stops the outbox's thread."""
-        with self._lock:
+        """Finish queued calls, checkpoint and close the database; stops the outbox's threads."""
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+        with self._put_lock, self._lock:
+            self._rdb.close()
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._db.close()
-        self._executor.shutdown(wait=True)
 
     # ------------------------------------------------------------------ asyncio side
 
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _run(self, executor: ThreadPoolExecutor, fn, *args):  # type: ignore[no-untyped-def]
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     async def put_async(self, records: Sequence[Record]) -> None:
-        """`put` on the outbox thread."""
-        await self._run(self.put, records)
+        """`put` on the writer thread."""
+        await self._run(self._writer, self.put, records)
 
     async def take_async(self, max_records: int, max_bytes: int | None = None) -> list[Stored]:
-        """`take` on the outbox thread."""
-        result: list[Stored] = await self._run(self.take, max_records, max_bytes)
+        """`take` on the reader thread."""
+        result: list[Stored] = await self._run(self._reader, self.take, max_records, max_bytes)
         return result
 
     async def ack_async(self, ids: Sequence[int]) -> None:
-        """`ack` on the outbox thread."""
-        await self._run(self.ack, ids)
+        """`ack` on the reader thread."""
+        await self._run(self._reader, self.ack, ids)
 
     async def close_async(self) -> None:
-        """`close` on a helper thread (it waits for the outbox thread to finish)."""
+        """`close` on a helper thread (it waits for the outbox threads to finish)."""
         await asyncio.to_thread(self.close)
 
     def watch(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Event]:
