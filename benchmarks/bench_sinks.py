@@ -29,6 +29,11 @@ from edge_agent.records import LineProtocolEncoder, MqttEncoder, Source  # noqa:
 from edge_agent.sinks.delivery import DeliveryLoop  # noqa: E402
 from edge_agent.sinks.influx import InfluxWriter  # noqa: E402
 from edge_agent.sinks.mqtt import MqttPublisher  # noqa: E402
+from edge_agent.sinks.runtime import (  # noqa: E402
+    INFLUX_WRITES_IN_FLIGHT,
+    MQTT_BATCH_RECORDS,
+    MQTT_BATCHES_IN_FLIGHT,
+)
 from edge_agent.types import Readings, SignalTable  # noqa: E402
 from tests.services import Mosquitto, VictoriaMetrics  # noqa: E402
 
@@ -103,7 +108,9 @@ async def mqtt_through_outbox(broker: Mosquitto, workdir: Path, messages: int, r
     outbox = Outbox(workdir / f"mqtt{run}.db", max_bytes=1 << 30)  # default sync="full": fsync per put
     publisher = MqttPublisher(MqttSink(url=broker.url), client_id=f"bench-pub-{run}")
     await publisher.start()
-    loop = DeliveryLoop(outbox, publisher, batch_records=2000)
+    loop = DeliveryLoop(
+        outbox, publisher, batch_records=MQTT_BATCH_RECORDS, in_flight=MQTT_BATCHES_IN_FLIGHT
+    )  # as the agent runs it
     t0 = time.perf_counter()
     loop.start()
     k = 0
@@ -164,7 +171,9 @@ async def influx_through_outbox(vm: VictoriaMetrics, workdir: Path, points: int,
     outbox = Outbox(workdir / f"influx{run}.db", max_bytes=1 << 30)  # default sync="full": fsync per put
     writer = InfluxWriter(InfluxSink(url=vm.url), workdir / "dead.jsonl")
     await writer.start()
-    loop = DeliveryLoop(outbox, writer, batch_records=1000, batch_values=5000, linger=0.05)
+    loop = DeliveryLoop(
+        outbox, writer, batch_records=1000, batch_values=5000, linger=0.05, in_flight=INFLUX_WRITES_IN_FLIGHT
+    )
     measurement = f"benchrun{run}"
     sources = [Source(m.machine, equipment=measurement) for m in MACHINES]
     polls = _polls(table, -(-points // (len(sources) * VALUES_PER_MESSAGE)) + 25)

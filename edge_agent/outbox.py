@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: A registration for the next put's wake-up: the loop it is in and the event a put sets.
+Watch = tuple[asyncio.AbstractEventLoop, asyncio.Event]
+
 #: Bytes counted per row on top of its key and payload: rowid, columns, b-tree cell and index entry.
 ROW_OVERHEAD = 64
 
@@ -135,7 +138,7 @@ class Outbox:
         self._count = 0
         self._drop_log_at = 0.0
         self._drops_unlogged = 0
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._waiters: list[Watch] = []
         # a separate lock: the event loop must never wait behind an fsync held under _lock
         self._waiters_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -339,7 +342,9 @@ class Outbox:
 
     # ------------------------------------------------------------------ take / ack / release
 
-    def take(self, max_records: int, max_bytes: int | None = None) -> list[Stored]:
+    def take(
+        self, max_records: int, max_bytes: int | None = None, max_values: int | None = None
+    ) -> list[Stored]:
         """The oldest records not yet in flight (at least one if any, then up to the limits); they become in flight."""
         out: list[Stored] = []
         corrupt: list[tuple[int, int]] = []
@@ -349,14 +354,18 @@ class Outbox:
                 (self._taken_upto, max_records),
             )
             total = 0
+            values = 0
             for rid, kind, n, size, crc, key, payload in cursor:
                 if max_bytes is not None and out and total + size > max_bytes:
+                    break
+                if max_values is not None and out and values + n > max_values:
                     break
                 self._taken_upto = rid
                 if _crc(key, payload) != crc or kind not in _KINDS:
                     corrupt.append((rid, size))
                     continue
                 total += size
+                values += n
                 self._inflight[rid] = (size, n)
                 out.append(Stored(rid, Record(_KINDS[kind], key, bytes(payload), n)))
             cursor.close()
@@ -457,9 +466,11 @@ class Outbox:
         """`put` on the writer thread."""
         await self._run(self._writer, self.put, records)
 
-    async def take_async(self, max_records: int, max_bytes: int | None = None) -> list[Stored]:
+    async def take_async(
+        self, max_records: int, max_bytes: int | None = None, max_values: int | None = None
+    ) -> list[Stored]:
         """`take` on the reader thread."""
-        result: list[Stored] = await self._run(self._reader, self.take, max_records, max_bytes)
+        result: list[Stored] = await self._run(self._reader, self.take, max_records, max_bytes, max_values)
         return result
 
     async def ack_async(self, ids: Sequence[int]) -> None:
@@ -470,7 +481,7 @@ class Outbox:
         """`close` on a helper thread (it waits for the outbox threads to finish)."""
         await asyncio.to_thread(self.close)
 
-    def watch(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Event]:
+    def watch(self) -> Watch:
         """Start listening for puts now; pass the result to `wait_for_data` after a take came back empty.
 
         Registering before the take closes the gap in which a put lands after the take looked
@@ -481,15 +492,13 @@ class Outbox:
             self._waiters.append(entry)
         return entry
 
-    def unwatch(self, watched: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
+    def unwatch(self, watched: Watch) -> None:
         """Stop listening (the take found data after all)."""
         with self._waiters_lock:
             if watched in self._waiters:
                 self._waiters.remove(watched)
 
-    async def wait_for_data(
-        self, wait_s: float, watched: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
-    ) -> None:
+    async def wait_for_data(self, wait_s: float, watched: Watch | None = None) -> None:
         """Return when a put happened (since `watched` began, or from now) or after `wait_s` seconds."""
         entry = watched or self.watch()
         try:

@@ -7,12 +7,13 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from edge_agent.outbox import Outbox
-from edge_agent.records import Record
+from edge_agent.outbox import Outbox, Watch
+from edge_agent.records import Record, Stored
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,14 @@ class DeliveryCounters:
 
 
 class DeliveryLoop:
-    """Moves records from one outbox to one sink, oldest first; a failing sink only ever waits on itself."""
+    """Moves records from one outbox to one sink, oldest first; a failing sink only ever waits on itself.
+
+    Up to `in_flight` batches are sent at once (a stream of PUBACKs, several HTTP writes), and a batch is
+    sent as soon as it is taken, without waiting for the earlier ones to be acknowledged. Acks stay in
+    outbox order: a batch is acknowledged once it and every batch before it were accepted. When a send
+    fails, the batches after it are let finish, then all of them are sent again one by one, in order,
+    with backoff: a record may arrive twice (at least once), but the last copies arrive in order.
+    """
 
     def __init__(
         self,
@@ -78,7 +86,10 @@ class DeliveryLoop:
         linger: float = 0.0,
         idle_wait: float = 0.5,
         backoff: Backoff | None = None,
+        in_flight: int = 2,
     ) -> None:
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be at least 1 (got {in_flight})")
         self.outbox = outbox
         self.sink = sink
         self.batch_records = batch_records
@@ -86,6 +97,7 @@ class DeliveryLoop:
         self.linger = linger
         self.idle_wait = idle_wait
         self.backoff = backoff or Backoff()
+        self.in_flight = in_flight
         self.counters = DeliveryCounters()
         self._task: asyncio.Task[None] | None = None
         self._progress = asyncio.Event()  # set after every ack and every idle wait
@@ -122,46 +134,85 @@ class DeliveryLoop:
 
     async def run(self) -> None:
         """Deliver forever (until cancelled)."""
-        batch = await self._take()
-        while True:
-            if not batch:
-                self._progress.set()
-                # the prefetch may have looked before the latest puts: look again, listening first
-                watched = self.outbox.watch()
-                batch = await self._take()
-                if batch:
-                    self.outbox.unwatch(watched)
-                else:
-                    await self.outbox.wait_for_data(self.idle_wait, watched)
+        window: deque[tuple[list[Stored], asyncio.Future[None]]] = deque()  # sent, not yet acknowledged
+        watched: Watch | None = None
+        try:
+            while True:
+                # top up the window; listen for puts before each take, so a put just after an empty take wakes us
+                while len(window) < self.in_flight:
+                    if watched is None:
+                        watched = self.outbox.watch()
                     batch = await self._take()
-                continue
-            records = [s.record for s in batch]
-            # the next batch is read from disk while this one is on the wire; it is sent only after this
-            # one is accepted, so sends stay strictly in outbox order
-            upcoming = asyncio.ensure_future(self._take())
-            try:
-                await self._send_until_accepted(records)
-                await self.outbox.ack_async([s.id for s in batch])
-                c = self.counters
-                c.batches += 1
-                c.sent_records += len(records)
-                c.sent_values += sum(r.n for r in records)
-                c.last_success_unix = time.time()
-                self._progress.set()
-                batch = await upcoming
-            finally:
-                if not upcoming.done():
-                    upcoming.cancel()
+                    if not batch:
+                        break
+                    self.outbox.unwatch(watched)
+                    watched = None
+                    window.append((batch, asyncio.ensure_future(self.sink.send([s.record for s in batch]))))
+                if not window:
+                    self._progress.set()
+                    assert watched is not None
+                    await self.outbox.wait_for_data(self.idle_wait, watched)
+                    watched = None
+                    continue
+                oldest = window[0][1]
+                if watched is not None:
+                    # room in the window: send new data as it comes, without waiting for the oldest's acks
+                    news = asyncio.ensure_future(watched[1].wait())
+                    try:
+                        await asyncio.wait((oldest, news), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        news.cancel()
+                    if not oldest.done():
+                        self.outbox.unwatch(watched)
+                        watched = None
+                        continue
+                else:
+                    await asyncio.wait((oldest,))
+                if oldest.exception() is None:
+                    batch, _ = window.popleft()
+                    await self._acknowledge(batch)
+                else:
+                    await self._resend_in_order(window)
+        finally:
+            if watched is not None:
+                self.outbox.unwatch(watched)
+            for _, sending in window:
+                sending.cancel()
 
-    async def _take(self) -> list:
-        batch = await self.outbox.take_async(self.batch_records, None)
+    async def _acknowledge(self, batch: list[Stored]) -> None:
+        await self.outbox.ack_async([s.id for s in batch])
+        c = self.counters
+        c.batches += 1
+        c.sent_records += len(batch)
+        c.sent_values += sum(s.record.n for s in batch)
+        c.last_success_unix = time.time()
+        self._progress.set()
+
+    async def _resend_in_order(self, window: deque[tuple[list[Stored], asyncio.Future[None]]]) -> None:
+        """The oldest send failed: let the later ones finish, then send all of them again in order, acking each."""
+        await asyncio.wait([sending for _, sending in window])
+        error = window[0][1].exception()
+        if not isinstance(error, SinkError):
+            raise error  # type: ignore[misc]  # a bug, not an outage: let the task fail loudly
+        self._count_failure(error)
+        await asyncio.sleep(self._delay(error, 0))
+        while window:
+            batch, _ = window[0]
+            await self._send_until_accepted([s.record for s in batch], attempt=1)
+            window.popleft()
+            await self._acknowledge(batch)
+
+    async def _take(self) -> list[Stored]:
+        batch = await self.outbox.take_async(self.batch_records, None, self.batch_values)
         if not batch or self.batch_values is None:
             return batch
         # fill up to batch_values (e.g. lines per InfluxDB write), waiting at most `linger` for more data
         values = sum(s.record.n for s in batch)
         deadline = time.monotonic() + self.linger
         while values < self.batch_values and len(batch) < self.batch_records:
-            more = await self.outbox.take_async(self.batch_records - len(batch), None)
+            more = await self.outbox.take_async(
+                self.batch_records - len(batch), None, self.batch_values - values
+            )
             if more:
                 batch.extend(more)
                 values += sum(s.record.n for s in more)
@@ -172,24 +223,15 @@ class DeliveryLoop:
             await self.outbox.wait_for_data(remaining)
         return batch
 
-    async def _send_until_accepted(self, records: Sequence[Record]) -> None:
-        attempt = 0
+    async def _send_until_accepted(self, records: Sequence[Record], attempt: int = 0) -> None:
         c = self.counters
         while True:
             try:
                 await self.sink.send(records)
             except SinkError as exc:
-                c.failures += 1
-                c.consecutive_failures += 1
-                c.last_error = str(exc)
-                delay = self.backoff.delay(attempt)
-                if exc.retry_after is not None:
-                    delay = max(delay, exc.retry_after)
-                # the first failure of an outage is worth a line; the rest are counted, not logged
-                if c.consecutive_failures == 1:
-                    log.warning("sink %s: %s; retrying with backoff", self.sink.name, exc)
+                self._count_failure(exc)
+                await asyncio.sleep(self._delay(exc, attempt))
                 attempt += 1
-                await asyncio.sleep(delay)
                 continue
             if c.consecutive_failures:
                 log.info(
@@ -197,3 +239,18 @@ class DeliveryLoop:
                 )
             c.consecutive_failures = 0
             return
+
+    def _count_failure(self, exc: SinkError) -> None:
+        c = self.counters
+        c.failures += 1
+        c.consecutive_failures += 1
+        c.last_error = str(exc)
+        # the first failure of an outage is worth a line; the rest are counted, not logged
+        if c.consecutive_failures == 1:
+            log.warning("sink %s: %s; retrying with backoff", self.sink.name, exc)
+
+    def _delay(self, exc: SinkError, attempt: int) -> float:
+        delay = self.backoff.delay(attempt)
+        if exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        return delay

@@ -332,6 +332,8 @@ class MqttPublisher:
                     batch.error = f"publish to {record.key} failed: {mqtt.error_string(info.rc)}"
                     break
                 infos.append(info)
+            if batch.error:
+                break  # nothing after a failed message goes out: the sender resends from there, in order
             room -= len(infos) - before
         if qos == 0 or any(b.error for b in active):
             self._settle(active)
@@ -362,6 +364,7 @@ class MqttPublisher:
             if batch.error:
                 active.popleft()
                 batch.future.set_exception(SinkError(f"MQTT {self.host}:{self.port}: {batch.error}"))
+                self._fail(active, "not sent: an earlier batch failed")
             elif i == len(batch.records):
                 active.popleft()
                 batch.future.set_result(None)
@@ -370,6 +373,7 @@ class MqttPublisher:
                 batch.future.set_exception(
                     SinkError(f"MQTT broker {self.host}:{self.port}: no PUBACK within {self.ack_timeout} s")
                 )
+                self._fail(active, "not acknowledged: an earlier batch timed out")
             else:
                 return
 

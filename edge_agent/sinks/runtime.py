@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 
 Encode = Callable[[Output], list[Record]]
 
+#: MQTT delivery: records per take and batches on the wire at once (the publisher's own window,
+#: sinks.mqtt.max_inflight, still caps the messages without PUBACK)
+MQTT_BATCH_RECORDS = 200
+MQTT_BATCHES_IN_FLIGHT = 8
+#: InfluxDB writes in flight at once: the next body is compressed and sent while the server stores the last
+INFLUX_WRITES_IN_FLIGHT = 3
+
 
 def encode_output(encoder: MqttEncoder | LineProtocolEncoder, out: Output) -> list[Record]:
     """One batch of pipeline output as records of one sink's encoding."""
@@ -98,7 +105,9 @@ class SinkSet:
                 functools.partial(encode_output, mqtt_encoder),
                 outbox,
                 publisher,
-                batch_records=500,
+                # small batches, many in flight: a put is on the wire at once, not after the last batch's PUBACKs
+                batch_records=MQTT_BATCH_RECORDS,
+                in_flight=MQTT_BATCHES_IN_FLIGHT,
                 status=lambda st: mqtt_encoder.status(self.source, st),
             )
         if cfg.influx is not None:
@@ -117,6 +126,7 @@ class SinkSet:
                 batch_records=1000,
                 batch_values=cfg.influx.batch_size,
                 linger=cfg.influx.flush_interval,
+                in_flight=INFLUX_WRITES_IN_FLIGHT,
                 status=lambda st: line_encoder.status(self.source, st),
             )
         self._metrics_task = asyncio.create_task(self._export_metrics(), name="sink-metrics")
@@ -130,10 +140,16 @@ class SinkSet:
         batch_records: int,
         batch_values: int | None = None,
         linger: float = 0.0,
+        in_flight: int = 2,
         status: Callable[[AgentStatus], Record] | None = None,
     ) -> None:
         loop = DeliveryLoop(
-            outbox, sink, batch_records=batch_records, batch_values=batch_values, linger=linger
+            outbox,
+            sink,
+            batch_records=batch_records,
+            batch_values=batch_values,
+            linger=linger,
+            in_flight=in_flight,
         )
         channel = SinkChannel(name, encode, outbox, sink, loop, encode_status=status)
         channel.writer = asyncio.create_task(self._write(channel), name=f"outbox-writer-{name}")

@@ -1,0 +1,80 @@
+"""The delivery loop with several batches in flight: streaming sends, acks in outbox order, in-order resends after a failure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_agent.outbox import Outbox
+from edge_agent.records import Kind, Record
+from edge_agent.sinks.delivery import Backoff, DeliveryLoop, SinkError
+
+
+class SlowSink:
+    """Accepts each send after `delay` seconds; fails the sends listed in `fail_calls` (1-based call numbers)."""
+
+    name = "slow"
+
+    def __init__(self, delay: float, fail_calls: Sequence[int] = ()) -> None:
+        self.delay = delay
+        self.fail_calls = set(fail_calls)
+        self.calls = 0
+        self.concurrent = 0
+        self.most_concurrent = 0
+        self.accepted: list[int] = []  # record numbers, in the order of accepted sends
+
+    async def send(self, records: Sequence[Record]) -> None:
+        self.calls += 1
+        call = self.calls
+        self.concurrent += 1
+        self.most_concurrent = max(self.most_concurrent, self.concurrent)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.concurrent -= 1
+        if call in self.fail_calls:
+            raise SinkError(f"send {call} refused")
+        self.accepted += [int(r.payload) for r in records]
+
+
+def _records(first: int, count: int) -> list[Record]:
+    return [Record(Kind.RAW, "m", str(i).encode()) for i in range(first, first + count)]
+
+
+async def test_batches_stream_without_waiting_for_earlier_acks(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    sink = SlowSink(delay=0.3)
+    loop = DeliveryLoop(outbox, sink, batch_records=10, in_flight=4)
+    loop.start()
+    try:
+        for k in range(4):  # four puts while the first send is still on the wire
+            await outbox.put_async(_records(k * 10, 10))
+            await asyncio.sleep(0.02)
+        assert await loop.wait_drained(5.0)
+    finally:
+        await loop.stop()
+        await outbox.close_async()
+    assert sink.most_concurrent >= 3  # each put went out at once, not after the PUBACKs of the one before
+    assert sink.accepted == list(range(40))
+    assert outbox.counters.acked_records == 40
+
+
+async def test_a_failed_batch_is_resent_with_the_ones_after_it_in_order(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    await outbox.put_async(_records(0, 50))
+    sink = SlowSink(delay=0.05, fail_calls=[2])
+    loop = DeliveryLoop(outbox, sink, batch_records=10, in_flight=3, backoff=Backoff(0.01, 0.05))
+    loop.start()
+    try:
+        assert await loop.wait_drained(5.0)
+    finally:
+        await loop.stop()
+        await outbox.close_async()
+    # batch 2 failed while later batches were in flight and got through: they are sent again after it
+    assert sink.accepted[:20] == list(range(10)) + list(range(20, 30))
+    assert sorted(set(sink.accepted)) == list(range(50))
+    last_copy = {n: i for i, n in enumerate(sink.accepted)}
+    assert sorted(last_copy, key=last_copy.__getitem__) == list(range(50))
+    assert loop.counters.failures == 1 and loop.counters.consecutive_failures == 0
+    assert outbox.counters.acked_records == 50 and len(outbox) == 0
