@@ -326,3 +326,23 @@ def test_alarms_without_delays_equal_the_tracker() -> None:
     assert n_events > 200
     np.testing.assert_array_equal(fast.alarms.active, slow.alarms.active)
     np.testing.assert_array_equal(fast.alarm_on, slow.alarm_on)
+
+
+@pytest.mark.parametrize("full_ticks", [True, False])
+def test_window_statistics_survive_a_spike_and_a_level_change(full_ticks: bool) -> None:
+    """Running window sums: a 1e12 spike leaving the window and a jump of 1e6 do not leave rounding behind."""
+    rng = np.random.default_rng(2)
+    S, W, n = 4, 20, 400
+    eng = SpcEngine(S, SpcParams(window=W, phase1_n=10), max_window=W)
+    x = 1e4 + 1e-3 * rng.standard_normal((n, S))
+    x[100, :] = 1e12  # a glitch
+    x[250:, 1] += 1e6  # a unit change on one signal
+    for i in range(n):
+        rows = np.arange(S) if full_ticks else rng.permutation(S)
+        eng.update(Readings.of(rows, i, x[i, rows]))
+        if i in (110, 121, 130, 260, 275, n - 1):
+            win = x[i - W + 1 : i + 1]
+            s = eng.snapshot()
+            np.testing.assert_allclose(s["mean"], win.mean(0), rtol=1e-12, err_msg=str(i))
+            np.testing.assert_allclose(s["sd"], win.std(0, ddof=1), rtol=1e-7, err_msg=str(i))
+            assert s["min"].tolist() == win.min(0).tolist() and s["max"].tolist() == win.max(0).tolist()

@@ -128,7 +128,8 @@ _U8 = np.uint8
 _U32 = np.uint32
 
 
-_STATS_BLOCK = 2048  # rows per block when snapshot() reduces the ring buffer
+_BLOCK = 8192  # rows per block of a full tick: a block's float temporaries (64 KB each) stay in L2
+_EXACT_EVERY = 128  # update rounds between two exact recomputes of a row's window sums
 _RUN_CAP = 15  # run counters saturate here: the longest run a rule asks for (N7)
 
 
@@ -188,6 +189,7 @@ class SpcEngine:
         self.given_sigma = np.full(S, np.nan)
         self._has_spec = False
         self._sub_rows = np.empty(0, np.int64)  # rows with subgroups (subgroup_n >= 2)
+        self._sub_all = False
         # counters
         self.n_good = np.zeros(S, np.int64)
         self.n_missing = np.zeros(S, np.int64)
@@ -195,11 +197,32 @@ class SpcEngine:
         self._missing_runs = False  # some row may have missing_run > 0
         self.last_t = np.full(S, -1, np.int64)
         self.prev = np.full(S, np.nan)
-        # rolling window: ring buffer, time-major so a full tick writes one contiguous row;
-        # mean/sd/min/max are evaluated exactly from it at read-out (snapshot), not per sample
+        # rolling window: ring buffer, time-major so a full tick writes one contiguous row. Every
+        # sample updates the sums of (v - ref) and (v - ref)² with ref near the window mean (kept
+        # doubled in win_ref2), which keeps the variance free of cancellation. The sums are recomputed
+        # exactly from the buffer for every row once per _EXACT_EVERY update rounds, and at once for a
+        # row whose update changed the sum of squares by more than half of what is left (a spike
+        # leaving the window). A level change of many sigmas waits for the rotation: until then the
+        # variance carries a relative error of about 1e-16·(jump / sd)².
         self.buf = np.zeros((W, S))
         self.pos = np.zeros(S, np.int32)
         self.fill = np.zeros(S, np.int32)
+        self.win_ref2 = np.zeros(S)
+        self.win_s1 = np.zeros(S)
+        self.win_s2 = np.zeros(S)
+        # min/max (van Herk / Gil-Werman): the ring is read in passes of `window` slots; the window is
+        # this pass's slots so far (running min/max `pfx_*`) and the previous pass's slots after the
+        # current one (`sfx_*[p]` = min/max of slots p+1..window-1, computed when a pass completes)
+        self.pfx_min = np.full(S, np.inf)
+        self.pfx_max = np.full(S, -np.inf)
+        self.sfx_min = np.full((W, S), np.inf)
+        self.sfx_max = np.full((W, S), -np.inf)
+        self.win_min = np.full(S, np.inf)
+        self.win_max = np.full(S, -np.inf)
+        self._exact_next = 0  # first row of the next exact recompute
+        # (pos, window) while every row has that ring position and window and a full window: a full
+        # tick then writes one buffer row and `pos` is brought up to date only when leaving this state
+        self._lock: tuple[int, int] | None = None
         # phase I (the number of moving ranges is p1_n - 1: the first sample has none)
         self.phase = np.zeros(S, np.int8)
         self.p1_n = np.zeros(S, np.int64)
@@ -262,7 +285,9 @@ class SpcEngine:
         self.cap_k = np.zeros(S, np.int64)
         # scratch for the per-sample temporaries: a fresh 8·S-byte array per operation would cost page faults
         self._tmp = np.empty((5, S))
+        self._btmp = np.empty((4, S), _U8)
         self._mtmp = np.empty(S, np.uint32)
+        self._flags = np.empty((4, S), bool)  # phase I, subgroup done, window extreme evicted, spare
         # alarms: one channel per (row, kind); per row one bit per kind says the channel is active
         # (alarm_on) or waits out a persistence delay (alarm_wait), so only channels that can change
         # state go to the tracker; `alarm_busy` (either byte not zero) lets idle rows skip even that
@@ -332,6 +357,7 @@ class SpcEngine:
         # whole-engine facts that let a full tick skip work: any spec limit at all, which rows have subgroups
         self._has_spec = bool(np.isfinite(self.lsl).any() or np.isfinite(self.usl).any())
         self._sub_rows = np.flatnonzero(self.sub_n >= 2)
+        self._sub_all = self._sub_rows.size == self.capacity
         for a, val in (
             (self.n_good, 0),
             (self.n_missing, 0),
@@ -342,7 +368,11 @@ class SpcEngine:
             (self.fill, 0),
         ):
             a[r] = val
+        self._unlock()
         self.buf[:, r] = 0.0
+        self.win_ref2[r], self.win_s1[r], self.win_s2[r] = 0.0, 0.0, 0.0
+        self.win_min[r], self.win_max[r] = np.inf, -np.inf
+        self.sfx_min[:, r], self.sfx_max[:, r] = np.inf, -np.inf
         self.rebaseline(r)
 
     def rebaseline(
@@ -452,40 +482,43 @@ class SpcEngine:
     ) -> None:
         """One vectorized step: each row in `r` (unique; `ra` the same rows as an array) gets one good value.
 
-        For a full tick `r` is slice(None): every state array is then a view updated in place.
-        Otherwise `r` holds row numbers and each array is gathered, updated and written back
-        (`_put`). Both run the same arithmetic, so they give identical results.
+        For a full tick `r` is slice(None): the per-sample work then runs over blocks of
+        _BLOCK rows, each a set of contiguous views updated in place, so the temporaries of
+        one block stay in cache. (This Python loop is over cache-sized blocks, ~S/8192
+        iterations, not over signals or values.) Otherwise `r` holds row numbers and each
+        array is gathered, updated and written back (`_put`). Both run the same arithmetic
+        on every row, so they give identical results.
         """
         full = isinstance(r, slice)
-        self.n_good[r] += 1
+        n = x.shape[0]
         if self._missing_runs:
             self.missing_run[r] = 0
             self._missing_runs = not full
-        self.last_t[r] = t
-        n = x.shape[0]
-        dx = np.subtract(x, self.prev[r], out=self._tmp[0, :n])  # NaN where there is no previous value
-        self.prev[r] = x
-        mr = np.abs(dx, out=self._tmp[1, :n])
-        self._window(r, ra, x)
-        self._capability(r, x, mr)
-        in1 = self.phase[r] == 0
+        mask = self._mtmp[:n]
+        in1, done, redo = self._flags[0, :n], self._flags[1, :n], self._flags[2, :n]
+        if full:
+            if self._lock is None:
+                self._try_lock()
+            for a in range(0, n, _BLOCK):
+                blk = slice(a, min(a + _BLOCK, n))
+                self._step(blk, ra[blk], x[blk], t[blk], in1[blk], mask[blk], done[blk], redo[blk])
+            if self._lock is not None:
+                p, w = self._lock
+                self._lock = ((p + 1) % w, w)
+        else:
+            self._unlock()
+            self._step(r, ra, x, t, in1, mask, done, redo)
+        self._refresh_extremes(ra, redo)
+        self._exact_window_block()
         any1 = bool(in1.any())
-        if any1:
-            i1 = np.flatnonzero(in1)
-            self._phase1(ra[i1], x[i1], mr[i1])
-        # phase I rows run through the monitor too (cheaper than splitting the arrays); their
-        # monitor state is reset when phase II starts and their bits are dropped here
-        mask = self._monitor(r, x, dx, mr)
-        if any1:
-            mask[in1] = 0
-        self._subgroups(r, ra, x, in1, mask)
+        self._close_subgroups(r, ra, in1, done, mask)
         if any1:
             r1 = ra[in1]
-            done = r1[self.p1_n[r1] >= self.phase1_n[r1]]
-            if done.size:
-                self._finish_phase1(done)
+            ended = r1[self.p1_n[r1] >= self.phase1_n[r1]]
+            if ended.size:
+                self._finish_phase1(ended)
         self.mask[r] = mask
-        nz = np.flatnonzero(mask)
+        nz = np.flatnonzero(mask != 0)  # flatnonzero is several times faster on bool than on uint32
         if nz.size:
             hits.append(RuleHits(ra[nz].astype(np.int32), t[nz], x[nz], mask[nz]))
         if not (any1 and in1.all()):
@@ -493,20 +526,189 @@ class SpcEngine:
             if len(ev):
                 events.append(ev)
 
-    def _window(self, r: slice | NDArray[np.int64], ra: NDArray[np.int64], x: NDArray[np.float64]) -> None:
-        p = self.pos[r]
-        if isinstance(r, slice) and bool((p == p[0]).all()):
-            self.buf[int(p[0])] = x  # rows in lockstep: one contiguous row of the buffer
+    def _step(
+        self,
+        r: slice | NDArray[np.int64],
+        ra: NDArray[np.int64],
+        x: NDArray[np.float64],
+        t: NDArray[np.int64],
+        in1: NDArray[np.bool_],
+        mask: NDArray[np.uint32],
+        done: NDArray[np.bool_],
+        redo: NDArray[np.bool_],
+    ) -> None:
+        """Per-sample work for the rows `r` (a block of a full tick or gathered rows): counters, window, capability, phase I, rules, subgroup sums."""
+        n = x.shape[0]
+        self.n_good[r] += 1
+        self.last_t[r] = t
+        prev = self.prev[r]
+        dx = np.subtract(x, prev, out=self._tmp[0, :n])  # NaN where there is no previous value
+        if isinstance(r, slice):
+            np.copyto(prev, x)
         else:
-            self.buf.reshape(-1)[p.astype(np.int64) * self.capacity + ra] = x
-        w = self.window[r]
-        p += 1
-        np.copyto(p, 0, where=p >= w)
-        _put(self.pos, r, p)
-        f = self.fill[r]
-        f += 1
-        np.minimum(f, w, out=f)
-        _put(self.fill, r, f)
+            self.prev[r] = x
+        mr = np.abs(dx, out=self._tmp[1, :n])
+        self._window(r, ra, x, redo)
+        self._capability(r, x, mr)
+        np.equal(self.phase[r], 0, out=in1)
+        any1 = bool(in1.any())
+        if any1:
+            i1 = np.flatnonzero(in1)
+            self._phase1(ra[i1], x[i1], mr[i1])
+        # phase I rows run through the monitor too (cheaper than splitting the arrays); their
+        # monitor state is reset when phase II starts and their bits are dropped here
+        self._monitor(r, x, dx, mr, mask)
+        if any1:
+            mask[in1] = 0
+        self._add_to_subgroups(r, x, done)
+
+    def _try_lock(self) -> None:
+        """Enter the lockstep ring state when every row has the same position and window and a full window."""
+        p, w = int(self.pos[0]), int(self.window[0])
+        if (self.pos == p).all() and (self.window == w).all() and (self.fill == w).all():
+            self._lock = (p, w)
+
+    def _unlock(self) -> None:
+        """Leave the lockstep ring state: write the common position back to every row."""
+        if self._lock is not None:
+            self.pos[:] = self._lock[0]
+            self._lock = None
+
+    def _window(
+        self,
+        r: slice | NDArray[np.int64],
+        ra: NDArray[np.int64],
+        x: NDArray[np.float64],
+        redo: NDArray[np.bool_],
+    ) -> None:
+        """Write each row's new value into its ring slot; update the window sums, min and max; `redo` marks rows to recompute exactly."""
+        n = x.shape[0]
+        S = self.capacity
+        ref2, s1, s2 = self.win_ref2[r], self.win_s1[r], self.win_s2[r]
+        pmn, pmx = self.pfx_min[r], self.pfx_max[r]
+        mn, mx = self.win_min[r], self.win_max[r]
+        lock = self._lock if isinstance(r, slice) else None
+        if lock is not None:
+            p0, w0 = lock
+            slot = self.buf[p0, r]  # every row evicts the value in this slot
+            old: NDArray[np.float64] = slot
+            smn, smx = self.sfx_min[p0, r], self.sfx_max[p0, r]
+        else:
+            p = self.pos[r]
+            flat = p.astype(np.int64) * S + ra
+            old = self.buf.reshape(-1)[flat]
+            smn, smx = self.sfx_min.reshape(-1)[flat], self.sfx_max.reshape(-1)[flat]
+            f = self.fill[r]
+            w = self.window[r]
+            first = f == 0
+            if first.any():
+                np.copyto(ref2, 2.0 * x, where=first)
+            # a slot not yet in the window evicts nothing: as old = ref it adds (x - ref) and (x - ref)²
+            np.copyto(old, ref2 * 0.5, where=f < w)
+        d = np.subtract(x, old, out=self._tmp[2, :n])
+        s1 += d
+        # (x - ref)² - (old - ref)² = (x - old)·(x + old - 2·ref)
+        e = np.add(x, old, out=self._tmp[3, :n])
+        e -= ref2
+        e *= d
+        s2 += e
+        # a change larger than what is left (a spike leaving, or leaving a centre it had pulled
+        # away) loses the sums to cancellation: such rows are recomputed exactly
+        np.abs(e, out=e)
+        e += e
+        np.greater(e, s2, out=redo)
+        if lock is not None:
+            slot[...] = x
+            if p0 == 0:
+                np.copyto(pmn, x)
+                np.copyto(pmx, x)
+            else:
+                np.minimum(pmn, x, out=pmn)
+                np.maximum(pmx, x, out=pmx)
+            np.minimum(pmn, smn, out=mn)
+            np.maximum(pmx, smx, out=mx)
+            if p0 == w0 - 1:
+                # pass complete: suffix min/max of its slots for the next pass
+                blk = self.buf[w0 - 1 : 0 : -1, r]
+                np.minimum.accumulate(blk, axis=0, out=self.sfx_min[w0 - 2 :: -1, r])
+                np.maximum.accumulate(blk, axis=0, out=self.sfx_max[w0 - 2 :: -1, r])
+        else:
+            self.buf.reshape(-1)[flat] = x
+            np.minimum(pmn, x, out=pmn)
+            np.maximum(pmx, x, out=pmx)
+            start = p == 0
+            np.copyto(pmn, x, where=start)
+            np.copyto(pmx, x, where=start)
+            np.minimum(pmn, smn, out=mn)
+            np.maximum(pmx, smx, out=mx)
+            p += 1
+            ended = np.flatnonzero(p >= w)
+            if ended.size:
+                p[ended] = 0
+                self._suffix_extremes(ra[ended], w[ended])
+            _put(self.pos, r, p)
+            f += 1
+            np.minimum(f, w, out=f)
+            _put(self.fill, r, f)
+        for arr, v in ((self.win_ref2, ref2), (self.win_s1, s1), (self.win_s2, s2)):
+            _put(arr, r, v)
+        for arr, v in ((self.pfx_min, pmn), (self.pfx_max, pmx), (self.win_min, mn), (self.win_max, mx)):
+            _put(arr, r, v)
+
+    def _suffix_extremes(self, rows: NDArray[np.int64], w: NDArray[np.int32]) -> None:
+        """Suffix min/max of the pass the rows just completed (slots past a row's window count as empty)."""
+        W = self.max_window
+        v = self.buf[:, rows]
+        unused = np.arange(W)[:, None] >= w
+        lo = np.where(unused, np.inf, v)
+        hi = np.where(unused, -np.inf, v)
+        smn = np.full((W, rows.shape[0]), np.inf)
+        smx = np.full((W, rows.shape[0]), -np.inf)
+        np.minimum.accumulate(lo[W - 1 : 0 : -1], axis=0, out=smn[W - 2 :: -1])
+        np.maximum.accumulate(hi[W - 1 : 0 : -1], axis=0, out=smx[W - 2 :: -1])
+        self.sfx_min[:, rows] = smn
+        self.sfx_max[:, rows] = smx
+
+    def _refresh_extremes(self, ra: NDArray[np.int64], redo: NDArray[np.bool_]) -> None:
+        """Recompute the window sums exactly for rows whose update lost precision to cancellation."""
+        i = np.flatnonzero(redo)
+        if i.size:
+            self._set_exact(ra[i])
+
+    def _exact_window_block(self) -> None:
+        """Recompute the window sums of the next block of rows exactly (rotating), bounding their drift."""
+        S = self.capacity
+        a = self._exact_next
+        b = min(a + -(-S // _EXACT_EVERY), S)
+        self._exact_next = 0 if b >= S else b
+        self._set_exact(slice(a, b))
+
+    def _set_exact(self, rows: slice | NDArray[np.int64]) -> None:
+        """Restart the running window sums of `rows` from the buffer, centred on the exact mean."""
+        ref, s2 = self._exact_window(rows)
+        self.win_ref2[rows] = 2.0 * ref
+        self.win_s2[rows] = s2
+        self.win_s1[rows] = 0.0
+
+    def _exact_window(
+        self, rows: slice | NDArray[np.int64]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Two-pass mean and sum of squared deviations of each row's window (0 and 0 when empty)."""
+        W = self.max_window
+        f = self.fill[rows]
+        v = self.buf[:, rows]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if bool((f == W).all()):
+                mean = v.sum(0) / W
+                d = v - mean
+            else:
+                # slots at or past a row's fill are unused (a shorter window or not yet filled)
+                valid = np.arange(W)[:, None] < f
+                mean = np.where(valid, v, 0.0).sum(0) / f
+                d = np.where(valid, v - mean, 0.0)
+                mean[f == 0] = 0.0
+            d *= d
+            return mean, d.sum(0)
 
     def _capability(
         self, r: slice | NDArray[np.int64], x: NDArray[np.float64], mr: NDArray[np.float64]
@@ -542,35 +744,30 @@ class SpcEngine:
         self.p1_mr[r] += np.where(first, 0.0, mr)
         self.p1_n[r] = n + 1
 
-    def _subgroups(
-        self,
-        r: slice | NDArray[np.int64],
-        ra: NDArray[np.int64],
-        x: NDArray[np.float64],
-        in1: NDArray[np.bool_],
-        mask: NDArray[np.uint32],
+    def _add_to_subgroups(
+        self, r: slice | NDArray[np.int64], x: NDArray[np.float64], done: NDArray[np.bool_]
     ) -> None:
-        """Run the X̄-R/X̄-S charts on the rows of `r` that have subgroups; OR their bits into `mask`."""
-        # in a full tick positions are row numbers
-        idx = self._sub_rows if isinstance(r, slice) else np.flatnonzero(self.sub_n[ra] >= 2)
+        """Add one value to the current subgroup of each row of `r` that has subgroups; `done` marks the completed ones."""
+        full = isinstance(r, slice)
+        if full and self._sub_all:
+            self._subgroup_add(r, x, done)
+            return
+        done[:] = False
+        ra: NDArray[np.int64] = self._rows[r] if isinstance(r, slice) else r
+        idx = np.flatnonzero(self.sub_n[ra] >= 2) if self._sub_rows.size else self._sub_rows
         if idx.size == 0:
             return
         if idx.size == x.shape[0]:
-            i, bits = self._subgroup(r, ra, x, in1)
-            mask[i] |= bits
+            self._subgroup_add(r, x, done)
         else:
-            rows = ra[idx]
-            i, bits = self._subgroup(rows, rows, x[idx], in1[idx])
-            mask[idx[i]] |= bits
+            dn = np.empty(idx.size, bool)
+            self._subgroup_add(ra[idx], x[idx], dn)
+            done[idx] = dn
 
-    def _subgroup(
-        self,
-        r: slice | NDArray[np.int64],
-        ra: NDArray[np.int64],
-        x: NDArray[np.float64],
-        in1: NDArray[np.bool_],
-    ) -> tuple[NDArray[np.intp], NDArray[np.uint32]]:
-        """Add one value to each row's current subgroup; return the positions whose completed subgroup fired and their bits."""
+    def _subgroup_add(
+        self, r: slice | NDArray[np.int64], x: NDArray[np.float64], done: NDArray[np.bool_]
+    ) -> None:
+        """Running sums, min and max of each row's current subgroup; `done` is set where the subgroup is complete."""
         k = self.sg_k[r]
         ref, s1, s2 = self.sg_ref[r], self.sg_s1[r], self.sg_s2[r]
         mn, mx = self.sg_min[r], self.sg_max[r]
@@ -588,45 +785,61 @@ class SpcEngine:
         np.minimum(mn, x, out=mn)
         np.maximum(mx, x, out=mx)
         k += 1
-        n = self.sub_n[r]
-        done = k >= n
+        np.greater_equal(k, self.sub_n[r], out=done)
         np.copyto(k, 0, where=done)
         for arr, v in ((self.sg_k, k), (self.sg_ref, ref), (self.sg_s1, s1), (self.sg_s2, s2)):
             _put(arr, r, v)
         _put(self.sg_min, r, mn)
         _put(self.sg_max, r, mx)
-        none = np.empty(0, np.intp), np.empty(0, np.uint32)
-        if not done.any():
-            return none
+
+    def _close_subgroups(
+        self,
+        r: slice | NDArray[np.int64],
+        ra: NDArray[np.int64],
+        in1: NDArray[np.bool_],
+        done: NDArray[np.bool_],
+        mask: NDArray[np.uint32],
+    ) -> None:
+        """Statistics of the subgroups completed in this round; phase I ones feed the limits, phase II ones the X̄-R/X̄-S rules."""
         i = np.flatnonzero(done)
-        rd, nd = ra[i], n[i].astype(F64)
-        xbar = ref[i] + s1[i] / nd
-        rng = mx[i] - mn[i]
-        sd = np.sqrt(np.maximum(0.0, (s2[i] - s1[i] * s1[i] / nd) / (nd - 1)))
+        if i.size == 0:
+            return
+        # every row completed at once (subgroups in step): slices instead of gathers
+        rd: slice | NDArray[np.int64] = r if isinstance(r, slice) and i.size == ra.shape[0] else ra[i]
+        n = self.sub_n[rd]
+        nd = n.astype(F64)
+        s1, s2 = self.sg_s1[rd], self.sg_s2[rd]
+        xbar = self.sg_ref[rd] + s1 / nd
+        rng = self.sg_max[rd] - self.sg_min[rd]
+        sd = np.sqrt(np.maximum(0.0, (s2 - s1 * s1 / nd) / (nd - 1)))
         self.last_xbar[rd], self.last_r[rd], self.last_s[rd] = xbar, rng, sd
         self.cap_r[rd] += rng
         self.cap_s[rd] += sd
         self.cap_k[rd] += 1
         p1 = in1[i]
-        if p1.any():
-            rp = rd[p1]
+        any1 = bool(p1.any())
+        if any1:
+            rp = ra[i[p1]]
             self.p1_xbar[rp] += xbar[p1]
             self.p1_r[rp] += rng[p1]
             self.p1_s[rp] += sd[p1]
             self.p1_k[rp] += 1
-        m2 = ~p1
-        if not m2.any():
-            return none
-        rm, ni = rd[m2], n[i][m2]
-        xb, rg, s = xbar[m2], rng[m2], sd[m2]
-        xcl, rbar, sbar = self.xcl[rm], self.rbar[rm], self.sbar[rm]
-        a2 = C.A2[ni] * rbar
-        a3 = C.A3[ni] * sbar
-        m = _bits((xb > xcl + a2) | (xb < xcl - a2), Rule.XBAR_R)
-        m |= _bits((rg > C.D4[ni] * rbar) | (rg < C.D3[ni] * rbar), Rule.R_OUT)
-        m |= _bits((xb > xcl + a3) | (xb < xcl - a3), Rule.XBAR_S)
-        m |= _bits((s > C.B4[ni] * sbar) | (s < C.B3[ni] * sbar), Rule.S_OUT)
-        return i[m2], m
+            if p1.all():
+                return
+            m2 = np.flatnonzero(~p1)
+            i, n, xbar, rng, sd = i[m2], n[m2], xbar[m2], rng[m2], sd[m2]
+            rd = ra[i]
+        xcl, rbar, sbar = self.xcl[rd], self.rbar[rd], self.sbar[rd]
+        a2 = C.A2[n] * rbar
+        a3 = C.A3[n] * sbar
+        m = _bits((xbar > xcl + a2) | (xbar < xcl - a2), Rule.XBAR_R)
+        m |= _bits((rng > C.D4[n] * rbar) | (rng < C.D3[n] * rbar), Rule.R_OUT)
+        m |= _bits((xbar > xcl + a3) | (xbar < xcl - a3), Rule.XBAR_S)
+        m |= _bits((sd > C.B4[n] * sbar) | (sd < C.B3[n] * sbar), Rule.S_OUT)
+        if i.size == mask.shape[0]:
+            mask |= m
+        else:
+            mask[i] |= m
 
     def _finish_phase1(self, r: NDArray[np.int64]) -> None:
         n = self.p1_n[r].astype(F64)
@@ -668,11 +881,15 @@ class SpcEngine:
         x: NDArray[np.float64],
         dx: NDArray[np.float64],
         mr: NDArray[np.float64],
-    ) -> NDArray[np.uint32]:
-        """Phase II rule mask of one sample per row, updating rule histories, EWMA and CUSUM in place."""
+        m: NDArray[np.uint32],
+    ) -> None:
+        """Phase II rule mask of one sample per row into `m`, updating rule histories, EWMA and CUSUM in place."""
         n = x.shape[0]
         # the mask is built as three bytes (bits 0-7, 8-15, 16-23): uint8 passes are far cheaper than uint32 ones
-        b0, b1, b2, tmp = (np.zeros(n, _U8) for _ in range(4))
+        b0, b1, b2, tmp = self._btmp[:, :n]
+        b0[...] = 0
+        b1[...] = 0
+        b2[...] = 0
         cl = self.cl[r]
         z = np.subtract(x, cl, out=self._tmp[2, :n])
         z /= self.sigma[r]
@@ -771,13 +988,11 @@ class SpcEngine:
         if self._has_spec:
             _set(b2, x > self.usl[r], Rule.ABOVE_USL >> 16, tmp)
             _set(b2, x < self.lsl[r], Rule.BELOW_LSL >> 16, tmp)
-        m = self._mtmp[:n]
         np.copyto(m, b2)
         m *= 256
         m |= b1
         m *= 256
         m |= b0
-        return m
 
     def _alarm(
         self,
@@ -800,7 +1015,7 @@ class SpcEngine:
         work = raised ^ on
         work |= self.alarm_wait[rows]
         # bit k of row i unpacks to position 8·i + k; only bits below _N_KINDS are ever set
-        sel = np.flatnonzero(np.unpackbits(work, bitorder="little"))
+        sel = np.flatnonzero(np.unpackbits(work, bitorder="little").view(bool))
         if sel.size == 0:
             return AlarmEvents.empty()
         loc, kind = sel >> 3, sel & 7
@@ -868,7 +1083,7 @@ class SpcEngine:
         """Indicator arrays for `rows` (all rows when None); NaN means no data, the reason_* arrays say why (NoData codes)."""
         r = self._rows if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
         check_rows("SpcEngine.snapshot rows", r, self.capacity)
-        mean, sd, mn, mx = self._window_stats(None if rows is None else r)
+        mean, sd, mn, mx = self._window_stats(r)
         ph2 = self.phase[r] == 1
         cl, sg = self.cl[r], self.sigma[r]
         ns = self.sub_n[r]
@@ -942,42 +1157,18 @@ class SpcEngine:
         return out
 
     def _window_stats(
-        self, rows: NDArray[np.int64] | None
+        self, r: NDArray[np.int64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-        """Exact mean, sd (n-1), min and max of each row's window from the ring buffer (NaN without data); None = all rows."""
-        W = self.max_window
-        fill = self.fill if rows is None else self.fill[rows]
-        n = fill.shape[0]
-        out = np.empty((4, n))
-        col = np.arange(W)[:, None]
-        scratch = np.empty((W, min(n, _STATS_BLOCK)))
-        # blocks of rows keep the [W, block] temporaries in cache
-        for a in range(0, n, _STATS_BLOCK):
-            b = min(a + _STATS_BLOCK, n)
-            v = self.buf[:, a:b] if rows is None else self.buf[:, rows[a:b]]
-            f = fill[a:b]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                if bool((f == W).all()):
-                    mean = v.sum(0) / W
-                    d = np.subtract(v, mean, out=scratch[:, : b - a])
-                    mn, mx = v.min(0), v.max(0)
-                else:
-                    # slots at or past a row's fill are unused (a shorter window or not yet filled)
-                    valid = col < f
-                    mean = np.where(valid, v, 0.0).sum(0) / f
-                    d = np.where(valid, v - mean, 0.0)
-                    mn = np.where(valid, v, np.inf).min(0)
-                    mx = np.where(valid, v, -np.inf).max(0)
-                    mean[f == 0] = np.nan
-                    mn[f == 0] = np.nan
-                    mx[f == 0] = np.nan
-                d *= d
-                var = d.sum(0) / (f - 1)
-            out[0, a:b] = mean
-            out[1, a:b] = np.where(f > 1, np.sqrt(np.maximum(var, 0.0)), np.nan)
-            out[2, a:b] = mn
-            out[3, a:b] = mx
-        return out[0], out[1], out[2], out[3]
+        """Mean, sd (n-1), min and max of each row's window from the running sums (NaN without data)."""
+        f = self.fill[r]
+        s1, s2 = self.win_s1[r], self.win_s2[r]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(f > 0, self.win_ref2[r] * 0.5 + s1 / f, np.nan)
+            var = (s2 - s1 * s1 / f) / (f - 1)
+            sd = np.where(f > 1, np.sqrt(np.maximum(var, 0.0)), np.nan)
+        mn = np.where(f > 0, self.win_min[r], np.nan)
+        mx = np.where(f > 0, self.win_max[r], np.nan)
+        return mean, sd, mn, mx
 
     def _capability_indices(self, r: NDArray[np.int64]) -> dict[str, NDArray[Any]]:
         n = self.cap_n[r].astype(F64)
