@@ -110,17 +110,28 @@ def test_engine_matches_reference_on_random_batches() -> None:
             np.testing.assert_allclose(snap[key][row], want, rtol=1e-9, atol=1e-9, err_msg=f"row {row} {key}")
 
 
-def test_full_tick_path_matches_reference() -> None:
-    """The slice fast path (every row once, in order) gives the same answers as the reference."""
+@pytest.mark.parametrize("settle", [False, True])
+def test_full_tick_path_matches_reference(settle: bool) -> None:
+    """The slice fast path (every row once, in order) gives the same answers as the reference.
+
+    With `settle` no row has a slow EWMA (lambda 0.05), so the time-varying EWMA limits reach
+    their asymptotes within the run and the engine switches to the precomputed ones.
+    """
     rng = np.random.default_rng(3)
-    cfgs = [CONFIGS[i % len(CONFIGS)] for i in range(30)]
+    pool = [c for c in CONFIGS if c.get("ewma_lambda", 0.2) > 0.1] if settle else CONFIGS
+    cfgs = [pool[i % len(pool)] for i in range(30)]
     eng, refs = make_engine(cfgs), make_refs(cfgs)
     sig = np.arange(30, dtype=np.int32)
-    data = np.stack([process_values(rng, 240) for _ in range(30)], axis=1)
-    for i in range(240):
+    ticks = 480 if settle else 240
+    data = np.stack([process_values(rng, ticks) for _ in range(30)], axis=1)
+    settled_at = None
+    for i in range(ticks):
         upd = eng.update(Readings.of(sig, i, data[i]))
         want = {r: m for r in range(30) if (m := refs[r].add(float(data[i, r])))}
         assert dict(zip(upd.hits.row.tolist(), upd.hits.mask.tolist(), strict=True)) == want
+        if settled_at is None and eng._ewma_settled:
+            settled_at = i
+    assert (settled_at is not None and settled_at < ticks - 200) == settle, settled_at
     snap = eng.snapshot()
     for r in range(30):
         for key, want in refs[r].stats().items():
@@ -283,7 +294,7 @@ def test_full_tick_path_equals_general_path(lockstep: bool) -> None:
     sig = np.arange(S)
     n_hits = n_events = 0
     for i in range(300):
-        if i == 150:
+        if i == 152:  # off the subgroup boundary: those rows complete their subgroups on other ticks
             for eng in (fast, slow):
                 eng.rebaseline([3, 7])
                 eng.reset_capability([5])
@@ -346,3 +357,25 @@ def test_window_statistics_survive_a_spike_and_a_level_change(full_ticks: bool) 
             np.testing.assert_allclose(s["mean"], win.mean(0), rtol=1e-12, err_msg=str(i))
             np.testing.assert_allclose(s["sd"], win.std(0, ddof=1), rtol=1e-7, err_msg=str(i))
             assert s["min"].tolist() == win.min(0).tolist() and s["max"].tolist() == win.max(0).tolist()
+
+
+def test_row_without_sigma_fires_no_zone_rule() -> None:
+    """A constant phase I gives no sigma: that row's zone rules (WE, N1/2/5-8), MR, EWMA and CUSUM never fire; trends still do."""
+    rng = np.random.default_rng(4)
+    S = 6
+    eng = SpcEngine(S, SpcParams(window=10, phase1_n=10))
+    sig = np.arange(S)
+    seen = 0
+    for i in range(200):
+        x = rng.standard_normal(S)
+        if i < 10:
+            x[0] = 5.0
+        elif i % 20 < 8:
+            x[0] = 5.0 + 0.1 * (i % 20)  # rising runs: Nelson 3 fires on them
+        upd = eng.update(Readings.of(sig, i, x))
+        m0 = upd.hits.mask[upd.hits.row == 0]
+        assert not (m0 & ~np.uint32(Rule.N3 | Rule.N4)).any(), (i, m0)
+        seen |= int(np.bitwise_or.reduce(m0)) if m0.size else 0
+    assert seen & Rule.N3
+    s = eng.snapshot()
+    assert np.isnan(s["sigma"][0]) and s["reason_limits"][0] == NoData.ZERO_SIGMA

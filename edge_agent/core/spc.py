@@ -128,7 +128,7 @@ _U8 = np.uint8
 _U32 = np.uint32
 
 
-_BLOCK = 8192  # rows per block of a full tick: a block's float temporaries (64 KB each) stay in L2
+_BLOCK = 1 << 20  # rows per block of a full tick (see _round)
 _EXACT_EVERY = 128  # update rounds between two exact recomputes of a row's window sums
 _RUN_CAP = 15  # run counters saturate here: the longest run a rule asks for (N7)
 
@@ -141,7 +141,8 @@ def _put(arr: NDArray[Any], r: slice | NDArray[np.int64], val: NDArray[Any]) -> 
 
 def _set(byte: NDArray[np.uint8], cond: NDArray[np.bool_], bits: int, tmp: NDArray[np.uint8]) -> None:
     """byte |= bits where cond (bits within one byte of the rule mask)."""
-    np.multiply(cond, _U8(bits), out=tmp)
+    # bool viewed as uint8: same-type loops are about twice as fast as mixed bool/uint8 ones
+    np.multiply(cond.view(_U8), _U8(bits), out=tmp)
     np.bitwise_or(byte, tmp, out=byte)
 
 
@@ -149,11 +150,12 @@ def _bits(cond: NDArray[np.bool_], rule: int) -> NDArray[np.uint32]:
     return cond.astype(np.uint32) * np.uint32(rule)
 
 
-def _run(run: NDArray[np.uint8], cond: NDArray[np.bool_]) -> None:
-    """Advance a saturating run counter in place: +1 where `cond`, else 0."""
-    np.minimum(run, _RUN_CAP - 1, out=run)
+def _run(run: NDArray[np.uint8], cond: NDArray[np.bool_], cap: NDArray[np.uint8]) -> None:
+    """Advance a saturating run counter in place: +1 where `cond`, else 0, at most `cap` (an array of _RUN_CAP)."""
     run += 1
-    np.multiply(run, cond, out=run)
+    np.multiply(run, cond.view(_U8), out=run)
+    # an array, not a scalar: numpy's uint8 minimum with a scalar operand is ~30x slower
+    np.minimum(run, cap, out=run)
 
 
 class SpcEngine:
@@ -190,6 +192,7 @@ class SpcEngine:
         self._has_spec = False
         self._sub_rows = np.empty(0, np.int64)  # rows with subgroups (subgroup_n >= 2)
         self._sub_all = False
+        self._sub_uniform = True  # every row with subgroups has the same subgroup_n
         # counters
         self.n_good = np.zeros(S, np.int64)
         self.n_missing = np.zeros(S, np.int64)
@@ -233,13 +236,8 @@ class SpcEngine:
         self.p1_r = np.zeros(S)
         self.p1_s = np.zeros(S)
         self.p1_k = np.zeros(S, np.int64)
-        # current subgroup
+        # current subgroup: its values are the newest sg_k slots of the ring buffer (window >= subgroup_n)
         self.sg_k = np.zeros(S, np.int8)
-        self.sg_ref = np.zeros(S)
-        self.sg_s1 = np.zeros(S)
-        self.sg_s2 = np.zeros(S)
-        self.sg_min = np.zeros(S)
-        self.sg_max = np.zeros(S)
         self.last_xbar = np.full(S, np.nan)
         self.last_r = np.full(S, np.nan)
         self.last_s = np.full(S, np.nan)
@@ -251,6 +249,11 @@ class SpcEngine:
         self.sbar = np.full(S, np.nan)
         self.mr_ucl = np.full(S, np.nan)
         self.ew_w2 = np.full(S, np.nan)  # squared asymptotic EWMA half-width (L·σ)²·λ/(2-λ)
+        self.ew_hi = np.full(S, np.nan)  # asymptotic EWMA limits CL ± L·σ·sqrt(λ/(2-λ))
+        self.ew_lo = np.full(S, np.nan)
+        # every row's (1-λ)^(2i) is too small to change 1 - (1-λ)^(2i): the asymptotic limits apply
+        self._ewma_settled = False
+        self._nan_sigma = False  # some phase II row has no sigma (its zone tests must all be false)
         self.cu_hi = np.full(S, np.nan)  # CL + K
         self.cu_lo = np.full(S, np.nan)  # CL - K
         self.cu_h = np.full(S, np.nan)  # H = h·σ
@@ -259,8 +262,8 @@ class SpcEngine:
         self.ewma_decay = np.ones(S)  # (1-λ)^(2i)
         self.cpos = np.zeros(S)
         self.cneg = np.zeros(S)
-        self.npos = np.zeros(S, np.int64)
-        self.nneg = np.zeros(S, np.int64)
+        self.npos = np.zeros(S, np.int32)
+        self.nneg = np.zeros(S, np.int32)
         # zone histories of the last 8 samples, newest in bit 0: above/below 1σ, above/below 2σ
         self.ha1 = np.zeros(S, _U8)
         self.hb1 = np.zeros(S, _U8)
@@ -273,7 +276,9 @@ class SpcEngine:
         self.run_up = np.zeros(S, _U8)
         self.run_dn = np.zeros(S, _U8)
         self.run_alt = np.zeros(S, _U8)
-        self.mask = np.zeros(S, np.uint32)
+        # rule mask of each row's latest sample as three bytes (bits 0-7, 8-15, 16-23): uint8 passes
+        # are far cheaper than uint32 ones; the uint32 is assembled for the rows with hits only
+        self.mask_b = np.zeros((3, S), _U8)
         # capability study accumulators (since the last rebaseline or reset_capability); cap_n - 1 moving ranges
         self.cap_n = np.zeros(S, np.int64)
         self.cap_ref = np.zeros(S)
@@ -285,8 +290,14 @@ class SpcEngine:
         self.cap_k = np.zeros(S, np.int64)
         # scratch for the per-sample temporaries: a fresh 8·S-byte array per operation would cost page faults
         self._tmp = np.empty((5, S))
-        self._btmp = np.empty((4, S), _U8)
+        self._btmp = np.empty((5, S), _U8)
         self._mtmp = np.empty(S, np.uint32)
+        self._bmon = np.empty((7, S), bool)
+        self._mbytes = np.empty((3, S), _U8)  # the mask bytes of a gathered (not full) round
+        self._cap = np.full(S, _RUN_CAP, _U8)
+        self._i32 = np.empty(S, np.int32)
+        self._zero = np.zeros(S)  # float maximum against an array is ~2x faster than against a scalar
+        self._uniform: dict[str, float] = {}  # settings every row shares (see _cfg)
         self._flags = np.empty((4, S), bool)  # phase I, subgroup done, window extreme evicted, spare
         # alarms: one channel per (row, kind); per row one bit per kind says the channel is active
         # (alarm_on) or waits out a persistence delay (alarm_wait), so only channels that can change
@@ -329,6 +340,11 @@ class SpcEngine:
             (v["subgroup_n"] < 1) | (v["subgroup_n"] > C.MAX_SUBGROUP),
             "use 1 (individuals) or 2..10",
         )
+        bad(
+            "subgroup_n",
+            v["subgroup_n"] > v["window"],
+            "use a window of at least subgroup_n samples (a subgroup is read from the window's buffer)",
+        )
         bad("ewma_lambda", ~((v["ewma_lambda"] > 0) & (v["ewma_lambda"] <= 1)), "use 0 < lambda <= 1")
         bad("ewma_L", ~(v["ewma_L"] > 0), "use L > 0 (e.g. 2.962 for lambda 0.2)")
         bad("cusum_k", ~(v["cusum_k"] >= 0), "use k >= 0 (0.5 detects a 1σ shift)")
@@ -357,7 +373,13 @@ class SpcEngine:
         # whole-engine facts that let a full tick skip work: any spec limit at all, which rows have subgroups
         self._has_spec = bool(np.isfinite(self.lsl).any() or np.isfinite(self.usl).any())
         self._sub_rows = np.flatnonzero(self.sub_n >= 2)
+        self._uniform = {
+            name: float(a[0])
+            for name, a in (("lam", self.lam), ("oml", self.oml), ("usl", self.usl), ("lsl", self.lsl))
+            if bool((a == a[0]).all()) or bool(np.isnan(a).all())
+        }
         self._sub_all = self._sub_rows.size == self.capacity
+        self._sub_uniform = bool((self.sub_n[self._sub_rows] == self.sub_n[self._sub_rows[:1]]).all())
         for a, val in (
             (self.n_good, 0),
             (self.n_missing, 0),
@@ -411,7 +433,7 @@ class SpcEngine:
             a[r] = np.nan
         self.phase[r] = 0
         self.sg_k[r] = 0
-        self.mask[r] = 0
+        self.mask_b[:, r] = 0
         self.reset_capability(r)
         ch = (r[:, None] * _N_KINDS + np.arange(_N_KINDS)).reshape(-1)
         self.alarms.reset(ch)
@@ -494,35 +516,48 @@ class SpcEngine:
         if self._missing_runs:
             self.missing_run[r] = 0
             self._missing_runs = not full
-        mask = self._mtmp[:n]
+        mb = self.mask_b if full else self._mbytes[:, :n]
         in1, done, redo = self._flags[0, :n], self._flags[1, :n], self._flags[2, :n]
         if full:
             if self._lock is None:
                 self._try_lock()
             for a in range(0, n, _BLOCK):
                 blk = slice(a, min(a + _BLOCK, n))
-                self._step(blk, ra[blk], x[blk], t[blk], in1[blk], mask[blk], done[blk], redo[blk])
+                self._step(blk, ra[blk], x[blk], t[blk], in1[blk], mb[:, blk], done[blk], redo[blk])
             if self._lock is not None:
                 p, w = self._lock
                 self._lock = ((p + 1) % w, w)
         else:
             self._unlock()
-            self._step(r, ra, x, t, in1, mask, done, redo)
+            self._step(r, ra, x, t, in1, mb, done, redo)
         self._refresh_extremes(ra, redo)
         self._exact_window_block()
+        if not self._ewma_settled:
+            self._ewma_settled = bool(1.0 - self.ewma_decay.max() == 1.0)
         any1 = bool(in1.any())
-        self._close_subgroups(r, ra, in1, done, mask)
+        self._close_subgroups(r, ra, in1, done, mb)
         if any1:
             r1 = ra[in1]
             ended = r1[self.p1_n[r1] >= self.phase1_n[r1]]
             if ended.size:
                 self._finish_phase1(ended)
-        self.mask[r] = mask
-        nz = np.flatnonzero(mask != 0)  # flatnonzero is several times faster on bool than on uint32
-        if nz.size:
-            hits.append(RuleHits(ra[nz].astype(np.int32), t[nz], x[nz], mask[nz]))
+        if not full:
+            self.mask_b[:, r] = mb
+        # rows with a rule hit, and those plus the rows with a live alarm (the alarm candidates)
+        nzb = self._btmp[0, :n]
+        np.bitwise_or(mb[0], mb[1], out=nzb)
+        nzb |= mb[2]
+        hit = np.not_equal(nzb, 0, out=self._flags[3, :n])
+        cand = np.flatnonzero(np.logical_or(hit, self.alarm_busy[r], out=self._bmon[0, :n]))
+        if cand.size == 0:
+            return
+        mc = _mask32(mb[:, cand])
+        on = mc != 0
+        if on.any():
+            nz = cand[on]
+            hits.append(RuleHits(ra[nz].astype(np.int32), t[nz], x[nz], mc[on]))
         if not (any1 and in1.all()):
-            ev = self._alarm(r, ra, x, t, mask)
+            ev = self._alarm(ra, x, t, cand, mc)
             if len(ev):
                 events.append(ev)
 
@@ -533,7 +568,7 @@ class SpcEngine:
         x: NDArray[np.float64],
         t: NDArray[np.int64],
         in1: NDArray[np.bool_],
-        mask: NDArray[np.uint32],
+        mb: NDArray[np.uint8],
         done: NDArray[np.bool_],
         redo: NDArray[np.bool_],
     ) -> None:
@@ -557,10 +592,10 @@ class SpcEngine:
             self._phase1(ra[i1], x[i1], mr[i1])
         # phase I rows run through the monitor too (cheaper than splitting the arrays); their
         # monitor state is reset when phase II starts and their bits are dropped here
-        self._monitor(r, x, dx, mr, mask)
+        self._monitor(r, x, dx, mr, mb)
         if any1:
-            mask[in1] = 0
-        self._add_to_subgroups(r, x, done)
+            mb[:, in1] = 0
+        self._add_to_subgroups(r, done)
 
     def _try_lock(self) -> None:
         """Enter the lockstep ring state when every row has the same position and window and a full window."""
@@ -628,10 +663,14 @@ class SpcEngine:
             np.minimum(pmn, smn, out=mn)
             np.maximum(pmx, smx, out=mx)
             if p0 == w0 - 1:
-                # pass complete: suffix min/max of its slots for the next pass
-                blk = self.buf[w0 - 1 : 0 : -1, r]
-                np.minimum.accumulate(blk, axis=0, out=self.sfx_min[w0 - 2 :: -1, r])
-                np.maximum.accumulate(blk, axis=0, out=self.sfx_max[w0 - 2 :: -1, r])
+                # pass complete: suffix min/max of its slots for the next pass (row by row: an
+                # accumulate into a reversed view is ~20x slower)
+                buf, smin, smax = self.buf, self.sfx_min, self.sfx_max
+                smin[w0 - 2, r] = buf[w0 - 1, r]
+                smax[w0 - 2, r] = buf[w0 - 1, r]
+                for j in range(w0 - 3, -1, -1):
+                    np.minimum(buf[j + 1, r], smin[j + 1, r], out=smin[j, r])
+                    np.maximum(buf[j + 1, r], smax[j + 1, r], out=smax[j, r])
         else:
             self.buf.reshape(-1)[flat] = x
             np.minimum(pmn, x, out=pmn)
@@ -744,53 +783,20 @@ class SpcEngine:
         self.p1_mr[r] += np.where(first, 0.0, mr)
         self.p1_n[r] = n + 1
 
-    def _add_to_subgroups(
-        self, r: slice | NDArray[np.int64], x: NDArray[np.float64], done: NDArray[np.bool_]
-    ) -> None:
-        """Add one value to the current subgroup of each row of `r` that has subgroups; `done` marks the completed ones."""
-        full = isinstance(r, slice)
-        if full and self._sub_all:
-            self._subgroup_add(r, x, done)
+    def _add_to_subgroups(self, r: slice | NDArray[np.int64], done: NDArray[np.bool_]) -> None:
+        """Count one value into the current subgroup of each row of `r` with subgroups; `done` marks the completed ones."""
+        if not self._sub_rows.size:
+            done[:] = False
             return
-        done[:] = False
-        ra: NDArray[np.int64] = self._rows[r] if isinstance(r, slice) else r
-        idx = np.flatnonzero(self.sub_n[ra] >= 2) if self._sub_rows.size else self._sub_rows
-        if idx.size == 0:
-            return
-        if idx.size == x.shape[0]:
-            self._subgroup_add(r, x, done)
-        else:
-            dn = np.empty(idx.size, bool)
-            self._subgroup_add(ra[idx], x[idx], dn)
-            done[idx] = dn
-
-    def _subgroup_add(
-        self, r: slice | NDArray[np.int64], x: NDArray[np.float64], done: NDArray[np.bool_]
-    ) -> None:
-        """Running sums, min and max of each row's current subgroup; `done` is set where the subgroup is complete."""
         k = self.sg_k[r]
-        ref, s1, s2 = self.sg_ref[r], self.sg_s1[r], self.sg_s2[r]
-        mn, mx = self.sg_min[r], self.sg_max[r]
-        first = k == 0
-        if first.any():
-            np.copyto(ref, x, where=first)
-            np.copyto(s1, 0.0, where=first)
-            np.copyto(s2, 0.0, where=first)
-            np.copyto(mn, x, where=first)
-            np.copyto(mx, x, where=first)
-        d = np.subtract(x, ref, out=self._tmp[2, : x.shape[0]])
-        s1 += d
-        d *= d
-        s2 += d
-        np.minimum(mn, x, out=mn)
-        np.maximum(mx, x, out=mx)
         k += 1
-        np.greater_equal(k, self.sub_n[r], out=done)
+        n = self.sub_n[r]
+        # rows without subgroups have n = 1 and k is never read for them
+        np.greater_equal(k, n, out=done)
+        if not self._sub_all:
+            done &= n >= 2
         np.copyto(k, 0, where=done)
-        for arr, v in ((self.sg_k, k), (self.sg_ref, ref), (self.sg_s1, s1), (self.sg_s2, s2)):
-            _put(arr, r, v)
-        _put(self.sg_min, r, mn)
-        _put(self.sg_max, r, mx)
+        _put(self.sg_k, r, k)
 
     def _close_subgroups(
         self,
@@ -798,28 +804,27 @@ class SpcEngine:
         ra: NDArray[np.int64],
         in1: NDArray[np.bool_],
         done: NDArray[np.bool_],
-        mask: NDArray[np.uint32],
+        mb: NDArray[np.uint8],
     ) -> None:
         """Statistics of the subgroups completed in this round; phase I ones feed the limits, phase II ones the X̄-R/X̄-S rules."""
         i = np.flatnonzero(done)
         if i.size == 0:
             return
-        # every row completed at once (subgroups in step): slices instead of gathers
-        rd: slice | NDArray[np.int64] = r if isinstance(r, slice) and i.size == ra.shape[0] else ra[i]
-        n = self.sub_n[rd]
-        nd = n.astype(F64)
-        s1, s2 = self.sg_s1[rd], self.sg_s2[rd]
-        xbar = self.sg_ref[rd] + s1 / nd
-        rng = self.sg_max[rd] - self.sg_min[rd]
-        sd = np.sqrt(np.maximum(0.0, (s2 - s1 * s1 / nd) / (nd - 1)))
+        every = isinstance(r, slice) and i.size == ra.shape[0]
+        rows = ra[i]
+        ns = self.sub_n[rows]
+        xbar, rng, sd = (np.empty(i.size) for _ in range(3))
+        for nv in np.unique(ns) if not self._sub_uniform else ns[:1]:
+            sel = slice(None) if self._sub_uniform else np.flatnonzero(ns == nv)
+            xbar[sel], rng[sel], sd[sel] = self._subgroup_stats(slice(None) if every else rows[sel], int(nv))
+        rd: slice | NDArray[np.int64] = slice(None) if every else rows
         self.last_xbar[rd], self.last_r[rd], self.last_s[rd] = xbar, rng, sd
         self.cap_r[rd] += rng
         self.cap_s[rd] += sd
         self.cap_k[rd] += 1
         p1 = in1[i]
-        any1 = bool(p1.any())
-        if any1:
-            rp = ra[i[p1]]
+        if p1.any():
+            rp = rows[p1]
             self.p1_xbar[rp] += xbar[p1]
             self.p1_r[rp] += rng[p1]
             self.p1_s[rp] += sd[p1]
@@ -827,19 +832,58 @@ class SpcEngine:
             if p1.all():
                 return
             m2 = np.flatnonzero(~p1)
-            i, n, xbar, rng, sd = i[m2], n[m2], xbar[m2], rng[m2], sd[m2]
+            i, ns, xbar, rng, sd = i[m2], ns[m2], xbar[m2], rng[m2], sd[m2]
             rd = ra[i]
         xcl, rbar, sbar = self.xcl[rd], self.rbar[rd], self.sbar[rd]
-        a2 = C.A2[n] * rbar
-        a3 = C.A3[n] * sbar
-        m = _bits((xbar > xcl + a2) | (xbar < xcl - a2), Rule.XBAR_R)
-        m |= _bits((rng > C.D4[n] * rbar) | (rng < C.D3[n] * rbar), Rule.R_OUT)
-        m |= _bits((xbar > xcl + a3) | (xbar < xcl - a3), Rule.XBAR_S)
-        m |= _bits((sd > C.B4[n] * sbar) | (sd < C.B3[n] * sbar), Rule.S_OUT)
-        if i.size == mask.shape[0]:
-            mask |= m
+        # one subgroup size for all rows: the chart factors are plain numbers
+        nk: int | NDArray[np.int8] = int(ns[0]) if self._sub_uniform else ns
+        dev = np.abs(xbar - xcl)
+        c = [
+            dev > C.A2[nk] * rbar,  # X̄ outside X̄ ± A2·R̄
+            (rng > C.D4[nk] * rbar) | (rng < C.D3[nk] * rbar),
+            dev > C.A3[nk] * sbar,  # X̄ outside X̄ ± A3·s̄
+            (sd > C.B4[nk] * sbar) | (sd < C.B3[nk] * sbar),
+        ]
+        # the chart bits 13-15 are bits 5-7 of byte 1, bit 16 is bit 0 of byte 2
+        hi = np.multiply(c[0].view(_U8), _U8(Rule.XBAR_R >> 8))
+        hi |= np.multiply(c[1].view(_U8), _U8(Rule.R_OUT >> 8))
+        hi |= np.multiply(c[2].view(_U8), _U8(Rule.XBAR_S >> 8))
+        top = c[3].view(_U8)
+        if i.size == mb.shape[1]:
+            mb[1] |= hi
+            mb[2] |= top
         else:
-            mask[i] |= m
+            mb[1, i] |= hi
+            mb[2, i] |= top
+
+    def _subgroup_stats(
+        self, rows: slice | NDArray[np.int64], n: int
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """Mean, range and sd (n-1) of the newest `n` values of each row's window (its completed subgroup).
+
+        Summed oldest first and two-pass, as the textbook formulas read.
+        """
+        # the ring already moved on: the newest value is in slot pos - 1
+        lock = self._lock
+        if lock is not None and isinstance(rows, slice):
+            p, w = lock
+            v = self.buf[[(p - n + j) % w for j in range(n)]]
+        else:
+            ra = self._rows[rows] if isinstance(rows, slice) else rows
+            pa: int | NDArray[np.int64]
+            wa: int | NDArray[np.int64]
+            if lock is not None:  # pos is not kept up to date in lockstep
+                pa, wa = lock
+            else:
+                pa, wa = self.pos[ra].astype(np.int64), self.window[ra].astype(np.int64)
+            flat = self.buf.reshape(-1)
+            v = np.stack([flat[((pa - n + j) % wa) * self.capacity + ra] for j in range(n)])
+        xbar = v.sum(0) / n
+        rng = v.max(0) - v.min(0)
+        v -= xbar
+        v *= v
+        sd = np.sqrt(v.sum(0) / (n - 1))
+        return xbar, rng, sd
 
     def _finish_phase1(self, r: NDArray[np.int64]) -> None:
         n = self.p1_n[r].astype(F64)
@@ -864,6 +908,9 @@ class SpcEngine:
         lam = self.lam[r]
         self.mr_ucl[r] = C.D4_MR * C.D2_MR * sigma
         self.ew_w2[r] = (self.L[r] * sigma) ** 2 * (lam / (2.0 - lam))
+        width = self.L[r] * sigma * np.sqrt(lam / (2 - lam) * 1.0)
+        self.ew_hi[r], self.ew_lo[r] = cl + width, cl - width
+        self._ewma_settled = False
         kk = self.k[r] * sigma
         self.cu_hi[r], self.cu_lo[r], self.cu_h[r] = cl + kk, cl - kk, self.h[r] * sigma
         self.phase[r] = 1
@@ -874,6 +921,7 @@ class SpcEngine:
             a[r] = 0
         for a in (self.run_pos, self.run_neg, self.run_in, self.run_up, self.run_dn, self.run_alt):
             a[r] = 0
+        self._nan_sigma = bool(np.isnan(self.sigma[self.phase == 1]).any())
 
     def _monitor(
         self,
@@ -881,62 +929,85 @@ class SpcEngine:
         x: NDArray[np.float64],
         dx: NDArray[np.float64],
         mr: NDArray[np.float64],
-        m: NDArray[np.uint32],
+        mb: NDArray[np.uint8],
     ) -> None:
-        """Phase II rule mask of one sample per row into `m`, updating rule histories, EWMA and CUSUM in place."""
+        """Phase II rule mask bytes of one sample per row into `mb`, updating rule histories, EWMA and CUSUM in place."""
         n = x.shape[0]
-        # the mask is built as three bytes (bits 0-7, 8-15, 16-23): uint8 passes are far cheaper than uint32 ones
-        b0, b1, b2, tmp = self._btmp[:, :n]
-        b0[...] = 0
-        b1[...] = 0
-        b2[...] = 0
+        b0, b1, b2 = mb
+        tmp, side = self._btmp[3:5, :n]
+        B = self._bmon[:, :n]
+        U = _U8
+        cap = self._cap[:n]
         cl = self.cl[r]
         z = np.subtract(x, cl, out=self._tmp[2, :n])
         z /= self.sigma[r]
         az = np.abs(z, out=self._tmp[3, :n])
-        pos, neg = z > 0.0, z < 0.0
-        l1, l2 = az > 1.0, az > 2.0
-        _set(b0, az > 3.0, Rule.WE1 | Rule.N1, tmp)
+        pos = np.greater(z, 0.0, out=B[0])
+        neg = np.less(z, 0.0, out=B[1])
+        l1 = np.greater(az, 1.0, out=B[2])
+        l2 = np.greater(az, 2.0, out=B[3])
+        c, c2 = B[4], B[6]
+        cu, c2u = c.view(U), c2.view(U)
+        # each byte starts as its first condition times its bit
+        np.multiply(np.greater(az, 3.0, out=c).view(U), U(Rule.WE1 | Rule.N1), out=b0)
+        # within ±1σ is "not beyond 1σ" unless a row has no sigma: NaN is neither
+        inside = np.less_equal(az, 1.0, out=B[5]) if self._nan_sigma else np.logical_not(l1, out=B[5])
         hist = []
-        for arr, cond in (
-            (self.ha1, l1 & pos),
-            (self.hb1, l1 & neg),
-            (self.ha2, l2 & pos),
-            (self.hb2, l2 & neg),
+        for arr, lim, sgn in (
+            (self.ha1, l1, pos),
+            (self.hb1, l1, neg),
+            (self.ha2, l2, pos),
+            (self.hb2, l2, neg),
         ):
             h = arr[r]
-            h *= 2  # uint8: the sample 8 back drops out
-            h |= cond
+            h += h  # shift left: the sample 8 back drops out
+            h |= np.logical_and(lim, sgn, out=c).view(U)
             _put(arr, r, h)
             hist.append(h)
         ha1, hb1, ha2, hb2 = hist
-        pc = np.bitwise_count
-        two_of_three = (pc(ha2 & 0x7) >= 2) | (pc(hb2 & 0x7) >= 2)
-        _set(b0, two_of_three, Rule.WE2, tmp)
-        _set(b1, two_of_three, Rule.N5 >> 8, tmp)
-        four_of_five = (pc(ha1 & 0x1F) >= 4) | (pc(hb1 & 0x1F) >= 4)
-        _set(b0, four_of_five, Rule.WE3, tmp)
-        _set(b1, four_of_five, Rule.N6 >> 8, tmp)
-        _set(b1, ((ha1 | hb1) == 0xFF) & (ha1 != 0) & (hb1 != 0), Rule.N8 >> 8, tmp)
+        first_b1 = True
+        for ha, hb, bits, need, v0, v1 in (
+            (ha2, hb2, 0x7, 2, Rule.WE2, Rule.N5 >> 8),  # 2 of 3 beyond 2σ
+            (ha1, hb1, 0x1F, 4, Rule.WE3, Rule.N6 >> 8),  # 4 of 5 beyond 1σ
+        ):
+            np.greater_equal(np.bitwise_count(np.bitwise_and(ha, U(bits), out=tmp), out=tmp), U(need), out=c)
+            c2 = np.greater_equal(
+                np.bitwise_count(np.bitwise_and(hb, U(bits), out=tmp), out=tmp), U(need), out=B[6]
+            )
+            cu |= c2u
+            _set(b0, c, v0, tmp)
+            if first_b1:
+                np.multiply(cu, U(v1), out=b1)
+                first_b1 = False
+            else:
+                _set(b1, c, v1, tmp)
+        # N8: the last 8 all beyond 1σ, on both sides
+        np.bitwise_or(ha1, hb1, out=tmp)
+        np.equal(tmp, U(0xFF), out=c)
+        cu &= np.not_equal(ha1, U(0), out=c2).view(U)
+        cu &= np.not_equal(hb1, U(0), out=c2).view(U)
+        _set(b1, c, Rule.N8 >> 8, tmp)
         rp, rn, ri = self.run_pos[r], self.run_neg[r], self.run_in[r]
-        _run(rp, pos)
-        _run(rn, neg)
-        _run(ri, az <= 1.0)  # NaN (no sigma) is not inside
-        side = np.maximum(rp, rn)
-        _set(b0, side >= 8, Rule.WE4, tmp)
-        _set(b0, side >= 9, Rule.N2, tmp)
-        _set(b1, ri >= 15, Rule.N7 >> 8, tmp)
-        up, dn = dx > 0.0, dx < 0.0
+        _run(rp, pos, cap)
+        _run(rn, neg, cap)
+        _run(ri, inside, cap)
+        np.maximum(rp, rn, out=side)
+        _set(b0, np.greater_equal(side, U(8), out=c), Rule.WE4, tmp)
+        _set(b0, np.greater_equal(side, U(9), out=c), Rule.N2, tmp)
+        _set(b1, np.greater_equal(ri, U(15), out=c), Rule.N7 >> 8, tmp)
+        up = np.greater(dx, 0.0, out=B[0])
+        dn = np.less(dx, 0.0, out=B[1])
         ru, rd, alt = self.run_up[r], self.run_dn[r], self.run_alt[r]
         # the alternation goes on when this difference has the opposite sign of the previous one
-        flip = (up & (rd > 0)) | (dn & (ru > 0))
-        np.minimum(alt, _RUN_CAP - 1, out=alt)
-        np.multiply(alt, flip, out=alt)
-        alt += up | dn
-        _run(ru, up)
-        _run(rd, dn)
-        _set(b0, np.maximum(ru, rd) >= 5, Rule.N3, tmp)
-        _set(b0, alt >= 13, Rule.N4, tmp)
+        flip = np.logical_and(up, np.greater(rd, U(0), out=c), out=B[2])
+        flip |= np.logical_and(dn, np.greater(ru, U(0), out=c), out=c)
+        np.multiply(alt, flip.view(U), out=alt)
+        alt += np.logical_or(up, dn, out=c).view(U)
+        np.minimum(alt, cap, out=alt)
+        _run(ru, up, cap)
+        _run(rd, dn, cap)
+        _set(b0, np.greater_equal(np.maximum(ru, rd, out=tmp), U(5), out=c), Rule.N3, tmp)
+        _set(b0, np.greater_equal(alt, U(13), out=c), Rule.N4, tmp)
         for arr, v in (
             (self.run_pos, rp),
             (self.run_neg, rn),
@@ -946,68 +1017,77 @@ class SpcEngine:
             (self.run_alt, alt),
         ):
             _put(arr, r, v)
-        _set(b1, mr > self.mr_ucl[r], Rule.MR_HIGH >> 8, tmp)  # NaN (no previous value) never fires
-        # EWMA, same operation order as lam·x + (1-lam)·ewma; exact time-varying limits
-        oml = self.oml[r]
+        # NaN (no previous value) never fires
+        _set(b1, np.greater(mr, self.mr_ucl[r], out=c), Rule.MR_HIGH >> 8, tmp)
+        # EWMA, same operation order as lam·x + (1-lam)·ewma
+        oml = self._cfg("oml", r)
         e = self.ewma[r]
         e *= oml
-        e += np.multiply(self.lam[r], x, out=self._tmp[2, :n])
+        e += np.multiply(self._cfg("lam", r), x, out=self._tmp[2, :n])
         _put(self.ewma, r, e)
-        decay = self.ewma_decay[r]
-        decay *= oml
-        decay *= oml
-        _put(self.ewma_decay, r, decay)
-        # compare squared distances with the squared half-width instead of a square root per sample
-        w2 = np.subtract(1.0, decay, out=self._tmp[3, :n])
-        w2 *= self.ew_w2[r]
-        de = np.subtract(e, cl, out=self._tmp[2, :n])
-        de2 = np.multiply(de, de, out=self._tmp[4, :n])
-        far = np.flatnonzero(de2 > w2)
-        if far.size:
-            side_hi = de[far] > 0.0
-            b2[far[side_hi]] |= Rule.EWMA_HIGH >> 16
-            b2[far[~side_hi]] |= Rule.EWMA_LOW >> 16
+        if self._ewma_settled:
+            # (1-λ)^(2i) no longer changes 1 - (1-λ)^(2i): the limits are the asymptotic ones, as the reference computes them
+            np.multiply(np.greater(e, self.ew_hi[r], out=c).view(U), U(Rule.EWMA_HIGH >> 16), out=b2)
+            _set(b2, np.less(e, self.ew_lo[r], out=c), Rule.EWMA_LOW >> 16, tmp)
+        else:
+            b2[...] = 0
+            decay = self.ewma_decay[r]
+            decay *= oml
+            decay *= oml
+            _put(self.ewma_decay, r, decay)
+            # exact time-varying limits: squared distance against the squared half-width, no square root
+            w2 = np.subtract(1.0, decay, out=self._tmp[3, :n])
+            w2 *= self.ew_w2[r]
+            de = np.subtract(e, cl, out=self._tmp[2, :n])
+            de2 = np.multiply(de, de, out=self._tmp[4, :n])
+            far = np.flatnonzero(np.greater(de2, w2, out=c))
+            if far.size:
+                side_hi = de[far] > 0.0
+                b2[far[side_hi]] |= Rule.EWMA_HIGH >> 16
+                b2[far[~side_hi]] |= Rule.EWMA_LOW >> 16
         # tabular CUSUM, same operation order as max(0, x - (CL + K) + C)
+        zero = self._zero[:n]
         cp, cn = self.cpos[r], self.cneg[r]
         step = np.subtract(x, self.cu_hi[r], out=self._tmp[2, :n])
         cp += step
-        np.maximum(cp, 0.0, out=cp)
+        np.maximum(cp, zero, out=cp)
         np.subtract(self.cu_lo[r], x, out=step)
         cn += step
-        np.maximum(cn, 0.0, out=cn)
+        np.maximum(cn, zero, out=cn)
         _put(self.cpos, r, cp)
         _put(self.cneg, r, cn)
-        for cnt_arr, c in ((self.npos, cp), (self.nneg, cn)):
+        c32 = self._i32[:n]
+        for cnt_arr, cs in ((self.npos, cp), (self.nneg, cn)):
             cnt = cnt_arr[r]
             cnt += 1
-            np.multiply(cnt, c > 0.0, out=cnt)
+            np.copyto(c32, np.greater(cs, zero, out=c))
+            cnt *= c32
             _put(cnt_arr, r, cnt)
         hh = self.cu_h[r]
-        _set(b2, cp > hh, Rule.CUSUM_POS >> 16, tmp)
-        _set(b2, cn > hh, Rule.CUSUM_NEG >> 16, tmp)
+        _set(b2, np.greater(cp, hh, out=c), Rule.CUSUM_POS >> 16, tmp)
+        _set(b2, np.greater(cn, hh, out=c), Rule.CUSUM_NEG >> 16, tmp)
         if self._has_spec:
-            _set(b2, x > self.usl[r], Rule.ABOVE_USL >> 16, tmp)
-            _set(b2, x < self.lsl[r], Rule.BELOW_LSL >> 16, tmp)
-        np.copyto(m, b2)
-        m *= 256
-        m |= b1
-        m *= 256
-        m |= b0
+            _set(b2, np.greater(x, self._cfg("usl", r), out=c), Rule.ABOVE_USL >> 16, tmp)
+            _set(b2, np.less(x, self._cfg("lsl", r), out=c), Rule.BELOW_LSL >> 16, tmp)
+
+    def _cfg(self, name: str, r: slice | NDArray[np.int64]) -> float | NDArray[np.float64]:
+        """A per-row setting for rows `r`: a plain number when every row has the same value (no per-row pass)."""
+        v = self._uniform.get(name)
+        if v is not None:
+            return v
+        arr: NDArray[np.float64] = getattr(self, name)
+        return arr[r]
 
     def _alarm(
         self,
-        r: slice | NDArray[np.int64],
         ra: NDArray[np.int64],
         x: NDArray[np.float64],
         t: NDArray[np.int64],
-        mask: NDArray[np.uint32],
+        cand: NDArray[np.intp],
+        mc: NDArray[np.uint32],
     ) -> AlarmEvents:
-        """Feed the (row, kind) channels that are raised or have a live alarm to the tracker."""
-        cand = np.flatnonzero((mask != 0) | self.alarm_busy[r])
-        if cand.size == 0:
-            return AlarmEvents.empty()
+        """Feed the (row, kind) channels that can change state to the tracker; `cand` are the positions with a hit or a live alarm, `mc` their masks."""
         rows = ra[cand]
-        mc = mask[cand]
         raised = _KIND_TABLE[mc >> 12]
         raised |= (mc & 0xFFF) != 0
         on = self.alarm_on[rows]
@@ -1029,7 +1109,7 @@ class SpcEngine:
             tr.active[chs] = up
             self.alarm_on[rows] = raised
             self.alarm_busy[rows] = raised != 0
-            ev_ch, ev_t, start, j = chs, t[at], up, at
+            ev_ch, ev_t, start, k = chs, t[at], up, loc
         else:
             ev = tr.update(chs, t[at], up, unique=True)
             act = tr.active[chs]
@@ -1045,11 +1125,11 @@ class SpcEngine:
             if not len(ev):
                 return ev
             ev_ch, ev_t, start = ev.row, ev.t_ns, ev.start
-            j = at[_index_of(ev_ch, chs)]
+            k = loc[_index_of(ev_ch, chs)]
         # value and limit only for the transitions
         er, kind = np.divmod(ev_ch, _N_KINDS)
-        val, lim = self._alarm_value_limit(er, kind, x[j])
-        return AlarmEvents(er, kind.astype(np.int16), ev_t, start, val, lim, mask[j])
+        val, lim = self._alarm_value_limit(er, kind, x[cand[k]])
+        return AlarmEvents(er, kind.astype(np.int16), ev_t, start, val, lim, mc[k])
 
     def _alarm_value_limit(
         self, rows: NDArray[np.int64], kind: NDArray[np.int64], x: NDArray[np.float64]
@@ -1081,8 +1161,10 @@ class SpcEngine:
     # ------------------------------------------------------------------ read-out
     def snapshot(self, rows: ArrayLike | None = None) -> dict[str, NDArray[Any]]:
         """Indicator arrays for `rows` (all rows when None); NaN means no data, the reason_* arrays say why (NoData codes)."""
-        r = self._rows if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
-        check_rows("SpcEngine.snapshot rows", r, self.capacity)
+        rr = self._rows if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+        check_rows("SpcEngine.snapshot rows", rr, self.capacity)
+        # all rows: slices (views) instead of gathers
+        r: slice | NDArray[np.int64] = slice(None) if rows is None else rr
         mean, sd, mn, mx = self._window_stats(r)
         ph2 = self.phase[r] == 1
         cl, sg = self.cl[r], self.sigma[r]
@@ -1111,7 +1193,7 @@ class SpcEngine:
             np.where(np.isnan(sg), NoData.ZERO_SIGMA, NoData.OK),
         ).astype(np.uint8)
         out: dict[str, NDArray[Any]] = {
-            "row": r,
+            "row": rr,
             "n": self.n_good[r].copy(),
             "missing": self.n_missing[r].copy(),
             "missing_run": self.missing_run[r].copy(),
@@ -1149,7 +1231,7 @@ class SpcEngine:
             "cusum_neg": cneg,
             "cusum_h": hh * lim,
             "cusum_shift": shift,
-            "rule_mask": self.mask[r].copy(),
+            "rule_mask": _mask32(self.mask_b[:, r]),
             "reason_window": reason_w,
             "reason_limits": reason_l,
         }
@@ -1157,7 +1239,7 @@ class SpcEngine:
         return out
 
     def _window_stats(
-        self, r: NDArray[np.int64]
+        self, r: slice | NDArray[np.int64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         """Mean, sd (n-1), min and max of each row's window from the running sums (NaN without data)."""
         f = self.fill[r]
@@ -1170,7 +1252,7 @@ class SpcEngine:
         mx = np.where(f > 0, self.win_max[r], np.nan)
         return mean, sd, mn, mx
 
-    def _capability_indices(self, r: NDArray[np.int64]) -> dict[str, NDArray[Any]]:
+    def _capability_indices(self, r: slice | NDArray[np.int64]) -> dict[str, NDArray[Any]]:
         n = self.cap_n[r].astype(F64)
         mu = self.cap_ref[r] + self.cap_s1[r] / n
         overall = np.sqrt(np.maximum(0.0, (self.cap_s2[r] - self.cap_s1[r] ** 2 / n) / (n - 1)))
@@ -1231,6 +1313,14 @@ class SpcEngine:
             + a.off_delay.nbytes
         )
         return total
+
+
+def _mask32(b: NDArray[np.uint8]) -> NDArray[np.uint32]:
+    """The uint32 rule masks from their three bytes ([3, n])."""
+    m = b[2].astype(np.uint32) << 16
+    m |= b[1].astype(np.uint32) << 8
+    m |= b[0]
+    return m
 
 
 def _index_of(keys: NDArray[np.int64], table: NDArray[np.int64]) -> NDArray[np.intp]:
