@@ -4,7 +4,13 @@ Per tick every signal gets one new sample and every per-sample indicator is upda
 (rolling mean/sd/min/max, I-MR, X̄-R and X̄-S with subgroups of 5, Western Electric
 and Nelson rules, EWMA, CUSUM, spec limits, alarm tracking). Capability indices are
 published every `--capability-every` ticks: the timed loop calls snapshot() at that
-rate, so its cost is inside the median tick time.
+rate, so its cost is inside the tick time.
+The tick time is the mean over a run of `--ticks` consecutive ticks (the median of
+`--repeats` runs): it counts every kind of tick in its proportion, those that complete a
+subgroup (1 in 5), end a pass over the window (1 in 50) or publish a snapshot (1 in 100);
+samples_per_s is based on it. median_tick_ms is the median single tick without a snapshot.
+The engine is measured in steady state: `--warmup` ticks first finish phase I and let the
+EWMA limits reach their asymptote.
 The pure-Python reference (tests/core_reference.py) and pandas run on a subset of
 signals and ticks (they are slow) and are normalized per sample. pandas computes the
 same statistics in one batch over the whole block (rolling mean/std/min/max, ewm,
@@ -15,6 +21,7 @@ CUSUM: a batch is pandas' best case, the engine works tick by tick.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
@@ -32,39 +39,40 @@ from tests.core_reference import RefSpc
 PARAMS = dict(window=50, phase1_n=50, subgroup_n=5, lsl=-4.0, usl=4.0)
 
 
-def bench_engine(S: int, ticks: int, cap_every: int, shuffled: bool, seed: int) -> dict[str, float]:
-    """Median per-tick time of the engine with the full suite, after phase I is over."""
-    eng = SpcEngine(S, SpcParams(**PARAMS), max_window=50)
+def bench_engine(
+    engine: type, S: int, ticks: int, repeats: int, warmup: int, cap_every: int, shuffled: bool, seed: int
+) -> dict[str, float]:
+    """Mean tick time of the engine with the full suite in steady state (median of `repeats` runs of `ticks` ticks)."""
+    eng = engine(S, SpcParams(**PARAMS), max_window=50)
     rng = np.random.default_rng(seed)
     sig = np.arange(S, dtype=np.int32)
     q = np.zeros(S, np.uint8)
     # fresh values every tick (drawn outside the timed region): a short repeating block would put
     # ties in the window that no real signal has
-    for i in range(PARAMS["phase1_n"] + 5):  # warm-up: finish phase I so every indicator runs
+    for i in range(warmup):
         eng.update(Readings(sig, np.full(S, i, np.int64), rng.standard_normal(S), q))
     if shuffled:
         sig = rng.permutation(S).astype(np.int32)
-    times = []
-    t0 = PARAMS["phase1_n"] + 5
-    for i in range(ticks):
-        r = Readings(sig, np.full(S, t0 + i, np.int64), rng.standard_normal(S), q)
-        start = time.perf_counter()
-        eng.update(r)
-        if i % cap_every == 0:
-            eng.snapshot()
-        times.append(time.perf_counter() - start)
-    med = statistics.median(times)
-    # the snapshot lands on 1 tick in cap_every; spread its cost over the ticks instead of hiding it in the median
-    snap_t = []
-    for _ in range(3):
-        s0 = time.perf_counter()
-        eng.snapshot()
-        snap_t.append(time.perf_counter() - s0)
-    snap_share = statistics.median(snap_t) / cap_every
+    run_means, single = [], []
+    tick = warmup
+    for _ in range(repeats):
+        total = 0.0
+        for i in range(ticks):
+            r = Readings(sig, np.full(S, tick, np.int64), rng.standard_normal(S), q)
+            tick += 1
+            start = time.perf_counter()
+            eng.update(r)
+            snap = i % cap_every == cap_every - 1
+            if snap:
+                eng.snapshot()
+            elapsed = time.perf_counter() - start
+            total += elapsed
+            if not snap:
+                single.append(elapsed)
+        run_means.append(total / ticks)
     return {
-        "tick_s": med + snap_share,
-        # the mean shows the ticks that complete a subgroup, which the median hides
-        "mean_tick_s": statistics.mean(t for i, t in enumerate(times) if i % cap_every) + snap_share,
+        "tick_s": statistics.median(run_means),
+        "median_tick_s": statistics.median(single),
         "state_bytes_per_signal": eng.state_bytes() / S,
     }
 
@@ -128,7 +136,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
     ap.add_argument("--signals", type=int, nargs="+", default=[1_000, 10_000, 100_000])
-    ap.add_argument("--ticks", type=int, default=60, help="timed ticks per size")
+    ap.add_argument(
+        "--ticks", type=int, default=100, help="timed ticks per run (a multiple of 100 sees every tick kind)"
+    )
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per size; the median run counts")
+    ap.add_argument("--warmup", type=int, default=200, help="ticks before timing (phase I is 50)")
+    ap.add_argument(
+        "--compare-with",
+        type=Path,
+        help="another spc.py (e.g. from `git show REV:edge_agent/core/spc.py`) measured in the same run",
+    )
     ap.add_argument("--capability-every", type=int, default=100, help="ticks between capability snapshots")
     ap.add_argument("--ref-signals", type=int, default=200, help="signals for the Python/pandas comparison")
     ap.add_argument("--ref-ticks", type=int, default=200, help="ticks for the Python/pandas comparison")
@@ -136,36 +153,57 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     py = bench_python(a.ref_signals, a.ref_ticks, a.seed)
     pdr = bench_pandas(max(a.ref_signals, 1000), max(a.ref_ticks, 1000), a.seed)
+    engines: list[tuple[str, type]] = [("current", SpcEngine)]
+    if a.compare_with:
+        spec = importlib.util.spec_from_file_location("spc_compare", a.compare_with)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["spc_compare"] = mod  # dataclasses look their module up
+        spec.loader.exec_module(mod)
+        engines.append((str(a.compare_with), mod.SpcEngine))
     for S in a.signals:
         for shuffled in (False, True):
-            e = bench_engine(S, a.ticks, a.capability_every, shuffled, a.seed)
-            sps = S / e["tick_s"]
-            rec = {
-                "name": "full_suite" if not shuffled else "full_suite_shuffled_rows",
-                "signals": S,
-                "ticks": a.ticks,
-                "median_tick_ms": round(e["tick_s"] * 1e3, 3),
-                "mean_tick_ms": round(e["mean_tick_s"] * 1e3, 3),
-                "samples_per_s": round(sps),
-                "state_bytes_per_signal": round(e["state_bytes_per_signal"]),
-                "python_samples_per_s": round(py),
-                "pandas_samples_per_s": round(pdr),
-                "ratio_vs_python": round(sps / py, 1),
-                "ratio_vs_pandas": round(sps / pdr, 2),
-                "note": (
-                    f"python on {a.ref_signals} signals x {a.ref_ticks} ticks, pandas batch on "
-                    f"{max(a.ref_signals, 1000)} x {max(a.ref_ticks, 1000)}, both per sample; capability "
-                    f"snapshot every {a.capability_every} ticks, cost included"
-                ),
-            }
-            if a.json:
-                print(orjson.dumps(rec).decode())
-            else:
-                print(
-                    f"{rec['name']:26s} S={S:>7d} tick {rec['median_tick_ms']:8.3f} ms "
-                    f"{sps / 1e6:7.2f} M samples/s  x{rec['ratio_vs_python']} python  "
-                    f"x{rec['ratio_vs_pandas']} pandas  {rec['state_bytes_per_signal']} B/signal"
+            for label, engine in engines:
+                e = bench_engine(
+                    engine, S, a.ticks, a.repeats, a.warmup, a.capability_every, shuffled, a.seed
                 )
+                report(a, label, S, shuffled, e, py, pdr)
+
+
+def report(
+    a: argparse.Namespace, label: str, S: int, shuffled: bool, e: dict[str, float], py: float, pdr: float
+) -> None:
+    """Print one result line (JSON with --json)."""
+    sps = S / e["tick_s"]
+    rec = {
+        "name": "full_suite" if not shuffled else "full_suite_shuffled_rows",
+        "engine": label,
+        "signals": S,
+        "ticks": a.ticks * a.repeats,
+        "tick_ms": round(e["tick_s"] * 1e3, 3),
+        "median_tick_ms": round(e["median_tick_s"] * 1e3, 3),
+        "samples_per_s": round(sps),
+        "state_bytes_per_signal": round(e["state_bytes_per_signal"]),
+        "python_samples_per_s": round(py),
+        "pandas_samples_per_s": round(pdr),
+        "ratio_vs_python": round(sps / py, 1),
+        "ratio_vs_pandas": round(sps / pdr, 2),
+        "note": (
+            f"tick_ms: mean over {a.ticks} consecutive ticks (every tick kind, a capability snapshot "
+            f"every {a.capability_every}), median of {a.repeats} runs, after {a.warmup} warm-up ticks; "
+            f"python on {a.ref_signals} signals x {a.ref_ticks} ticks, pandas batch on "
+            f"{max(a.ref_signals, 1000)} x {max(a.ref_ticks, 1000)}, both per sample"
+        ),
+    }
+    if a.json:
+        print(orjson.dumps(rec).decode(), flush=True)
+    else:
+        print(
+            f"{rec['name']:26s} {label[-20:]:>20s} S={S:>7d} tick {rec['tick_ms']:8.3f} ms "
+            f"(median {rec['median_tick_ms']:.3f}) {sps / 1e6:7.2f} M samples/s  x{rec['ratio_vs_python']} "
+            f"python  x{rec['ratio_vs_pandas']} pandas  {rec['state_bytes_per_signal']} B/signal",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ _U32 = np.uint32
 
 
 _BLOCK = 1 << 20  # rows per block of a full tick (see _round)
-_EXACT_EVERY = 128  # update rounds between two exact recomputes of a row's window sums
+_EXACT_EVERY = 1024  # update rounds between two exact recomputes of a row's window sums
 _RUN_CAP = 15  # run counters saturate here: the longest run a rule asks for (N7)
 
 
@@ -144,10 +144,6 @@ def _set(byte: NDArray[np.uint8], cond: NDArray[np.bool_], bits: int, tmp: NDArr
     # bool viewed as uint8: same-type loops are about twice as fast as mixed bool/uint8 ones
     np.multiply(cond.view(_U8), _U8(bits), out=tmp)
     np.bitwise_or(byte, tmp, out=byte)
-
-
-def _bits(cond: NDArray[np.bool_], rule: int) -> NDArray[np.uint32]:
-    return cond.astype(np.uint32) * np.uint32(rule)
 
 
 def _run(run: NDArray[np.uint8], cond: NDArray[np.bool_], cap: NDArray[np.uint8]) -> None:
@@ -291,7 +287,6 @@ class SpcEngine:
         # scratch for the per-sample temporaries: a fresh 8·S-byte array per operation would cost page faults
         self._tmp = np.empty((5, S))
         self._btmp = np.empty((5, S), _U8)
-        self._mtmp = np.empty(S, np.uint32)
         self._bmon = np.empty((7, S), bool)
         self._mbytes = np.empty((3, S), _U8)  # the mask bytes of a gathered (not full) round
         self._cap = np.full(S, _RUN_CAP, _U8)
@@ -551,7 +546,7 @@ class SpcEngine:
         cand = np.flatnonzero(np.logical_or(hit, self.alarm_busy[r], out=self._bmon[0, :n]))
         if cand.size == 0:
             return
-        mc = _mask32(mb[:, cand])
+        mc = _mask32(mb, cand)
         on = mc != 0
         if on.any():
             nz = cand[on]
@@ -807,9 +802,13 @@ class SpcEngine:
         mb: NDArray[np.uint8],
     ) -> None:
         """Statistics of the subgroups completed in this round; phase I ones feed the limits, phase II ones the X̄-R/X̄-S rules."""
-        i = np.flatnonzero(done)
-        if i.size == 0:
+        if not done.any():
             return
+        lockstep = isinstance(r, slice) and self._sub_uniform and self._lock is not None
+        if lockstep and bool(done.all()) and not in1.any():
+            self._close_all_subgroups(mb)
+            return
+        i = np.flatnonzero(done)
         every = isinstance(r, slice) and i.size == ra.shape[0]
         rows = ra[i]
         ns = self.sub_n[rows]
@@ -855,6 +854,44 @@ class SpcEngine:
         else:
             mb[1, i] |= hi
             mb[2, i] |= top
+
+    def _close_all_subgroups(self, mb: NDArray[np.uint8]) -> None:
+        """Every row completed a subgroup in lockstep (phase II, one subgroup size): the same arithmetic as _close_subgroups on whole rows."""
+        assert self._lock is not None
+        p, w = self._lock
+        n = int(self.sub_n[0])
+        buf = self.buf
+        v = [buf[(p - n + j) % w] for j in range(n)]  # oldest first, as _subgroup_stats sums
+        xbar = np.add(v[0], v[1])
+        mx = np.maximum(v[0], v[1])
+        mn = np.minimum(v[0], v[1])
+        for j in range(2, n):
+            xbar += v[j]
+            np.maximum(mx, v[j], out=mx)
+            np.minimum(mn, v[j], out=mn)
+        xbar /= n
+        rng = np.subtract(mx, mn, out=mx)
+        ss = np.subtract(v[0], xbar, out=mn)
+        ss *= ss
+        d = np.empty_like(xbar)
+        for j in range(1, n):
+            np.subtract(v[j], xbar, out=d)
+            d *= d
+            ss += d
+        ss /= n - 1
+        sd = np.sqrt(ss, out=ss)
+        self.last_xbar[:], self.last_r[:], self.last_s[:] = xbar, rng, sd
+        self.cap_r += rng
+        self.cap_s += sd
+        self.cap_k += 1
+        dev = np.subtract(xbar, self.xcl, out=d)
+        np.abs(dev, out=dev)
+        rbar, sbar = self.rbar, self.sbar
+        hi = np.multiply((dev > C.A2[n] * rbar).view(_U8), _U8(Rule.XBAR_R >> 8))
+        hi |= np.multiply(((rng > C.D4[n] * rbar) | (rng < C.D3[n] * rbar)).view(_U8), _U8(Rule.R_OUT >> 8))
+        hi |= np.multiply((dev > C.A3[n] * sbar).view(_U8), _U8(Rule.XBAR_S >> 8))
+        mb[1] |= hi
+        mb[2] |= ((sd > C.B4[n] * sbar) | (sd < C.B3[n] * sbar)).view(_U8)
 
     def _subgroup_stats(
         self, rows: slice | NDArray[np.int64], n: int
@@ -1135,27 +1172,26 @@ class SpcEngine:
         self, rows: NDArray[np.int64], kind: NDArray[np.int64], x: NDArray[np.float64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """The value that decided each alarm transition and the limit it crossed, per kind."""
+        cl, sg = self.cl[rows], self.sigma[rows]
+        # rules and chart (kinds 0, 1): the 3σ limit on the value's side
         val = x.copy()
-        lim = np.empty(x.shape[0])
-        for k in range(_N_KINDS):
+        lim = np.where(x >= cl, cl + 3 * sg, cl - 3 * sg)
+        for k in (2, 3, 4):
             i = np.flatnonzero(kind == k)
             if i.size == 0:
                 continue
-            rk, xk = rows[i], x[i]
-            cl, sg = self.cl[rk], self.sigma[rk]
-            if k <= 1:
-                lim[i] = np.where(xk >= cl, cl + 3 * sg, cl - 3 * sg)
-            elif k == 2:
+            rk, ck, sk = rows[i], cl[i], sg[i]
+            if k == 2:
                 lam = self.lam[rk]
-                width = self.L[rk] * sg * np.sqrt(lam / (2 - lam) * (1 - self.ewma_decay[rk]))
+                width = self.L[rk] * sk * np.sqrt(lam / (2 - lam) * (1 - self.ewma_decay[rk]))
                 e = self.ewma[rk]
                 val[i] = e
-                lim[i] = np.where(e >= cl, cl + width, cl - width)
+                lim[i] = np.where(e >= ck, ck + width, ck - width)
             elif k == 3:
                 val[i] = np.maximum(self.cpos[rk], self.cneg[rk])
-                lim[i] = self.h[rk] * sg
+                lim[i] = self.h[rk] * sk
             else:
-                lim[i] = np.where(xk >= cl, self.usl[rk], self.lsl[rk])
+                lim[i] = np.where(x[i] >= ck, self.usl[rk], self.lsl[rk])
         return val, lim
 
     # ------------------------------------------------------------------ read-out
@@ -1299,10 +1335,11 @@ class SpcEngine:
         }
 
     def state_bytes(self) -> int:
-        """Bytes held in per-signal state arrays (ring buffer included)."""
-        total = self.buf.nbytes  # [max_window, S]
-        for v in vars(self).values():
-            if isinstance(v, np.ndarray) and v.shape[:1] == (self.capacity,):
+        """Bytes held in per-signal state arrays: ring buffer, suffix extremes, counters, limits, settings, alarms (scratch excluded)."""
+        total = 0
+        for name, v in vars(self).items():
+            # underscore arrays are scratch, constants and the row index, not state
+            if isinstance(v, np.ndarray) and not name.startswith("_") and self.capacity in v.shape:
                 total += v.nbytes
         a = self.alarms
         total += (
@@ -1315,11 +1352,12 @@ class SpcEngine:
         return total
 
 
-def _mask32(b: NDArray[np.uint8]) -> NDArray[np.uint32]:
-    """The uint32 rule masks from their three bytes ([3, n])."""
-    m = b[2].astype(np.uint32) << 16
-    m |= b[1].astype(np.uint32) << 8
-    m |= b[0]
+def _mask32(b: NDArray[np.uint8], at: NDArray[np.intp] | None = None) -> NDArray[np.uint32]:
+    """The uint32 rule masks from their three bytes ([3, n]), at positions `at` (all when None)."""
+    b0, b1, b2 = (b[0], b[1], b[2]) if at is None else (b[0][at], b[1][at], b[2][at])
+    m = b2.astype(np.uint32) << 16
+    m |= b1.astype(np.uint32) << 8
+    m |= b0
     return m
 
 
