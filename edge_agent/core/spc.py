@@ -190,7 +190,10 @@ class SpcEngine:
         self._sub_all = False
         self._sub_uniform = True  # every row with subgroups has the same subgroup_n
         # counters
-        self.n_good = np.zeros(S, np.int64)
+        # per-row counts that grow by one on every full tick are kept as offsets from the number of
+        # full ticks (`_ticks`): a full tick adds 1 to one number instead of S
+        self._ticks = 0
+        self.n_good_off = np.zeros(S, np.int64)
         self.n_missing = np.zeros(S, np.int64)
         self.missing_run = np.zeros(S, np.int64)
         self._missing_runs = False  # some row may have missing_run > 0
@@ -276,7 +279,8 @@ class SpcEngine:
         # are far cheaper than uint32 ones; the uint32 is assembled for the rows with hits only
         self.mask_b = np.zeros((3, S), _U8)
         # capability study accumulators (since the last rebaseline or reset_capability); cap_n - 1 moving ranges
-        self.cap_n = np.zeros(S, np.int64)
+        self.cap_n_off = np.zeros(S, np.int64)  # cap_n = cap_n_off + _ticks
+        self._cap_fresh = True  # some row may have no sample in its capability period yet
         self.cap_ref = np.zeros(S)
         self.cap_s1 = np.zeros(S)
         self.cap_s2 = np.zeros(S)
@@ -376,7 +380,7 @@ class SpcEngine:
         self._sub_all = self._sub_rows.size == self.capacity
         self._sub_uniform = bool((self.sub_n[self._sub_rows] == self.sub_n[self._sub_rows[:1]]).all())
         for a, val in (
-            (self.n_good, 0),
+            (self.n_good_off, -self._ticks),
             (self.n_missing, 0),
             (self.missing_run, 0),
             (self.last_t, -1),
@@ -442,8 +446,9 @@ class SpcEngine:
     def reset_capability(self, rows: ArrayLike) -> None:
         """Start a new capability period (e.g. a shift) for `rows`."""
         r = np.asarray(rows, dtype=np.int64).reshape(-1)
+        self.cap_n_off[r] = -self._ticks
+        self._cap_fresh = True
         for a in (
-            self.cap_n,
             self.cap_s1,
             self.cap_s2,
             self.cap_mr,
@@ -522,9 +527,13 @@ class SpcEngine:
             if self._lock is not None:
                 p, w = self._lock
                 self._lock = ((p + 1) % w, w)
+            self._ticks += 1
+            self._cap_fresh = False
         else:
             self._unlock()
             self._step(r, ra, x, t, in1, mb, done, redo)
+            if self._cap_fresh:
+                self._cap_fresh = bool((self.cap_n_off == -self._ticks).any())
         self._refresh_extremes(ra, redo)
         self._exact_window_block()
         if not self._ewma_settled:
@@ -569,7 +578,8 @@ class SpcEngine:
     ) -> None:
         """Per-sample work for the rows `r` (a block of a full tick or gathered rows): counters, window, capability, phase I, rules, subgroup sums."""
         n = x.shape[0]
-        self.n_good[r] += 1
+        if not isinstance(r, slice):
+            self.n_good_off[r] += 1
         self.last_t[r] = t
         prev = self.prev[r]
         dx = np.subtract(x, prev, out=self._tmp[0, :n])  # NaN where there is no previous value
@@ -747,14 +757,14 @@ class SpcEngine:
     def _capability(
         self, r: slice | NDArray[np.int64], x: NDArray[np.float64], mr: NDArray[np.float64]
     ) -> None:
-        cn = self.cap_n[r]
-        new = cn == 0  # first sample of the period: it sets the reference and has no moving range
-        any_new = bool(new.any())
         ref = self.cap_ref[r]
-        if any_new:
-            np.copyto(ref, x, where=new)
-            _put(self.cap_ref, r, ref)
-            mr = np.where(new, 0.0, mr)
+        if self._cap_fresh:
+            # first sample of the period: it sets the reference and has no moving range
+            new = self.cap_n_off[r] == -self._ticks
+            if new.any():
+                np.copyto(ref, x, where=new)
+                _put(self.cap_ref, r, ref)
+                mr = np.where(new, 0.0, mr)
         d = np.subtract(x, ref, out=self._tmp[2, : x.shape[0]])
         s1 = self.cap_s1[r]
         s1 += d
@@ -763,8 +773,8 @@ class SpcEngine:
         s2 = self.cap_s2[r]
         s2 += d
         _put(self.cap_s2, r, s2)
-        cn += 1
-        _put(self.cap_n, r, cn)
+        if not isinstance(r, slice):
+            self.cap_n_off[r] += 1
         m = self.cap_mr[r]
         m += mr
         _put(self.cap_mr, r, m)
@@ -1230,7 +1240,7 @@ class SpcEngine:
         ).astype(np.uint8)
         out: dict[str, NDArray[Any]] = {
             "row": rr,
-            "n": self.n_good[r].copy(),
+            "n": self.n_good_off[r] + self._ticks,
             "missing": self.n_missing[r].copy(),
             "missing_run": self.missing_run[r].copy(),
             "last_t_ns": self.last_t[r].copy(),
@@ -1289,13 +1299,14 @@ class SpcEngine:
         return mean, sd, mn, mx
 
     def _capability_indices(self, r: slice | NDArray[np.int64]) -> dict[str, NDArray[Any]]:
-        n = self.cap_n[r].astype(F64)
+        cap_n = self.cap_n_off[r] + self._ticks
+        n = cap_n.astype(F64)
         mu = self.cap_ref[r] + self.cap_s1[r] / n
         overall = np.sqrt(np.maximum(0.0, (self.cap_s2[r] - self.cap_s1[r] ** 2 / n) / (n - 1)))
         ns = np.clip(self.sub_n[r], 2, C.MAX_SUBGROUP)
         k = self.cap_k[r].astype(F64)
         within_sub = self.cap_r[r] / k / C.D2[ns]
-        within_ind = self.cap_mr[r] / (self.cap_n[r] - 1) / C.D2_MR
+        within_ind = self.cap_mr[r] / (cap_n - 1) / C.D2_MR
         within = np.where(self.sub_n[r] >= 2, within_sub, within_ind)
         gs = self.given_sigma[r]
         within = np.where(np.isfinite(gs), gs, within)
@@ -1323,7 +1334,7 @@ class SpcEngine:
         bad = reason != NoData.OK
         cp, cpk, pp, ppk = (np.where(bad, np.nan, a) for a in (cp, cpk, pp, ppk))
         return {
-            "cap_n": self.cap_n[r].copy(),
+            "cap_n": cap_n,
             "cap_mean": np.where(n > 0, mu, np.nan),
             "sigma_within": np.where(n > 1, within, np.nan),
             "sigma_overall": np.where(n > 1, overall, np.nan),
