@@ -212,15 +212,14 @@ class SpcEngine:
         self.win_ref2 = np.zeros(S)
         self.win_s1 = np.zeros(S)
         self.win_s2 = np.zeros(S)
-        # min/max (van Herk / Gil-Werman): the ring is read in passes of `window` slots; the window is
-        # this pass's slots so far (running min/max `pfx_*`) and the previous pass's slots after the
-        # current one (`sfx_*[p]` = min/max of slots p+1..window-1, computed when a pass completes)
+        # min/max (van Herk / Gil-Werman): the ring is written in passes of `window` slots; the window
+        # is this pass's slots so far (running min/max `pfx_*`, updated per sample) and the previous
+        # pass's slots after the newest one (`sfx_*[p]` = min/max of slots p+1..window-1, computed when a
+        # pass completes), so the window min is min(pfx_min, sfx_min[p]): one comparison at read-out
         self.pfx_min = np.full(S, np.inf)
         self.pfx_max = np.full(S, -np.inf)
         self.sfx_min = np.full((W, S), np.inf)
         self.sfx_max = np.full((W, S), -np.inf)
-        self.win_min = np.full(S, np.inf)
-        self.win_max = np.full(S, -np.inf)
         self._exact_next = 0  # first row of the next exact recompute
         # (pos, window) while every row has that ring position and window and a full window: a full
         # tick then writes one buffer row and `pos` is brought up to date only when leaving this state
@@ -392,7 +391,7 @@ class SpcEngine:
         self._unlock()
         self.buf[:, r] = 0.0
         self.win_ref2[r], self.win_s1[r], self.win_s2[r] = 0.0, 0.0, 0.0
-        self.win_min[r], self.win_max[r] = np.inf, -np.inf
+        self.pfx_min[r], self.pfx_max[r] = np.inf, -np.inf
         self.sfx_min[:, r], self.sfx_max[:, r] = np.inf, -np.inf
         self.rebaseline(r)
 
@@ -621,23 +620,20 @@ class SpcEngine:
         x: NDArray[np.float64],
         redo: NDArray[np.bool_],
     ) -> None:
-        """Write each row's new value into its ring slot; update the window sums, min and max; `redo` marks rows to recompute exactly."""
+        """Write each row's new value into its ring slot; update the window sums and the running min/max of the ring pass; `redo` marks rows to recompute exactly."""
         n = x.shape[0]
         S = self.capacity
         ref2, s1, s2 = self.win_ref2[r], self.win_s1[r], self.win_s2[r]
         pmn, pmx = self.pfx_min[r], self.pfx_max[r]
-        mn, mx = self.win_min[r], self.win_max[r]
         lock = self._lock if isinstance(r, slice) else None
         if lock is not None:
             p0, w0 = lock
             slot = self.buf[p0, r]  # every row evicts the value in this slot
             old: NDArray[np.float64] = slot
-            smn, smx = self.sfx_min[p0, r], self.sfx_max[p0, r]
         else:
             p = self.pos[r]
             flat = p.astype(np.int64) * S + ra
             old = self.buf.reshape(-1)[flat]
-            smn, smx = self.sfx_min.reshape(-1)[flat], self.sfx_max.reshape(-1)[flat]
             f = self.fill[r]
             w = self.window[r]
             first = f == 0
@@ -665,8 +661,6 @@ class SpcEngine:
             else:
                 np.minimum(pmn, x, out=pmn)
                 np.maximum(pmx, x, out=pmx)
-            np.minimum(pmn, smn, out=mn)
-            np.maximum(pmx, smx, out=mx)
             if p0 == w0 - 1:
                 # pass complete: suffix min/max of its slots for the next pass (row by row: an
                 # accumulate into a reversed view is ~20x slower)
@@ -683,8 +677,6 @@ class SpcEngine:
             start = p == 0
             np.copyto(pmn, x, where=start)
             np.copyto(pmx, x, where=start)
-            np.minimum(pmn, smn, out=mn)
-            np.maximum(pmx, smx, out=mx)
             p += 1
             ended = np.flatnonzero(p >= w)
             if ended.size:
@@ -696,7 +688,7 @@ class SpcEngine:
             _put(self.fill, r, f)
         for arr, v in ((self.win_ref2, ref2), (self.win_s1, s1), (self.win_s2, s2)):
             _put(arr, r, v)
-        for arr, v in ((self.pfx_min, pmn), (self.pfx_max, pmx), (self.win_min, mn), (self.win_max, mx)):
+        for arr, v in ((self.pfx_min, pmn), (self.pfx_max, pmx)):
             _put(arr, r, v)
 
     def _suffix_extremes(self, rows: NDArray[np.int64], w: NDArray[np.int32]) -> None:
@@ -1294,8 +1286,16 @@ class SpcEngine:
             mean = np.where(f > 0, self.win_ref2[r] * 0.5 + s1 / f, np.nan)
             var = (s2 - s1 * s1 / f) / (f - 1)
             sd = np.where(f > 1, np.sqrt(np.maximum(var, 0.0)), np.nan)
-        mn = np.where(f > 0, self.win_min[r], np.nan)
-        mx = np.where(f > 0, self.win_max[r], np.nan)
+        # newest slot p: the window is this pass so far and the previous pass after slot p
+        rows = self._rows[r]
+        if self._lock is not None:
+            flat = ((self._lock[0] - 1) % self._lock[1]) * self.capacity + rows
+        else:
+            flat = ((self.pos[r].astype(np.int64) - 1) % self.window[r]) * self.capacity + rows
+        mn = np.minimum(self.pfx_min[r], self.sfx_min.reshape(-1)[flat])
+        mx = np.maximum(self.pfx_max[r], self.sfx_max.reshape(-1)[flat])
+        mn = np.where(f > 0, mn, np.nan)
+        mx = np.where(f > 0, mx, np.nan)
         return mean, sd, mn, mx
 
     def _capability_indices(self, r: slice | NDArray[np.int64]) -> dict[str, NDArray[Any]]:
