@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import functools
+import gc
 import logging
 import signal
 import sys
@@ -35,6 +38,25 @@ def _sink_set(config: Config, pipeline: IndicatorPipeline, metrics: AgentMetrics
     from edge_agent.sinks.runtime import SinkSet
 
     return SinkSet(config, pipeline.table, metrics)
+
+
+@functools.cache
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    return trim  # type: ignore[no-any-return]
+
+
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc only; elsewhere nothing happens).
+
+    Every poll allocates and frees message bodies and arrays; glibc keeps the freed pages of its
+    arenas, so a long-running agent's resident size creeps towards its worst burst (a backlog after
+    an outage, say). `malloc_trim(0)` costs well under a millisecond at the status interval.
+    """
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class Agent:
@@ -70,6 +92,10 @@ class Agent:
         for name, device in self._devices.items():
             self._start_device(name, device)
         self._status_task = asyncio.create_task(self._report_status(), name="agent-status")
+        # config models, profiles and the signal table live as long as the agent: keeping them out of
+        # the collector's generations saves walking ~10^5 objects in every full collection
+        gc.collect()
+        gc.freeze()
 
     def _start_device(self, name: str, device: ModbusDevice | OpcUaDevice) -> None:
         rows = self.pipeline.rows_of(name)
@@ -122,6 +148,10 @@ class Agent:
         self._devices = new_devices
         for name in set(new_devices) - keep:
             self._start_device(name, new_devices[name])
+        # the old pipeline and config were frozen at start: unfreeze so their cycles can be collected
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
         log.info(
             "config reloaded: %d devices kept, %d (re)started, %d removed",
             len(keep),
@@ -151,6 +181,7 @@ class Agent:
             await asyncio.sleep(self.config.agent.status_interval)
             if self.sinks is not None:
                 self.sinks.publish_status(self.status("online"))
+            release_free_heap()
 
     @property
     def source(self) -> Source:

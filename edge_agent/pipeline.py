@@ -102,8 +102,13 @@ class IndicatorPipeline:
         self.table = table if table is not None else SignalTable()
         self.devices: dict[str, DeviceInfo] = {}
         site = config.site
+        # one parsed copy per profile, shared by its devices: a hundred devices of one kind would
+        # otherwise hold a hundred identical profiles (6 MB at 100 tags each)
+        profiles: dict[str, Profile] = {}
         for i, dev in enumerate(d for d in config.devices if d.enabled):
-            profile = find_profile(dev.profile, profile_dirs)
+            if dev.profile not in profiles:
+                profiles[dev.profile] = find_profile(dev.profile, profile_dirs)
+            profile = profiles[dev.profile]
             rows = {}
             for name in dev.signal_names():
                 ps = profile.signal(name)

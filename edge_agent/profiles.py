@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from edge_agent.config import ConfigError, Model, Name, _describe
 
@@ -121,6 +121,13 @@ class Profile(Model):
     kpi_interval_s: float = Field(default=1.0, gt=0)
     """Indicators of continuous signals are published at most this often; per-cycle ones every cycle."""
 
+    # a device looks up each of its tags here: a scan of the list per tag is quadratic in the tag count
+    _by_name: dict[str, ProfileSignal] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Index the signals by name."""
+        self._by_name = {s.name: s for s in self.signals}
+
     @model_validator(mode="after")
     def _references_exist(self) -> Profile:
         names = {s.name for s in self.signals}
@@ -144,7 +151,7 @@ class Profile(Model):
 
     def signal(self, name: str) -> ProfileSignal | None:
         """The profile's signal of that name, if any."""
-        return next((s for s in self.signals if s.name == name), None)
+        return self._by_name.get(name)
 
 
 def load_profile(path: Path) -> Profile:
