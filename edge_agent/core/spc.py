@@ -246,20 +246,17 @@ class SpcEngine:
         self.rbar = np.full(S, np.nan)
         self.sbar = np.full(S, np.nan)
         self.mr_ucl = np.full(S, np.nan)
-        self.ew_w2 = np.full(S, np.nan)  # squared asymptotic EWMA half-width (L·σ)²·λ/(2-λ)
-        self.ew_hi = np.full(S, np.nan)  # asymptotic EWMA limits CL ± L·σ·sqrt(λ/(2-λ))
-        self.ew_lo = np.full(S, np.nan)
+        self.ew_z = np.zeros(S)  # asymptotic EWMA half-width in sigmas, L·sqrt(λ/(2-λ))
         # every row's (1-λ)^(2i) is too small to change 1 - (1-λ)^(2i): the asymptotic limits apply
         self._ewma_settled = False
         self._nan_sigma = False  # some phase II row has no sigma (its zone tests must all be false)
-        self.cu_hi = np.full(S, np.nan)  # CL + K
-        self.cu_lo = np.full(S, np.nan)  # CL - K
-        self.cu_h = np.full(S, np.nan)  # H = h·σ
-        # EWMA, CUSUM, rules
-        self.ewma = np.full(S, np.nan)
+        # EWMA and CUSUM run on z = (x - CL)/σ, so their limits are the per-signal settings (plain
+        # numbers when all rows share them) and no per-row limit array is read per sample; in x
+        # units EWMA = CL + σ·ewma_z and C± = σ·c±_z
+        self.ewma_z = np.full(S, np.nan)
         self.ewma_decay = np.ones(S)  # (1-λ)^(2i)
-        self.cpos = np.zeros(S)
-        self.cneg = np.zeros(S)
+        self.cpos_z = np.zeros(S)
+        self.cneg_z = np.zeros(S)
         self.npos = np.zeros(S, np.int32)
         self.nneg = np.zeros(S, np.int32)
         # zone histories of the last 8 samples, newest in bit 0: above/below 1σ, above/below 2σ
@@ -364,6 +361,7 @@ class SpcEngine:
         self.phase1_n[r] = v["phase1_n"].astype(np.int64)
         self.lsl[r], self.usl[r] = v["lsl"], v["usl"]
         self.lam[r], self.L[r] = v["ewma_lambda"], v["ewma_L"]
+        self.ew_z[r] = v["ewma_L"] * np.sqrt(v["ewma_lambda"] / (2.0 - v["ewma_lambda"]))
         self.oml[r] = 1.0 - v["ewma_lambda"]
         self.k[r], self.h[r] = v["cusum_k"], v["cusum_h"]
         self.sub_n[r] = v["subgroup_n"].astype(np.int8)
@@ -373,7 +371,15 @@ class SpcEngine:
         self._sub_rows = np.flatnonzero(self.sub_n >= 2)
         self._uniform = {
             name: float(a[0])
-            for name, a in (("lam", self.lam), ("oml", self.oml), ("usl", self.usl), ("lsl", self.lsl))
+            for name, a in (
+                ("lam", self.lam),
+                ("oml", self.oml),
+                ("usl", self.usl),
+                ("lsl", self.lsl),
+                ("ew_z", self.ew_z),
+                ("k", self.k),
+                ("h", self.h),
+            )
             if bool((a == a[0]).all()) or bool(np.isnan(a).all())
         }
         self._sub_all = self._sub_rows.size == self.capacity
@@ -944,19 +950,13 @@ class SpcEngine:
         self.xcl[r] = np.where(np.isfinite(gcl), gcl, xcl_est)
         self.rbar[r] = np.where(np.isfinite(gs), C.D2[ns] * gs, rbar_est)
         self.sbar[r] = np.where(np.isfinite(gs), C.C4[ns] * gs, sbar_est)
-        lam = self.lam[r]
         self.mr_ucl[r] = C.D4_MR * C.D2_MR * sigma
-        self.ew_w2[r] = (self.L[r] * sigma) ** 2 * (lam / (2.0 - lam))
-        width = self.L[r] * sigma * np.sqrt(lam / (2 - lam) * 1.0)
-        self.ew_hi[r], self.ew_lo[r] = cl + width, cl - width
         self._ewma_settled = False
-        kk = self.k[r] * sigma
-        self.cu_hi[r], self.cu_lo[r], self.cu_h[r] = cl + kk, cl - kk, self.h[r] * sigma
         self.phase[r] = 1
         self.sg_k[r] = 0
-        self.ewma[r] = cl
+        self.ewma_z[r] = 0.0
         self.ewma_decay[r] = 1.0
-        for a in (self.cpos, self.cneg, self.npos, self.nneg, self.ha1, self.hb1, self.ha2, self.hb2):
+        for a in (self.cpos_z, self.cneg_z, self.npos, self.nneg, self.ha1, self.hb1, self.ha2, self.hb2):
             a[r] = 0
         for a in (self.run_pos, self.run_neg, self.run_in, self.run_up, self.run_dn, self.run_alt):
             a[r] = 0
@@ -1058,43 +1058,44 @@ class SpcEngine:
             _put(arr, r, v)
         # NaN (no previous value) never fires
         _set(b1, np.greater(mr, self.mr_ucl[r], out=c), Rule.MR_HIGH >> 8, tmp)
-        # EWMA, same operation order as lam·x + (1-lam)·ewma
+        # EWMA of z, same operation order as lam·z + (1-lam)·ewma
         oml = self._cfg("oml", r)
-        e = self.ewma[r]
+        t4 = self._tmp[4, :n]
+        e = self.ewma_z[r]
         e *= oml
-        e += np.multiply(self._cfg("lam", r), x, out=self._tmp[2, :n])
-        _put(self.ewma, r, e)
+        e += np.multiply(self._cfg("lam", r), z, out=t4)
+        _put(self.ewma_z, r, e)
+        ewz = self._cfg("ew_z", r)
         if self._ewma_settled:
-            # (1-λ)^(2i) no longer changes 1 - (1-λ)^(2i): the limits are the asymptotic ones, as the reference computes them
-            np.multiply(np.greater(e, self.ew_hi[r], out=c).view(U), U(Rule.EWMA_HIGH >> 16), out=b2)
-            _set(b2, np.less(e, self.ew_lo[r], out=c), Rule.EWMA_LOW >> 16, tmp)
+            # (1-λ)^(2i) no longer changes 1 - (1-λ)^(2i): the limits are the asymptotic ones
+            np.multiply(np.greater(e, ewz, out=c).view(U), U(Rule.EWMA_HIGH >> 16), out=b2)
+            _set(b2, np.less(e, np.negative(ewz), out=c), Rule.EWMA_LOW >> 16, tmp)
         else:
             b2[...] = 0
             decay = self.ewma_decay[r]
             decay *= oml
             decay *= oml
             _put(self.ewma_decay, r, decay)
-            # exact time-varying limits: squared distance against the squared half-width, no square root
-            w2 = np.subtract(1.0, decay, out=self._tmp[3, :n])
-            w2 *= self.ew_w2[r]
-            de = np.subtract(e, cl, out=self._tmp[2, :n])
-            de2 = np.multiply(de, de, out=self._tmp[4, :n])
-            far = np.flatnonzero(np.greater(de2, w2, out=c))
+            # exact time-varying limits: the squared EWMA against the squared half-width, no square root
+            w2 = np.subtract(1.0, decay, out=t4)
+            w2 *= np.multiply(ewz, ewz)
+            far = np.flatnonzero(np.greater(np.multiply(e, e, out=az), w2, out=c))
             if far.size:
-                side_hi = de[far] > 0.0
+                side_hi = e[far] > 0.0
                 b2[far[side_hi]] |= Rule.EWMA_HIGH >> 16
                 b2[far[~side_hi]] |= Rule.EWMA_LOW >> 16
-        # tabular CUSUM, same operation order as max(0, x - (CL + K) + C)
+        # tabular CUSUM of z: C+ = max(0, z - k + C+), C- = max(0, -z - k + C-), alarm above h
         zero = self._zero[:n]
-        cp, cn = self.cpos[r], self.cneg[r]
-        step = np.subtract(x, self.cu_hi[r], out=self._tmp[2, :n])
-        cp += step
+        k = self._cfg("k", r)
+        cp, cn = self.cpos_z[r], self.cneg_z[r]
+        cp += z
+        cp -= k
         np.maximum(cp, zero, out=cp)
-        np.subtract(self.cu_lo[r], x, out=step)
-        cn += step
+        cn -= z
+        cn -= k
         np.maximum(cn, zero, out=cn)
-        _put(self.cpos, r, cp)
-        _put(self.cneg, r, cn)
+        _put(self.cpos_z, r, cp)
+        _put(self.cneg_z, r, cn)
         c32 = self._i32[:n]
         for cnt_arr, cs in ((self.npos, cp), (self.nneg, cn)):
             cnt = cnt_arr[r]
@@ -1102,7 +1103,7 @@ class SpcEngine:
             np.copyto(c32, np.greater(cs, zero, out=c))
             cnt *= c32
             _put(cnt_arr, r, cnt)
-        hh = self.cu_h[r]
+        hh = self._cfg("h", r)
         _set(b2, np.greater(cp, hh, out=c), Rule.CUSUM_POS >> 16, tmp)
         _set(b2, np.greater(cn, hh, out=c), Rule.CUSUM_NEG >> 16, tmp)
         if self._has_spec:
@@ -1186,11 +1187,11 @@ class SpcEngine:
             if k == 2:
                 lam = self.lam[rk]
                 width = self.L[rk] * sk * np.sqrt(lam / (2 - lam) * (1 - self.ewma_decay[rk]))
-                e = self.ewma[rk]
+                e = ck + sk * self.ewma_z[rk]
                 val[i] = e
                 lim[i] = np.where(e >= ck, ck + width, ck - width)
             elif k == 3:
-                val[i] = np.maximum(self.cpos[rk], self.cneg[rk])
+                val[i] = np.maximum(self.cpos_z[rk], self.cneg_z[rk]) * sk
                 lim[i] = self.h[rk] * sk
             else:
                 lim[i] = np.where(x[i] >= ck, self.usl[rk], self.lsl[rk])
@@ -1214,7 +1215,7 @@ class SpcEngine:
             nsi = np.clip(ns, 2, C.MAX_SUBGROUP)
             has_sub = np.where(ns >= 2, 1.0, np.nan)
             kk, hh = self.k[r] * sg, self.h[r] * sg
-            cpos, cneg = self.cpos[r] * lim, self.cneg[r] * lim
+            cpos, cneg = self.cpos_z[r] * sg * lim, self.cneg_z[r] * sg * lim
             shift = np.where(
                 cpos > hh,
                 cl + kk + cpos / self.npos[r],
@@ -1262,7 +1263,7 @@ class SpcEngine:
             "last_xbar": self.last_xbar[r].copy(),
             "last_r": self.last_r[r].copy(),
             "last_s": self.last_s[r].copy(),
-            "ewma": self.ewma[r] * lim,
+            "ewma": (cl + sg * self.ewma_z[r]) * lim,
             "ewma_ucl": (cl + ewma_w) * lim,
             "ewma_lcl": (cl - ewma_w) * lim,
             "cusum_pos": cpos,
