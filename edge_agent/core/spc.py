@@ -143,7 +143,7 @@ _U32 = np.uint32
 
 
 _BLOCK = 1 << 20  # rows per block of a full tick (see _round)
-_EXACT_EVERY = 1024  # update rounds between two exact recomputes of a row's window sums
+_EXT_BLOCK = 8  # ring slots per block of the window min/max suffixes
 _RUN_CAP = 15  # run counters saturate here: the longest run a rule asks for (N7)
 
 
@@ -215,26 +215,27 @@ class SpcEngine:
         self.prev = np.full(S, np.nan)
         # rolling window: ring buffer, time-major so a full tick writes one contiguous row. Every
         # sample updates the sums of (v - ref) and (v - ref)² with ref near the window mean (kept
-        # doubled in win_ref2), which keeps the variance free of cancellation. The sums are recomputed
-        # exactly from the buffer for every row once per _EXACT_EVERY update rounds, and at once for a
-        # row whose update changed the sum of squares by more than half of what is left (a spike
-        # leaving the window). A level change of many sigmas waits for the rotation: until then the
-        # variance carries a relative error of about 1e-16·(jump / sd)².
+        # doubled in win_ref2), which keeps the variance free of cancellation. A row's sums are
+        # recomputed exactly from the buffer each time its ring completes a pass (every `window`
+        # samples), and at once when an update changed the sum of squares by more than half of what
+        # is left (a spike leaving the window, a large level change). Both depend only on the row's
+        # own samples, so results do not depend on how samples are batched.
         self.buf = np.zeros((W, S))
         self.pos = np.zeros(S, np.int32)
         self.fill = np.zeros(S, np.int32)
         self.win_ref2 = np.zeros(S)
         self.win_s1 = np.zeros(S)
         self.win_s2 = np.zeros(S)
-        # min/max (van Herk / Gil-Werman): the ring is written in passes of `window` slots; the window
-        # is this pass's slots so far (running min/max `pfx_*`, updated per sample) and the previous
-        # pass's slots after the newest one (`sfx_*[p]` = min/max of slots p+1..window-1, computed when a
-        # pass completes), so the window min is min(pfx_min, sfx_min[p]): one comparison at read-out
+        # min/max (van Herk / Gil-Werman by blocks): the ring is written in passes of `window` slots;
+        # the window is this pass's slots so far (running min/max `pfx_*`, updated per sample) and the
+        # previous pass's slots after the newest one. For those, `sfx_*[k]` holds the min/max of the
+        # previous pass's slots from k·_EXT_BLOCK on (computed when a pass completes); read-out adds
+        # the fewer than _EXT_BLOCK slots before the next block boundary from the buffer
+        G = -(-W // _EXT_BLOCK)
         self.pfx_min = np.full(S, np.inf)
         self.pfx_max = np.full(S, -np.inf)
-        self.sfx_min = np.full((W, S), np.inf)
-        self.sfx_max = np.full((W, S), -np.inf)
-        self._exact_next = 0  # first row of the next exact recompute
+        self.sfx_min = np.full((G + 1, S), np.inf)  # row G: no slots, always empty
+        self.sfx_max = np.full((G + 1, S), -np.inf)
         # (pos, window) while every row has that ring position and window and a full window: a full
         # tick then writes one buffer row and `pos` is brought up to date only when leaving this state
         self._lock: tuple[int, int] | None = None
@@ -553,7 +554,6 @@ class SpcEngine:
             if self._cap_fresh:
                 self._cap_fresh = bool((self.cap_n_off == -self._ticks).any())
         self._refresh_extremes(ra, redo)
-        self._exact_window_block()
         if not self._ewma_settled:
             self._ewma_settled = bool(1.0 - self.ewma_decay.max() == 1.0)
         any1 = bool(in1.any())
@@ -672,6 +672,13 @@ class SpcEngine:
         np.abs(e, out=e)
         e += e
         np.greater(e, s2, out=redo)
+        # a centre far from the window mean (after a level change): (Σ(v-ref))²/n comes within
+        # 2^-10 of Σ(v-ref)² and the variance cancels
+        n_win = self.fill[r] + (self.fill[r] < self.window[r]) if lock is None else lock[1]
+        np.multiply(s1, s1, out=e)
+        lim = np.multiply(s2, n_win, out=d)
+        lim *= 1.0 - 2.0**-10
+        redo |= np.greater(e, lim, out=self._flags[3, :n])
         if lock is not None:
             slot[...] = x
             if p0 == 0:
@@ -681,14 +688,15 @@ class SpcEngine:
                 np.minimum(pmn, x, out=pmn)
                 np.maximum(pmx, x, out=pmx)
             if p0 == w0 - 1:
-                # pass complete: suffix min/max of its slots for the next pass (row by row: an
-                # accumulate into a reversed view is ~20x slower)
+                # pass complete: min/max of its slots from each block boundary on, for the next pass
                 buf, smin, smax = self.buf, self.sfx_min, self.sfx_max
-                smin[w0 - 2, r] = buf[w0 - 1, r]
-                smax[w0 - 2, r] = buf[w0 - 1, r]
-                for j in range(w0 - 3, -1, -1):
-                    np.minimum(buf[j + 1, r], smin[j + 1, r], out=smin[j, r])
-                    np.maximum(buf[j + 1, r], smax[j + 1, r], out=smax[j, r])
+                for k in range(-(-w0 // _EXT_BLOCK) - 1, -1, -1):
+                    blk = buf[k * _EXT_BLOCK : min((k + 1) * _EXT_BLOCK, w0), r]
+                    np.minimum.reduce(blk, axis=0, out=smin[k, r])
+                    np.minimum(smin[k, r], smin[k + 1, r], out=smin[k, r])
+                    np.maximum.reduce(blk, axis=0, out=smax[k, r])
+                    np.maximum(smax[k, r], smax[k + 1, r], out=smax[k, r])
+                redo[...] = True  # and the exact window sums
         else:
             self.buf.reshape(-1)[flat] = x
             np.minimum(pmn, x, out=pmn)
@@ -701,6 +709,7 @@ class SpcEngine:
             if ended.size:
                 p[ended] = 0
                 self._suffix_extremes(ra[ended], w[ended])
+                redo[ended] = True  # and the exact window sums
             _put(self.pos, r, p)
             f += 1
             np.minimum(f, w, out=f)
@@ -711,32 +720,28 @@ class SpcEngine:
             _put(arr, r, v)
 
     def _suffix_extremes(self, rows: NDArray[np.int64], w: NDArray[np.int32]) -> None:
-        """Suffix min/max of the pass the rows just completed (slots past a row's window count as empty)."""
-        W = self.max_window
-        v = self.buf[:, rows]
-        unused = np.arange(W)[:, None] >= w
-        lo = np.where(unused, np.inf, v)
-        hi = np.where(unused, -np.inf, v)
-        smn = np.full((W, rows.shape[0]), np.inf)
-        smx = np.full((W, rows.shape[0]), -np.inf)
-        np.minimum.accumulate(lo[W - 1 : 0 : -1], axis=0, out=smn[W - 2 :: -1])
-        np.maximum.accumulate(hi[W - 1 : 0 : -1], axis=0, out=smx[W - 2 :: -1])
-        self.sfx_min[:, rows] = smn
-        self.sfx_max[:, rows] = smx
+        """Block suffix min/max of the pass the rows just completed (slots past a row's window count as empty)."""
+        W, g = self.max_window, _EXT_BLOCK
+        G = self.sfx_min.shape[0] - 1
+        v = np.full((G * g, rows.shape[0]), np.inf)
+        v[:W] = self.buf[:, rows]
+        unused = np.arange(G * g)[:, None] >= w
+        lo = np.where(unused, np.inf, v).reshape(G, g, -1).min(1)
+        hi = np.where(unused, -np.inf, v).reshape(G, g, -1).max(1)
+        for k in range(G - 2, -1, -1):
+            np.minimum(lo[k], lo[k + 1], out=lo[k])
+            np.maximum(hi[k], hi[k + 1], out=hi[k])
+        self.sfx_min[:G, rows] = lo
+        self.sfx_max[:G, rows] = hi
 
     def _refresh_extremes(self, ra: NDArray[np.int64], redo: NDArray[np.bool_]) -> None:
-        """Recompute the window sums exactly for rows whose update lost precision to cancellation."""
+        """Recompute the window sums exactly for rows that completed a ring pass or lost precision to cancellation."""
+        if redo.all():
+            self._set_exact(slice(None) if ra.shape[0] == self.capacity else ra)
+            return
         i = np.flatnonzero(redo)
         if i.size:
             self._set_exact(ra[i])
-
-    def _exact_window_block(self) -> None:
-        """Recompute the window sums of the next block of rows exactly (rotating), bounding their drift."""
-        S = self.capacity
-        a = self._exact_next
-        b = min(a + -(-S // _EXACT_EVERY), S)
-        self._exact_next = 0 if b >= S else b
-        self._set_exact(slice(a, b))
 
     def _set_exact(self, rows: slice | NDArray[np.int64]) -> None:
         """Restart the running window sums of `rows` from the buffer, centred on the exact mean."""
@@ -1084,19 +1089,18 @@ class SpcEngine:
             np.multiply(np.greater(e, ewz, out=c).view(U), U(Rule.EWMA_HIGH >> 16), out=b2)
             _set(b2, np.less(e, np.negative(ewz), out=c), Rule.EWMA_LOW >> 16, tmp)
         else:
-            b2[...] = 0
             decay = self.ewma_decay[r]
             decay *= oml
             decay *= oml
             _put(self.ewma_decay, r, decay)
-            # exact time-varying limits: the squared EWMA against the squared half-width, no square root
-            w2 = np.subtract(1.0, decay, out=t4)
-            w2 *= np.multiply(ewz, ewz)
-            far = np.flatnonzero(np.greater(np.multiply(e, e, out=az), w2, out=c))
-            if far.size:
-                side_hi = e[far] > 0.0
-                b2[far[side_hi]] |= Rule.EWMA_HIGH >> 16
-                b2[far[~side_hi]] |= Rule.EWMA_LOW >> 16
+            # exact time-varying limits L·sqrt(λ/(2-λ)·(1 - (1-λ)^(2i))); once 1 - (1-λ)^(2i) rounds
+            # to 1 they equal the settled ones exactly, so settling changes no result
+            w = np.subtract(1.0, decay, out=t4)
+            np.sqrt(w, out=w)
+            w *= ewz
+            np.multiply(np.greater(e, w, out=c).view(U), U(Rule.EWMA_HIGH >> 16), out=b2)
+            np.negative(w, out=w)
+            _set(b2, np.less(e, w, out=c), Rule.EWMA_LOW >> 16, tmp)
         # tabular CUSUM of z: C+ = max(0, z - k + C+), C- = max(0, -z - k + C-), alarm above h
         zero = self._zero[:n]
         k = self._cfg("k", r)
@@ -1300,17 +1304,35 @@ class SpcEngine:
             mean = np.where(f > 0, self.win_ref2[r] * 0.5 + s1 / f, np.nan)
             var = (s2 - s1 * s1 / f) / (f - 1)
             sd = np.where(f > 1, np.sqrt(np.maximum(var, 0.0)), np.nan)
-        # newest slot p: the window is this pass so far and the previous pass after slot p
-        rows = self._rows[r]
-        if self._lock is not None:
-            flat = ((self._lock[0] - 1) % self._lock[1]) * self.capacity + rows
-        else:
-            flat = ((self.pos[r].astype(np.int64) - 1) % self.window[r]) * self.capacity + rows
-        mn = np.minimum(self.pfx_min[r], self.sfx_min.reshape(-1)[flat])
-        mx = np.maximum(self.pfx_max[r], self.sfx_max.reshape(-1)[flat])
+        mn, mx = self._window_extremes(r)
         mn = np.where(f > 0, mn, np.nan)
         mx = np.where(f > 0, mx, np.nan)
         return mean, sd, mn, mx
+
+    def _window_extremes(
+        self, r: slice | NDArray[np.int64]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Window min and max: this pass so far, the previous pass's slots up to the next block boundary, its block suffix."""
+        S, g = self.capacity, _EXT_BLOCK
+        rows = self._rows[r]
+        w = self.window[r].astype(np.int64)
+        # q: the slot after the newest (this pass holds 0..q-1); kb: the first block boundary at or after q
+        nxt = self._lock[0] if self._lock is not None else self.pos[r].astype(np.int64)
+        q = (nxt - 1) % w + 1
+        kb = -(-q // g)
+        mn = np.minimum(self.pfx_min[r], self.sfx_min.reshape(-1)[kb * S + rows])
+        mx = np.maximum(self.pfx_max[r], self.sfx_max.reshape(-1)[kb * S + rows])
+        # slots before a full window (first pass) hold no previous pass
+        full = self.fill[r] == w
+        end = np.minimum(kb * g, w)
+        flat = self.buf.reshape(-1)
+        for j in range(g - 1):
+            slot = q + j
+            take = full & (slot < end)
+            v = flat[np.where(take, slot, 0) * S + rows]
+            np.minimum(mn, np.where(take, v, np.inf), out=mn)
+            np.maximum(mx, np.where(take, v, -np.inf), out=mx)
+        return mn, mx
 
     def _capability_indices(self, r: slice | NDArray[np.int64]) -> dict[str, NDArray[Any]]:
         cap_n = self.cap_n_off[r] + self._ticks
