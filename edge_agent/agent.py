@@ -82,6 +82,7 @@ class Agent:
         self._connect_tasks: list[asyncio.Task[None]] = []
         self._status_task: asyncio.Task[None] | None = None
         self._devices = {d.name: d for d in config.devices if d.enabled}
+        self._queued: list[tuple[str, Readings]] = []
         self.started_ns = time.time_ns()
 
     # ------------------------------------------------------------------ lifecycle
@@ -126,6 +127,7 @@ class Agent:
         self._connect_tasks.clear()
         await asyncio.gather(*(p.stop() for p in self.pollers.values()))
         await asyncio.gather(*(d.close() for d in self.drivers.values()), return_exceptions=True)
+        self.process_queued()
         if self.sinks is not None:
             timeout = self.config.agent.shutdown_timeout if flush_timeout is None else flush_timeout
             await self.sinks.stop(timeout, self.status("offline"))
@@ -138,7 +140,9 @@ class Agent:
         for name in set(old_devices) - keep:
             await self.pollers.pop(name).stop()
             await self.drivers.pop(name).close()
-        # the signal table is append-only, so the rows of the kept devices' drivers stay valid
+        # the signal table is append-only, so the rows of the kept devices' drivers stay valid;
+        # what is queued goes through the pipeline it was read for (no await until the swap)
+        self.process_queued()
         self.pipeline = IndicatorPipeline(new, profile_dirs(new, self.config_dir), table=self.pipeline.table)
         if self.sinks is not None and new.sinks != self.config.sinks:
             await self.sinks.stop(0)
@@ -200,14 +204,34 @@ class Agent:
         self._handle(device, readings)
 
     def _handle(self, device: str, readings: Readings) -> None:
+        """Queue a device's batch; the batches of one turn of the event loop are processed together."""
+        self._queued.append((device, readings))
+        if len(self._queued) == 1:
+            # call_soon runs after every callback already due in this turn, i.e. after the other
+            # polls that completed at the same time: the busier the agent, the bigger the batch
+            asyncio.get_running_loop().call_soon(self.process_queued)
+
+    def process_queued(self) -> None:
+        """Run the queued batches through the pipeline and hand the results to the sinks."""
+        batches, self._queued = self._queued, []
+        if not batches:
+            return
         began = time.perf_counter()
-        out = self.pipeline.process(device, readings, time.time_ns())
+        try:
+            outs = self.pipeline.process_many(batches, time.time_ns())
+        except Exception:
+            # an indicator bug must not cost the values already read: publish them raw
+            log.exception(
+                "indicator pipeline failed on %d batches; publishing their raw values", len(batches)
+            )
+            outs = [Output(raw=[(self.pipeline.devices[d].source, r)]) for d, r in batches]
         self.metrics.compute_time.observe(time.perf_counter() - began)
-        if self.on_output is not None:
-            self.on_output(device, out)
-        if self.sinks is not None:
-            # encoding is one pass per batch per sink; the outbox write happens on the sink's writer thread
-            self.sinks.publish(out)
+        for (device, _readings), out in zip(batches, outs, strict=True):
+            if self.on_output is not None:
+                self.on_output(device, out)
+            if self.sinks is not None:
+                # encoding is one pass per batch per sink; the outbox write happens on the sink's writer thread
+                self.sinks.publish(out)
 
 
 def _prefix(config: Config) -> str:
@@ -240,6 +264,7 @@ async def run_once(config: Config, config_dir: Path) -> tuple[list[Record], list
         agent._handle(name, readings)
 
     await asyncio.gather(*(one(n, d) for n, d in agent._devices.items()))
+    agent.process_queued()
     from edge_agent.sinks.runtime import encode_output
 
     encoder = MqttEncoder(agent.pipeline.table, topic_prefix=_prefix(config))
