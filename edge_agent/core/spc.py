@@ -755,6 +755,22 @@ class SpcEngine:
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Two-pass mean and sum of squared deviations of each row's window (0 and 0 when empty)."""
         W = self.max_window
+        if isinstance(rows, slice) and self._lock is not None:
+            # every row has a full window of w slots: slot by slot, without [W, S] temporaries, in the
+            # same order (slot 0 first) as the sums over axis 0 below
+            w, buf = self._lock[1], self.buf
+            acc = buf[0, rows] + buf[1, rows]
+            for j in range(2, w):
+                acc += buf[j, rows]
+            acc /= w
+            ss = np.subtract(buf[0, rows], acc)
+            ss *= ss
+            dj = np.empty_like(ss)
+            for j in range(1, w):
+                np.subtract(buf[j, rows], acc, out=dj)
+                dj *= dj
+                ss += dj
+            return acc, ss
         f = self.fill[rows]
         v = self.buf[:, rows]
         with np.errstate(invalid="ignore", divide="ignore"):
