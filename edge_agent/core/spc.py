@@ -674,11 +674,13 @@ class SpcEngine:
         np.greater(e, s2, out=redo)
         # a centre far from the window mean (after a level change): (Σ(v-ref))²/n comes within
         # 2^-10 of Σ(v-ref)² and the variance cancels
-        n_win = self.fill[r] + (self.fill[r] < self.window[r]) if lock is None else lock[1]
+        if lock is None:
+            f1 = self.fill[r]
+            scale: float | NDArray[Any] = (f1 + (f1 < self.window[r])) * (1.0 - 2.0**-10)
+        else:
+            scale = lock[1] * (1.0 - 2.0**-10)
         np.multiply(s1, s1, out=e)
-        lim = np.multiply(s2, n_win, out=d)
-        lim *= 1.0 - 2.0**-10
-        redo |= np.greater(e, lim, out=self._flags[3, :n])
+        redo |= np.greater(e, np.multiply(s2, scale, out=d), out=self._flags[3, :n])
         if lock is not None:
             slot[...] = x
             if p0 == 0:
