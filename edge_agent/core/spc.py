@@ -1332,6 +1332,18 @@ class SpcEngine:
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Window min and max: this pass so far, the previous pass's slots up to the next block boundary, its block suffix."""
         S, g = self.capacity, _EXT_BLOCK
+        if self._lock is not None and isinstance(r, slice):
+            # every row: same newest slot and window, full windows
+            p, wl = self._lock
+            ql = (p - 1) % wl + 1
+            kl = -(-ql // g)
+            mn = np.minimum(self.pfx_min[r], self.sfx_min[kl, r])
+            mx = np.maximum(self.pfx_max[r], self.sfx_max[kl, r])
+            if min(kl * g, wl) > ql:
+                part = self.buf[ql : min(kl * g, wl), r]
+                np.minimum(mn, part.min(0), out=mn)
+                np.maximum(mx, part.max(0), out=mx)
+            return mn, mx
         rows = self._rows[r]
         w = self.window[r].astype(np.int64)
         # q: the slot after the newest (this pass holds 0..q-1); kb: the first block boundary at or after q
