@@ -83,6 +83,25 @@ def _polls(table: SignalTable, polls: int) -> list[list[Readings]]:
     return [[_poll(table, m, k) for m in MACHINES] for k in range(polls)]
 
 
+class _Writer:
+    """Puts as the agent's outbox writer task does: the next batch is encoded while the last one is on disk."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.on_disk: asyncio.Future[None] | None = None
+
+    async def put(self, batch: list) -> None:
+        """Wait for the previous put, start this one."""
+        await self.flush()
+        self.on_disk = asyncio.ensure_future(self.outbox.put_async(batch))
+
+    async def flush(self) -> None:
+        """Wait for the last put."""
+        if self.on_disk is not None:
+            await self.on_disk
+            self.on_disk = None
+
+
 def _start_counter(port: int, topic: str, want: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-c", COUNTER, str(port), topic, str(want)], stdout=subprocess.PIPE, text=True
@@ -111,6 +130,7 @@ async def mqtt_through_outbox(broker: Mosquitto, workdir: Path, messages: int, r
     loop = DeliveryLoop(
         outbox, publisher, batch_records=MQTT_BATCH_RECORDS, in_flight=MQTT_BATCHES_IN_FLIGHT
     )  # as the agent runs it
+    writer = _Writer(outbox)
     t0 = time.perf_counter()
     loop.start()
     k = 0
@@ -119,7 +139,8 @@ async def mqtt_through_outbox(broker: Mosquitto, workdir: Path, messages: int, r
         for _ in range(5):
             batch += [encoder.raw(m, r) for m, r in zip(MACHINES, polls[k], strict=True)]
             k += 1
-        await outbox.put_async(batch[: messages - (k - 5) * len(MACHINES)])
+        await writer.put(batch[: messages - (k - 5) * len(MACHINES)])
+    await writer.flush()
     assert await loop.wait_drained(120)
     elapsed = time.perf_counter() - t0
     await loop.stop()
@@ -177,6 +198,7 @@ async def influx_through_outbox(vm: VictoriaMetrics, workdir: Path, points: int,
     measurement = f"benchrun{run}"
     sources = [Source(m.machine, equipment=measurement) for m in MACHINES]
     polls = _polls(table, -(-points // (len(sources) * VALUES_PER_MESSAGE)) + 25)
+    producer = _Writer(outbox)
     t0 = time.perf_counter()
     loop.start()
     k = 0
@@ -185,7 +207,8 @@ async def influx_through_outbox(vm: VictoriaMetrics, workdir: Path, points: int,
         for _ in range(25):  # 25 polls of 20 machines per transaction
             batch += [encoder.raw(s, r) for s, r in zip(sources, polls[k], strict=True)]
             k += 1
-        await outbox.put_async(batch)
+        await producer.put(batch)
+    await producer.flush()
     total = k * len(sources) * VALUES_PER_MESSAGE
     assert await loop.wait_drained(300)
     elapsed = time.perf_counter() - t0
