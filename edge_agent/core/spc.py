@@ -723,18 +723,22 @@ class SpcEngine:
 
     def _suffix_extremes(self, rows: NDArray[np.int64], w: NDArray[np.int32]) -> None:
         """Block suffix min/max of the pass the rows just completed (slots past a row's window count as empty)."""
-        W, g = self.max_window, _EXT_BLOCK
+        g = _EXT_BLOCK
         G = self.sfx_min.shape[0] - 1
-        v = np.full((G * g, rows.shape[0]), np.inf)
-        v[:W] = self.buf[:, rows]
-        unused = np.arange(G * g)[:, None] >= w
-        lo = np.where(unused, np.inf, v).reshape(G, g, -1).min(1)
-        hi = np.where(unused, -np.inf, v).reshape(G, g, -1).max(1)
-        for k in range(G - 2, -1, -1):
+        wmax = int(w.max())
+        lo = np.full((G + 1, rows.shape[0]), np.inf)
+        hi = np.full((G + 1, rows.shape[0]), -np.inf)
+        # slot by slot (no [W, rows] temporaries); min/max are exact, so any order gives the same values
+        for j in range(wmax):
+            v = self.buf[j, rows]
+            inside = j < w
+            np.minimum(lo[j // g], np.where(inside, v, np.inf), out=lo[j // g])
+            np.maximum(hi[j // g], np.where(inside, v, -np.inf), out=hi[j // g])
+        for k in range(G - 1, -1, -1):
             np.minimum(lo[k], lo[k + 1], out=lo[k])
             np.maximum(hi[k], hi[k + 1], out=hi[k])
-        self.sfx_min[:G, rows] = lo
-        self.sfx_max[:G, rows] = hi
+        self.sfx_min[:G, rows] = lo[:G]
+        self.sfx_max[:G, rows] = hi[:G]
 
     def _refresh_extremes(self, ra: NDArray[np.int64], redo: NDArray[np.bool_]) -> None:
         """Recompute the window sums exactly for rows that completed a ring pass or lost precision to cancellation."""
@@ -758,9 +762,14 @@ class SpcEngine:
         """Two-pass mean and sum of squared deviations of each row's window (0 and 0 when empty)."""
         W = self.max_window
         if isinstance(rows, slice) and self._lock is not None:
-            # every row has a full window of w slots: slot by slot, without [W, S] temporaries, in the
-            # same order (slot 0 first) as the sums over axis 0 below
-            w, buf = self._lock[1], self.buf
+            w_all = self._lock[1]
+        else:
+            f, wr = self.fill[rows], self.window[rows]
+            w_all = int(wr[0]) if f.size and bool((f == wr).all() and (wr == wr[0]).all()) else 0
+        if w_all >= 2:
+            # every row has a full window of the same w slots: slot by slot, without [W, rows]
+            # temporaries, in the same order (slot 0 first) as the sums over axis 0 below
+            w, buf = w_all, self.buf
             acc = buf[0, rows] + buf[1, rows]
             for j in range(2, w):
                 acc += buf[j, rows]
