@@ -12,7 +12,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -39,30 +38,6 @@ from tests.services import Mosquitto, VictoriaMetrics  # noqa: E402
 
 VALUES_PER_MESSAGE = 20
 MACHINES = [Source(f"imm-{i:02d}", equipment="injection_molding") for i in range(20)]
-
-# a subscriber in its own process (the other core), counting distinct (topic, seq) until it has them all
-COUNTER = textwrap.dedent(
-    """
-    import sys, time, threading, orjson
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-    port, topic, want = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    seen = set(); done = threading.Event(); last = [time.monotonic()]
-    def on_message(c, u, m):
-        seen.add(m.payload[:200]); last[0] = time.monotonic()
-        if len(seen) >= want: done.set()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-counter", protocol=mqtt.MQTTv311)
-    ready = threading.Event()
-    c.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
-    c.on_subscribe = lambda *a: ready.set()
-    c.on_message = on_message
-    c.connect("127.0.0.1", port); c.loop_start(); ready.wait(10)
-    print("ready", flush=True)
-    while not done.is_set() and time.monotonic() - last[0] < 10:
-        done.wait(0.2)
-    print(len(seen), flush=True)
-    """
-)
 
 
 def _table() -> SignalTable:
@@ -102,20 +77,59 @@ class _Writer:
             self.on_disk = None
 
 
-def _start_counter(port: int, topic: str, want: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", COUNTER, str(port), topic, str(want)], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
+class _Counter:
+    """mosquitto_sub (C, its own process) at QoS 1 writing every message to a file; distinct messages counted after.
 
+    A Python subscriber used as much CPU as the publisher under test on these 2 cores, so it set the
+    pace of both MQTT rows; the C client leaves the cores to the publisher and the broker.
+    """
 
-def _counted(proc: subprocess.Popen[str]) -> int:
-    assert proc.stdout is not None
-    count = int(proc.stdout.readline())
-    proc.wait()
-    return count
+    def __init__(self, port: int, topic: str, workdir: Path) -> None:
+        self.out = workdir / f"counted-{topic.strip('/#')}.txt"
+        self.file = self.out.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                "stdbuf",  # line-buffered: the probe below must come out at once
+                "-oL",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-t",
+                topic,
+                "-q",
+                "1",
+                "-i",
+                f"count-{topic}",
+            ],
+            stdout=self.file,
+        )
+        # subscribed once a probe published to the topic comes out
+        probe = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{topic}", protocol=mqtt.MQTTv311)
+        probe.connect("127.0.0.1", port)
+        probe.loop_start()
+        deadline = time.monotonic() + 10
+        while self.out.stat().st_size == 0 and time.monotonic() < deadline:
+            probe.publish(topic.replace("#", "probe"), b"probe", qos=1).wait_for_publish(1)
+            time.sleep(0.1)
+        probe.disconnect()
+        probe.loop_stop()
+
+    def count(self, want: int) -> int:
+        """Distinct messages received, once `want` arrived or nothing came for 10 s."""
+        last, size = time.monotonic(), -1
+        while time.monotonic() - last < 10:
+            seen = {line[:200] for line in self.out.read_bytes().splitlines() if line != b"probe"}
+            if len(seen) >= want:
+                break
+            if self.out.stat().st_size != size:
+                last, size = time.monotonic(), self.out.stat().st_size
+            time.sleep(0.2)
+        self.proc.terminate()
+        self.proc.wait()
+        self.file.close()
+        return len(seen)
 
 
 async def mqtt_through_outbox(broker: Mosquitto, workdir: Path, messages: int, run: int) -> dict:
@@ -123,7 +137,7 @@ async def mqtt_through_outbox(broker: Mosquitto, workdir: Path, messages: int, r
     table = _table()
     encoder = MqttEncoder(table, topic_prefix=f"bench{run}")
     polls = _polls(table, -(-messages // len(MACHINES)) + 5)
-    counter = _start_counter(broker.port, f"bench{run}/#", messages)
+    counter = _Counter(broker.port, f"bench{run}/#", workdir)
     outbox = Outbox(workdir / f"mqtt{run}.db", max_bytes=1 << 30)  # default sync="full": fsync per put
     publisher = MqttPublisher(MqttSink(url=broker.url), client_id=f"bench-pub-{run}")
     await publisher.start()
@@ -146,7 +160,7 @@ async def mqtt_through_outbox(broker: Mosquitto, workdir: Path, messages: int, r
     await loop.stop()
     await publisher.stop()
     outbox.close()
-    received = _counted(counter)
+    received = counter.count(messages)
     return {
         "name": "mqtt_qos1",
         "messages_per_s": messages / elapsed,
@@ -156,7 +170,7 @@ async def mqtt_through_outbox(broker: Mosquitto, workdir: Path, messages: int, r
     }
 
 
-def mqtt_reference(broker: Mosquitto, messages: int, run: int) -> dict:
+def mqtt_reference(broker: Mosquitto, workdir: Path, messages: int, run: int) -> dict:
     """paho alone (its own network thread), QoS 1, same payloads, no outbox, same subscriber load: the ceiling.
 
     paho's own in-flight limit is off (0): with a limit, paho walks every message it holds at each PUBACK
@@ -168,7 +182,7 @@ def mqtt_reference(broker: Mosquitto, messages: int, run: int) -> dict:
     payloads = [
         encoder.raw(m, _poll(table, m, k)) for k in range(messages // len(MACHINES) + 1) for m in MACHINES
     ]
-    counter = _start_counter(broker.port, f"ref{run}/#", messages)
+    counter = _Counter(broker.port, f"ref{run}/#", workdir)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-ref-{run}", protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(0)
     client.connect("127.0.0.1", broker.port)
@@ -181,7 +195,7 @@ def mqtt_reference(broker: Mosquitto, messages: int, run: int) -> dict:
     elapsed = time.perf_counter() - t0
     client.disconnect()
     client.loop_stop()
-    received = _counted(counter)
+    received = counter.count(messages)
     return {"name": "mqtt_qos1_paho_only", "messages_per_s": messages / elapsed, "lost": messages - received}
 
 
@@ -265,7 +279,7 @@ def main() -> None:
             results: dict[str, list[dict]] = {}
             for run in range(args.repeat):
                 for result in (
-                    mqtt_reference(broker, args.messages, run),
+                    mqtt_reference(broker, work, args.messages, run),
                     asyncio.run(mqtt_through_outbox(broker, work, args.messages, run)),
                     asyncio.run(influx_reference(vm, args.points, run)),
                     asyncio.run(influx_through_outbox(vm, work, args.points, run)),
