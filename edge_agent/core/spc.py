@@ -218,8 +218,9 @@ class SpcEngine:
         # doubled in win_ref2), which keeps the variance free of cancellation. A row's sums are
         # recomputed exactly from the buffer each time its ring completes a pass (every `window`
         # samples), and at once when an update changed the sum of squares by more than half of what
-        # is left (a spike leaving the window, a large level change). Both depend only on the row's
-        # own samples, so results do not depend on how samples are batched.
+        # is left (a spike leaving the window). Both depend only on the row's own samples, so results
+        # do not depend on how samples are batched. A centre far from the window mean (a level change
+        # within the pass) is caught at read-out, which then computes that row's window exactly.
         self.buf = np.zeros((W, S))
         self.pos = np.zeros(S, np.int32)
         self.fill = np.zeros(S, np.int32)
@@ -482,7 +483,9 @@ class SpcEngine:
     def update(self, readings: Readings) -> SpcUpdate:
         """Apply a batch; return the per-sample rule hits and the alarm transitions it caused."""
         sig = readings.signal
-        check_rows("SpcEngine.update Readings.signal", sig, self.capacity)
+        full_tick = is_full_range(sig, self.capacity)
+        if not full_tick:
+            check_rows("SpcEngine.update Readings.signal", sig, self.capacity)
         good = readings.good
         if not good.all():
             bad_rows = sig[~good]
@@ -494,7 +497,7 @@ class SpcEngine:
             t, x = readings.t_ns, readings.value
         hits: list[RuleHits] = []
         events: list[AlarmEvents] = []
-        if is_full_range(sig, self.capacity):
+        if full_tick and sig.shape[0] == readings.signal.shape[0]:
             self._round(slice(None), self._rows, x, t, hits, events)
         else:
             for idx in occurrence_rounds(sig):
@@ -672,15 +675,6 @@ class SpcEngine:
         np.abs(e, out=e)
         e += e
         np.greater(e, s2, out=redo)
-        # a centre far from the window mean (after a level change): (Σ(v-ref))²/n comes within
-        # 2^-10 of Σ(v-ref)² and the variance cancels
-        if lock is None:
-            f1 = self.fill[r]
-            scale: float | NDArray[Any] = (f1 + (f1 < self.window[r])) * (1.0 - 2.0**-10)
-        else:
-            scale = lock[1] * (1.0 - 2.0**-10)
-        np.multiply(s1, s1, out=e)
-        redo |= np.greater(e, np.multiply(s2, scale, out=d), out=self._flags[3, :n])
         if lock is not None:
             slot[...] = x
             if p0 == 0:
@@ -1328,8 +1322,17 @@ class SpcEngine:
         f = self.fill[r]
         s1, s2 = self.win_s1[r], self.win_s2[r]
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(f > 0, self.win_ref2[r] * 0.5 + s1 / f, np.nan)
-            var = (s2 - s1 * s1 / f) / (f - 1)
+            mean = self.win_ref2[r] * 0.5 + s1 / f
+            c = s1 * s1 / f
+            var = (s2 - c) / (f - 1)
+            # a centre far from the window mean (a level change since the last exact recompute):
+            # (Σ(v-ref))²/n within 2^-10 of Σ(v-ref)² would cancel, so those rows are computed exactly
+            bad = np.flatnonzero((c > s2 * (1.0 - 2.0**-10)) & (f > 1))
+            if bad.size:
+                rows = self._rows[r][bad]
+                mean[bad], ss = self._exact_window(rows)
+                var[bad] = ss / (f[bad] - 1)
+            mean = np.where(f > 0, mean, np.nan)
             sd = np.where(f > 1, np.sqrt(np.maximum(var, 0.0)), np.nan)
         mn, mx = self._window_extremes(r)
         mn = np.where(f > 0, mn, np.nan)
