@@ -144,6 +144,7 @@ _U32 = np.uint32
 
 _BLOCK = 1 << 20  # rows per block of a full tick (see _round)
 _EXT_BLOCK = 8  # ring slots per block of the window min/max suffixes
+_EXACT_PASSES = 8  # ring passes between two exact recomputes of a row's window sums
 _RUN_CAP = 15  # run counters saturate here: the longest run a rule asks for (N7)
 
 
@@ -216,8 +217,8 @@ class SpcEngine:
         # rolling window: ring buffer, time-major so a full tick writes one contiguous row. Every
         # sample updates the sums of (v - ref) and (v - ref)² with ref near the window mean (kept
         # doubled in win_ref2), which keeps the variance free of cancellation. A row's sums are
-        # recomputed exactly from the buffer each time its ring completes a pass (every `window`
-        # samples), and at once when an update changed the sum of squares by more than half of what
+        # recomputed exactly from the buffer every _EXACT_PASSES passes of its ring (every
+        # _EXACT_PASSES·window samples), and at once when an update changed the sum of squares by more than half of what
         # is left (a spike leaving the window). Both depend only on the row's own samples, so results
         # do not depend on how samples are batched. A centre far from the window mean (a level change
         # within the pass) is caught at read-out, which then computes that row's window exactly.
@@ -227,6 +228,7 @@ class SpcEngine:
         self.win_ref2 = np.zeros(S)
         self.win_s1 = np.zeros(S)
         self.win_s2 = np.zeros(S)
+        self.win_passes = np.zeros(S, _U8)  # ring passes since the last exact recompute
         # min/max (van Herk / Gil-Werman by blocks): the ring is written in passes of `window` slots;
         # the window is this pass's slots so far (running min/max `pfx_*`, updated per sample) and the
         # previous pass's slots after the newest one. For those, `sfx_*[k]` holds the min/max of the
@@ -413,6 +415,7 @@ class SpcEngine:
         self._unlock()
         self.buf[:, r] = 0.0
         self.win_ref2[r], self.win_s1[r], self.win_s2[r] = 0.0, 0.0, 0.0
+        self.win_passes[r] = 0
         self.pfx_min[r], self.pfx_max[r] = np.inf, -np.inf
         self.sfx_min[:, r], self.sfx_max[:, r] = np.inf, -np.inf
         self.rebaseline(r)
@@ -692,7 +695,12 @@ class SpcEngine:
                     np.minimum(smin[k, r], smin[k + 1, r], out=smin[k, r])
                     np.maximum.reduce(blk, axis=0, out=smax[k, r])
                     np.maximum(smax[k, r], smax[k + 1, r], out=smax[k, r])
-                redo[...] = True  # and the exact window sums
+                # and every _EXACT_PASSES passes the exact window sums
+                passes = self.win_passes[r]
+                passes += 1
+                due = np.greater_equal(passes, _EXACT_PASSES, out=self._flags[3, :n])
+                redo |= due
+                np.copyto(passes, 0, where=due)
         else:
             self.buf.reshape(-1)[flat] = x
             np.minimum(pmn, x, out=pmn)
@@ -705,7 +713,13 @@ class SpcEngine:
             if ended.size:
                 p[ended] = 0
                 self._suffix_extremes(ra[ended], w[ended])
-                redo[ended] = True  # and the exact window sums
+                # and every _EXACT_PASSES passes the exact window sums
+                er = ra[ended]
+                passes = self.win_passes[er] + 1
+                due = passes >= _EXACT_PASSES
+                passes[due] = 0
+                self.win_passes[er] = passes
+                redo[ended[due]] = True
             _put(self.pos, r, p)
             f += 1
             np.minimum(f, w, out=f)
