@@ -311,7 +311,7 @@ class SpcEngine:
         self._i32 = np.empty(S, np.int32)
         self._zero = np.zeros(S)  # float maximum against an array is ~2x faster than against a scalar
         self._uniform: dict[str, float] = {}  # settings every row shares (see _cfg)
-        self._flags = np.empty((4, S), bool)  # phase I, subgroup done, window extreme evicted, spare
+        self._flags = np.empty((4, S), bool)  # phase I, subgroup done, window sums to recompute, scratch
         # alarms: one channel per (row, kind); per row one bit per kind says the channel is active
         # (alarm_on) or waits out a persistence delay (alarm_wait), so only channels that can change
         # state go to the tracker; `alarm_busy` (either byte not zero) lets idle rows skip even that
@@ -559,7 +559,7 @@ class SpcEngine:
             self._step(r, ra, x, t, in1, mb, done, redo)
             if self._cap_fresh:
                 self._cap_fresh = bool((self.cap_n_off == -self._ticks).any())
-        self._refresh_extremes(ra, redo)
+        self._recompute_window_sums(ra, redo)
         if not self._ewma_settled:
             self._ewma_settled = bool(1.0 - self.ewma_decay.max() == 1.0)
         any1 = bool(in1.any())
@@ -748,7 +748,7 @@ class SpcEngine:
         self.sfx_min[:G, rows] = lo[:G]
         self.sfx_max[:G, rows] = hi[:G]
 
-    def _refresh_extremes(self, ra: NDArray[np.int64], redo: NDArray[np.bool_]) -> None:
+    def _recompute_window_sums(self, ra: NDArray[np.int64], redo: NDArray[np.bool_]) -> None:
         """Recompute the window sums exactly for rows that completed a ring pass or lost precision to cancellation."""
         if redo.all():
             self._set_exact(slice(None) if ra.shape[0] == self.capacity else ra)
