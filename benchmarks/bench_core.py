@@ -10,7 +10,9 @@ The tick time is the mean over a run of `--ticks` consecutive ticks (the median 
 subgroup (1 in 5), end a pass over the window (1 in 50) or publish a snapshot (1 in 100);
 samples_per_s is based on it. median_tick_ms is the median single tick without a snapshot.
 The engine is measured in steady state: `--warmup` ticks first finish phase I and let the
-EWMA limits reach their asymptote.
+EWMA limits reach their asymptote. It has no Python loop per value or per signal: whole-array
+numpy passes, plus short loops over window slots, subgroup slots and row blocks (see the
+docstring of edge_agent/core/spc.py).
 The pure-Python reference (tests/core_reference.py) and pandas run on a subset of
 signals and ticks (they are slow) and are normalized per sample. pandas computes the
 same statistics in one batch over the whole block (rolling mean/std/min/max, ewm,
