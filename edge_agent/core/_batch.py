@@ -36,7 +36,16 @@ def is_full_range(keys: NDArray[np.integer], n_rows: int) -> bool:
         return False
     if keys[0] != 0 or keys[-1] != n_rows - 1:
         return False
-    return bool((np.diff(keys) == 1).all())
+    # one compare against a cached 0..n-1 instead of np.diff (a temporary and a second pass)
+    key = (n_rows, keys.dtype.str)
+    ref = _RANGES.get(key)
+    if ref is None:
+        ref = _RANGES[key] = np.arange(n_rows, dtype=keys.dtype)
+        ref.flags.writeable = False
+    return bool(np.array_equal(keys, ref))
+
+
+_RANGES: dict[tuple[int, str], NDArray[np.integer]] = {}
 
 
 def check_rows(where: str, rows: NDArray[np.integer], capacity: int) -> None:

@@ -32,7 +32,7 @@ from numpy.typing import ArrayLike, NDArray
 from edge_agent.core import constants as C
 from edge_agent.core._batch import check_rows, is_full_range, occurrence_rounds
 from edge_agent.core.alarms import AlarmEvents, AlarmTracker
-from edge_agent.types import Readings
+from edge_agent.types import BAD_THRESHOLD, Readings
 
 F64 = np.float64
 U64 = np.uint64
@@ -395,6 +395,7 @@ class SpcEngine:
                 ("usl", self.usl),
                 ("lsl", self.lsl),
                 ("ew_z", self.ew_z),
+                ("L", self.L),
                 ("k", self.k),
                 ("h", self.h),
             )
@@ -489,15 +490,15 @@ class SpcEngine:
         full_tick = is_full_range(sig, self.capacity)
         if not full_tick:
             check_rows("SpcEngine.update Readings.signal", sig, self.capacity)
-        good = readings.good
-        if not good.all():
+        if _all_good(readings):
+            t, x = readings.t_ns, readings.value
+        else:
+            good = readings.good
             bad_rows = sig[~good]
             np.add.at(self.n_missing, bad_rows, 1)
             np.add.at(self.missing_run, bad_rows, 1)
             self._missing_runs = True
             sig, t, x = sig[good], readings.t_ns[good], readings.value[good]
-        else:
-            t, x = readings.t_ns, readings.value
         hits: list[RuleHits] = []
         events: list[AlarmEvents] = []
         if full_tick and sig.shape[0] == readings.signal.shape[0]:
@@ -898,17 +899,7 @@ class SpcEngine:
         # one subgroup size for all rows: the chart factors are plain numbers
         nk: int | NDArray[np.int8] = int(ns[0]) if self._sub_uniform else ns
         dev = np.abs(xbar - xcl)
-        c = [
-            dev > C.A2[nk] * rbar,  # X̄ outside X̄ ± A2·R̄
-            (rng > C.D4[nk] * rbar) | (rng < C.D3[nk] * rbar),
-            dev > C.A3[nk] * sbar,  # X̄ outside X̄ ± A3·s̄
-            (sd > C.B4[nk] * sbar) | (sd < C.B3[nk] * sbar),
-        ]
-        # the chart bits 13-15 are bits 5-7 of byte 1, bit 16 is bit 0 of byte 2
-        hi = np.multiply(c[0].view(_U8), _U8(Rule.XBAR_R >> 8))
-        hi |= np.multiply(c[1].view(_U8), _U8(Rule.R_OUT >> 8))
-        hi |= np.multiply(c[2].view(_U8), _U8(Rule.XBAR_S >> 8))
-        top = c[3].view(_U8)
+        hi, top = self._chart_bits(dev, rng, sd, rbar, sbar, nk)
         if i.size == mb.shape[1]:
             mb[1] |= hi
             mb[2] |= top
@@ -923,36 +914,62 @@ class SpcEngine:
         n = int(self.sub_n[0])
         buf = self.buf
         v = [buf[(p - n + j) % w] for j in range(n)]  # oldest first, as _subgroup_stats sums
-        xbar = np.add(v[0], v[1])
-        mx = np.maximum(v[0], v[1])
-        mn = np.minimum(v[0], v[1])
+        # computed in place in last_xbar, last_r, last_s: no copies of [S] results
+        xbar = np.add(v[0], v[1], out=self.last_xbar)
+        mx = np.maximum(v[0], v[1], out=self.last_r)
+        mn = np.minimum(v[0], v[1], out=self._tmp[0])
         for j in range(2, n):
             xbar += v[j]
             np.maximum(mx, v[j], out=mx)
             np.minimum(mn, v[j], out=mn)
         xbar /= n
         rng = np.subtract(mx, mn, out=mx)
-        ss = np.subtract(v[0], xbar, out=mn)
+        ss = np.subtract(v[0], xbar, out=self.last_s)
         ss *= ss
-        d = np.empty_like(xbar)
+        d = self._tmp[1]
         for j in range(1, n):
             np.subtract(v[j], xbar, out=d)
             d *= d
             ss += d
         ss /= n - 1
         sd = np.sqrt(ss, out=ss)
-        self.last_xbar[:], self.last_r[:], self.last_s[:] = xbar, rng, sd
         self.cap_r += rng
         self.cap_s += sd
         self.cap_k += 1
         dev = np.subtract(xbar, self.xcl, out=d)
         np.abs(dev, out=dev)
-        rbar, sbar = self.rbar, self.sbar
-        hi = np.multiply((dev > C.A2[n] * rbar).view(_U8), _U8(Rule.XBAR_R >> 8))
-        hi |= np.multiply(((rng > C.D4[n] * rbar) | (rng < C.D3[n] * rbar)).view(_U8), _U8(Rule.R_OUT >> 8))
-        hi |= np.multiply((dev > C.A3[n] * sbar).view(_U8), _U8(Rule.XBAR_S >> 8))
-        mb[1] |= hi
-        mb[2] |= ((sd > C.B4[n] * sbar) | (sd < C.B3[n] * sbar)).view(_U8)
+        b1, b2 = self._chart_bits(dev, rng, sd, self.rbar, self.sbar, n)
+        mb[1] |= b1
+        mb[2] |= b2
+
+    def _chart_bits(
+        self,
+        dev: NDArray[np.float64],
+        rng: NDArray[np.float64],
+        sd: NDArray[np.float64],
+        rbar: NDArray[np.float64],
+        sbar: NDArray[np.float64],
+        nk: int | NDArray[np.int8],
+    ) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+        """X̄-R and X̄-S rule bits of completed subgroups as mask bytes 1 and 2 (|X̄ - X̄̄| in `dev`)."""
+        lim = np.multiply(C.A2[nk], rbar, out=self._tmp[2, : dev.shape[0]])
+        c = dev > lim  # X̄ outside X̄ ± A2·R̄
+        # the chart bits 13-15 are bits 5-7 of byte 1, bit 16 is bit 0 of byte 2
+        hi = np.multiply(c.view(_U8), _U8(Rule.XBAR_R >> 8))
+        np.multiply(C.A3[nk], sbar, out=lim)
+        np.greater(dev, lim, out=c)  # X̄ outside X̄ ± A3·s̄
+        hi |= np.multiply(c.view(_U8), _U8(Rule.XBAR_S >> 8))
+        np.multiply(C.D4[nk], rbar, out=lim)
+        np.greater(rng, lim, out=c)
+        # D3 and B3 are 0 for n <= 5 and 6: nothing is below a zero lower limit, so that test is skipped
+        if not isinstance(nk, int) or C.D3[nk] != 0:
+            c |= rng < C.D3[nk] * rbar
+        hi |= np.multiply(c.view(_U8), _U8(Rule.R_OUT >> 8))
+        np.multiply(C.B4[nk], sbar, out=lim)
+        top = np.greater(sd, lim)
+        if not isinstance(nk, int) or C.B3[nk] != 0:
+            top |= sd < C.B3[nk] * sbar
+        return hi, top.view(_U8)
 
     def _subgroup_stats(
         self, rows: slice | NDArray[np.int64], n: int
@@ -1191,7 +1208,8 @@ class SpcEngine:
         if sel.size == 0:
             return AlarmEvents.empty()
         loc, kind = sel >> 3, sel & 7
-        chs = rows[loc] * _N_KINDS + kind
+        er = rows[loc]
+        chs = er * _N_KINDS + kind
         at = cand[loc]  # position in the round of each selected channel
         kbit = np.left_shift(1, kind).astype(_U8)
         up = (raised[loc] & kbit) != 0
@@ -1201,7 +1219,7 @@ class SpcEngine:
             tr.active[chs] = up
             self.alarm_on[rows] = raised
             self.alarm_busy[rows] = raised != 0
-            ev_ch, ev_t, start, k = chs, t[at], up, loc
+            ev_t, start, k = t[at], up, loc
         else:
             ev = tr.update(chs, t[at], up, unique=True)
             act = tr.active[chs]
@@ -1216,37 +1234,46 @@ class SpcEngine:
             self.alarm_busy[rows] = (on | wt) != 0
             if not len(ev):
                 return ev
-            ev_ch, ev_t, start = ev.row, ev.t_ns, ev.start
-            k = loc[_index_of(ev_ch, chs)]
+            ev_t, start = ev.t_ns, ev.start
+            k = loc[_index_of(ev.row, chs)]
+            er, kind = np.divmod(ev.row, _N_KINDS)
         # value and limit only for the transitions
-        er, kind = np.divmod(ev_ch, _N_KINDS)
         val, lim = self._alarm_value_limit(er, kind, x[cand[k]])
         return AlarmEvents(er, kind.astype(np.int16), ev_t, start, val, lim, mc[k])
 
     def _alarm_value_limit(
         self, rows: NDArray[np.int64], kind: NDArray[np.int64], x: NDArray[np.float64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """The value that decided each alarm transition and the limit it crossed, per kind."""
+        """The value that decided each alarm transition and the limit it crossed, per kind; `x` is a fresh array (kept as the value)."""
         cl, sg = self.cl[rows], self.sigma[rows]
-        # rules and chart (kinds 0, 1): the 3σ limit on the value's side
-        val = x.copy()
-        lim = np.where(x >= cl, cl + 3 * sg, cl - 3 * sg)
+        # rules and chart (kinds 0, 1): the 3σ limit on the value's side; cl ± 3σ as
+        # cl + copysign(3σ, x - cl) gives the same bits with fewer passes (x = cl gives +0)
+        val = x
+        lim = np.multiply(sg, 3.0)
+        np.copysign(lim, np.subtract(x, cl), out=lim)
+        lim += cl
+        other = np.flatnonzero(kind >= 2)  # EWMA, CUSUM and spec transitions are the fewer
+        if other.size == 0:
+            return val, lim
+        ko, ro, co, so = kind[other], rows[other], cl[other], sg[other]
         for k in (2, 3, 4):
-            i = np.flatnonzero(kind == k)
-            if i.size == 0:
+            j = np.flatnonzero(ko == k)
+            if j.size == 0:
                 continue
-            rk, ck, sk = rows[i], cl[i], sg[i]
+            i, rk, ck, sk = other[j], ro[j], co[j], so[j]
             if k == 2:
-                lam = self.lam[rk]
-                width = self.L[rk] * sk * np.sqrt(lam / (2 - lam) * (1 - self.ewma_decay[rk]))
+                lam, L = self._cfg("lam", rk), self._cfg("L", rk)
+                # settled: 1 - (1-λ)^(2i) is 1.0 for every row, so the factor is one number
+                f = 1.0 if self._ewma_settled else 1 - self.ewma_decay[rk]
+                width = L * sk * np.sqrt(lam / (2 - lam) * f)
                 e = ck + sk * self.ewma_z[rk]
                 val[i] = e
-                lim[i] = np.where(e >= ck, ck + width, ck - width)
+                lim[i] = ck + np.copysign(width, e - ck)
             elif k == 3:
                 val[i] = np.maximum(self.cpos_z[rk], self.cneg_z[rk]) * sk
-                lim[i] = self.h[rk] * sk
+                lim[i] = self._cfg("h", rk) * sk
             else:
-                lim[i] = np.where(x[i] >= ck, self.usl[rk], self.lsl[rk])
+                lim[i] = np.where(x[i] >= ck, self._cfg("usl", rk), self._cfg("lsl", rk))
         return val, lim
 
     # ------------------------------------------------------------------ read-out
@@ -1453,6 +1480,16 @@ class SpcEngine:
             + a.off_delay.nbytes
         )
         return total
+
+
+def _all_good(readings: Readings) -> bool:
+    """True when every value may enter a statistic (Readings.good all true), tested by two reductions instead of three passes."""
+    if readings.quality.shape[0] and int(readings.quality.max()) >= BAD_THRESHOLD:
+        return False
+    # a sum is finite only when every term is (a finite sum may also overflow: then the full test decides)
+    if np.isfinite(np.add.reduce(readings.value)):
+        return True
+    return bool(readings.good.all())
 
 
 def _mask32(b: NDArray[np.uint8], at: NDArray[np.intp] | None = None) -> NDArray[np.uint32]:
