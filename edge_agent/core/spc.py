@@ -145,6 +145,7 @@ _U32 = np.uint32
 _BLOCK = 1 << 20  # rows per block of a full tick (see _round)
 _EXT_BLOCK = 8  # ring slots per block of the window min/max suffixes
 _EXACT_PASSES = 8  # ring passes between two exact recomputes of a row's window sums
+_GATHER_ROWS = 1024  # up to this many gathered rows an exact window is one gather, not W slot passes
 _RUN_CAP = 15  # run counters saturate here: the longest run a rule asks for (N7)
 
 
@@ -775,7 +776,7 @@ class SpcEngine:
         else:
             f, wr = self.fill[rows], self.window[rows]
             w_all = int(wr[0]) if f.size and bool((f == wr).all() and (wr == wr[0]).all()) else 0
-        if w_all >= 2:
+        if w_all >= 2 and (isinstance(rows, slice) or rows.shape[0] > _GATHER_ROWS):
             # every row has a full window of the same w slots: slot by slot, without [W, rows]
             # temporaries, in the same order (slot 0 first) as the sums over axis 0 below
             w, buf = w_all, self.buf
@@ -795,16 +796,17 @@ class SpcEngine:
         v = self.buf[:, rows]
         with np.errstate(invalid="ignore", divide="ignore"):
             if bool((f == W).all()):
-                mean = v.sum(0) / W
+                mean = _sum_slots(v) / W
                 d = v - mean
             else:
-                # slots at or past a row's fill are unused (a shorter window or not yet filled)
+                # slots at or past a row's fill are unused (a shorter window or not yet filled);
+                # adding their zeros leaves the sums' bits as the slot-by-slot loop gives them
                 valid = np.arange(W)[:, None] < f
-                mean = np.where(valid, v, 0.0).sum(0) / f
+                mean = _sum_slots(np.where(valid, v, 0.0)) / f
                 d = np.where(valid, v - mean, 0.0)
                 mean[f == 0] = 0.0
             d *= d
-            return mean, d.sum(0)
+            return mean, _sum_slots(d)
 
     def _capability(
         self, r: slice | NDArray[np.int64], x: NDArray[np.float64], mr: NDArray[np.float64]
@@ -993,11 +995,11 @@ class SpcEngine:
                 pa, wa = self.pos[ra].astype(np.int64), self.window[ra].astype(np.int64)
             flat = self.buf.reshape(-1)
             v = np.stack([flat[((pa - n + j) % wa) * self.capacity + ra] for j in range(n)])
-        xbar = v.sum(0) / n
+        xbar = _sum_slots(v) / n
         rng = v.max(0) - v.min(0)
         v -= xbar
         v *= v
-        sd = np.sqrt(v.sum(0) / (n - 1))
+        sd = np.sqrt(_sum_slots(v) / (n - 1))
         return xbar, rng, sd
 
     def _finish_phase1(self, r: NDArray[np.int64]) -> None:
@@ -1480,6 +1482,11 @@ class SpcEngine:
             + a.off_delay.nbytes
         )
         return total
+
+
+def _sum_slots(a: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Sum over axis 0 strictly slot 0 first: sum(0) switches to pairwise summation when few columns make the axis contiguous."""
+    return np.add.accumulate(a, axis=0)[-1]
 
 
 def _all_good(readings: Readings) -> bool:
