@@ -398,3 +398,21 @@ def test_one_row_at_a_time_equals_full_ticks(subgroup_n: int) -> None:
     sa, sb = full.snapshot(), single.snapshot()
     for key in sa:
         np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+
+
+def test_configure_while_rows_are_in_lockstep_restarts_the_ring() -> None:
+    """Reconfiguring a row while every row shares one ring position starts its window afresh (min/max/mean of its new samples only)."""
+    rng = np.random.default_rng(0)
+    S, W = 4, 50
+    eng = SpcEngine(S, SpcParams(window=W, phase1_n=10), max_window=W)
+    sig = np.arange(S)
+    for i in range(80):  # a full window, then the ring position stops at 30 of 50
+        eng.update(Readings.of(sig, i, 5 + rng.random(S)))
+    eng.configure([1], SpcParams(window=W, phase1_n=10))
+    x = 5 + rng.random((21, S))
+    for i in range(21):  # wraps past slot 0 of the reconfigured row's ring
+        eng.update(Readings.of(sig, 80 + i, x[i]))
+    s = eng.snapshot()
+    assert s["window_n"][1] == 21
+    assert s["min"][1] == x[:, 1].min() and s["max"][1] == x[:, 1].max()
+    assert s["mean"][1] == pytest.approx(x[:, 1].mean(), rel=1e-12)

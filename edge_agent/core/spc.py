@@ -404,6 +404,8 @@ class SpcEngine:
         }
         self._sub_all = self._sub_rows.size == self.capacity
         self._sub_uniform = bool((self.sub_n[self._sub_rows] == self.sub_n[self._sub_rows[:1]]).all())
+        # before the resets: leaving lockstep writes the common ring position to every row
+        self._unlock()
         for a, val in (
             (self.n_good_off, -self._ticks),
             (self.n_missing, 0),
@@ -414,7 +416,6 @@ class SpcEngine:
             (self.fill, 0),
         ):
             a[r] = val
-        self._unlock()
         self.buf[:, r] = 0.0
         self.win_ref2[r], self.win_s1[r], self.win_s2[r] = 0.0, 0.0, 0.0
         self.win_passes[r] = 0
