@@ -586,7 +586,8 @@ class SpcEngine:
         on = mc != 0
         if on.any():
             nz = cand[on]
-            hits.append(RuleHits(ra[nz].astype(np.int32), t[nz], x[nz], mc[on]))
+            hit_rows = nz if full else ra[nz]  # a full tick's positions are its rows
+            hits.append(RuleHits(hit_rows.astype(np.int32), t[nz], x[nz], mc[on]))
         if not (any1 and in1.all()):
             ev = self._alarm(ra, x, t, cand, mc)
             if len(ev):
@@ -608,12 +609,18 @@ class SpcEngine:
         if not isinstance(r, slice):
             self.n_good_off[r] += 1
         self.last_t[r] = t
-        prev = self.prev[r]
-        dx = np.subtract(x, prev, out=self._tmp[0, :n])  # NaN where there is no previous value
-        if isinstance(r, slice):
-            np.copyto(prev, x)
+        if self._lock is not None and isinstance(r, slice):
+            # in lockstep each row's previous good value is its newest ring slot (`prev` is written
+            # back when leaving lockstep): no copy of x per tick
+            p0, w0 = self._lock
+            dx = np.subtract(x, self.buf[(p0 - 1) % w0, r], out=self._tmp[0, :n])
         else:
-            self.prev[r] = x
+            prev = self.prev[r]
+            dx = np.subtract(x, prev, out=self._tmp[0, :n])  # NaN where there is no previous value
+            if isinstance(r, slice):
+                np.copyto(prev, x)
+            else:
+                self.prev[r] = x
         mr = np.abs(dx, out=self._tmp[1, :n])
         self._window(r, ra, x, redo)
         self._capability(r, x, mr)
@@ -636,9 +643,11 @@ class SpcEngine:
             self._lock = (p, w)
 
     def _unlock(self) -> None:
-        """Leave the lockstep ring state: write the common position back to every row."""
+        """Leave the lockstep ring state: write the common position and each row's previous value (its newest slot) back."""
         if self._lock is not None:
-            self.pos[:] = self._lock[0]
+            p, w = self._lock
+            self.pos[:] = p
+            self.prev[:] = self.buf[(p - 1) % w]
             self._lock = None
 
     def _window(
