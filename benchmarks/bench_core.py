@@ -9,6 +9,8 @@ The tick time is the mean over a run of `--ticks` consecutive ticks (the median 
 `--repeats` runs): it counts every kind of tick in its proportion, those that complete a
 subgroup (1 in 5), end a pass over the window (1 in 50) or publish a snapshot (1 in 100);
 samples_per_s is based on it. median_tick_ms is the median single tick without a snapshot.
+With --compare-with the two engines' runs alternate (A, B, A, B, ...), on the same data, so a
+change in a shared machine's load hits both columns alike.
 The engine is measured in steady state: `--warmup` ticks first finish phase I and let the
 EWMA limits reach their asymptote. It has no Python loop per value or per signal: whole-array
 numpy passes, plus short loops over window slots, subgroup slots and row blocks (see the
@@ -41,42 +43,51 @@ from tests.core_reference import RefSpc
 PARAMS = dict(window=50, phase1_n=50, subgroup_n=5, lsl=-4.0, usl=4.0)
 
 
-def bench_engine(
-    engine: type, S: int, ticks: int, repeats: int, warmup: int, cap_every: int, shuffled: bool, seed: int
-) -> dict[str, float]:
-    """Mean tick time of the engine with the full suite in steady state (median of `repeats` runs of `ticks` ticks)."""
-    eng = engine(S, SpcParams(**PARAMS), max_window=50)
-    rng = np.random.default_rng(seed)
-    sig = np.arange(S, dtype=np.int32)
-    q = np.zeros(S, np.uint8)
-    # fresh values every tick (drawn outside the timed region): a short repeating block would put
-    # ties in the window that no real signal has
-    for i in range(warmup):
-        eng.update(Readings(sig, np.full(S, i, np.int64), rng.standard_normal(S), q))
-    if shuffled:
-        sig = rng.permutation(S).astype(np.int32)
-    run_means, single = [], []
-    tick = warmup
-    for _ in range(repeats):
+class EngineRun:
+    """One engine with the full suite in steady state, timed in runs of consecutive ticks."""
+
+    def __init__(self, engine: type, S: int, warmup: int, cap_every: int, shuffled: bool, seed: int) -> None:
+        self.eng = engine(S, SpcParams(**PARAMS), max_window=50)
+        self.S, self.cap_every = S, cap_every
+        self.rng = np.random.default_rng(seed)
+        self.sig = np.arange(S, dtype=np.int32)
+        self.q = np.zeros(S, np.uint8)
+        # fresh values every tick (drawn outside the timed region): a short repeating block would put
+        # ties in the window that no real signal has
+        for i in range(warmup):
+            self.eng.update(Readings(self.sig, np.full(S, i, np.int64), self.rng.standard_normal(S), self.q))
+        if shuffled:
+            self.sig = self.rng.permutation(S).astype(np.int32)
+        self.tick = warmup
+        self.run_means: list[float] = []
+        self.single: list[float] = []
+
+    def run(self, ticks: int) -> None:
+        """Time `ticks` consecutive ticks (a snapshot every cap_every of them, inside the timing)."""
         total = 0.0
         for i in range(ticks):
-            r = Readings(sig, np.full(S, tick, np.int64), rng.standard_normal(S), q)
-            tick += 1
+            r = Readings(
+                self.sig, np.full(self.S, self.tick, np.int64), self.rng.standard_normal(self.S), self.q
+            )
+            self.tick += 1
             start = time.perf_counter()
-            eng.update(r)
-            snap = i % cap_every == cap_every - 1
+            self.eng.update(r)
+            snap = i % self.cap_every == self.cap_every - 1
             if snap:
-                eng.snapshot()
+                self.eng.snapshot()
             elapsed = time.perf_counter() - start
             total += elapsed
             if not snap:
-                single.append(elapsed)
-        run_means.append(total / ticks)
-    return {
-        "tick_s": statistics.median(run_means),
-        "median_tick_s": statistics.median(single),
-        "state_bytes_per_signal": eng.state_bytes() / S,
-    }
+                self.single.append(elapsed)
+        self.run_means.append(total / ticks)
+
+    def result(self) -> dict[str, float]:
+        """Median run mean, median single tick without a snapshot, state bytes per signal."""
+        return {
+            "tick_s": statistics.median(self.run_means),
+            "median_tick_s": statistics.median(self.single),
+            "state_bytes_per_signal": self.eng.state_bytes() / self.S,
+        }
 
 
 def bench_python(S: int, ticks: int, seed: int) -> float:
@@ -165,11 +176,16 @@ def main(argv: list[str] | None = None) -> None:
         engines.append((str(a.compare_with), mod.SpcEngine))
     for S in a.signals:
         for shuffled in (False, True):
-            for label, engine in engines:
-                e = bench_engine(
-                    engine, S, a.ticks, a.repeats, a.warmup, a.capability_every, shuffled, a.seed
-                )
-                report(a, label, S, shuffled, e, py, pdr)
+            runs = [
+                EngineRun(engine, S, a.warmup, a.capability_every, shuffled, a.seed) for _, engine in engines
+            ]
+            # the engines' runs alternate, so a change in the machine's load hits both columns alike
+            for _ in range(a.repeats):
+                for run in runs:
+                    run.run(a.ticks)
+            for (label, _), run in zip(engines, runs, strict=True):
+                report(a, label, S, shuffled, run.result(), py, pdr)
+            del runs
 
 
 def report(
