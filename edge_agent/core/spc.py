@@ -149,6 +149,26 @@ _GATHER_ROWS = 1024  # up to this many gathered rows an exact window is one gath
 _RUN_CAP = 15  # run counters saturate here: the longest run a rule asks for (N7)
 
 
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """The rows of one vectorized round with their values and per-row flags, as the steps of the round share them."""
+
+    r: slice | NDArray[np.int64]  # a slice in a full tick (views of the state), else row numbers (gathers)
+    ra: NDArray[np.int64]  # the same rows as numbers
+    x: NDArray[np.float64]
+    t: NDArray[np.int64]
+    in1: NDArray[np.bool_]  # the row is in phase I
+    mb: NDArray[np.uint8]  # [3, n] rule mask bytes of this sample
+    done: NDArray[np.bool_]  # the sample completed a subgroup
+    redo: NDArray[np.bool_]  # the row's window sums are to be recomputed exactly
+
+    def block(self, b: slice) -> _Rows:
+        """The rows `b` of a full tick (views)."""
+        return _Rows(
+            b, self.ra[b], self.x[b], self.t[b], self.in1[b], self.mb[:, b], self.done[b], self.redo[b]
+        )
+
+
 def _put(arr: NDArray[Any], r: slice | NDArray[np.int64], val: NDArray[Any]) -> None:
     """Write back `val` taken as arr[r]: a slice gave a view already updated in place, fancy rows a copy."""
     if not isinstance(r, slice):
@@ -545,13 +565,13 @@ class SpcEngine:
             self.missing_run[r] = 0
             self._missing_runs = not full
         mb = self.mask_b if full else self._mbytes[:, :n]
-        in1, done, redo = self._flags[0, :n], self._flags[1, :n], self._flags[2, :n]
+        rnd = _Rows(r, ra, x, t, self._flags[0, :n], mb, self._flags[1, :n], self._flags[2, :n])
+        in1, redo = rnd.in1, rnd.redo
         if full:
             if self._lock is None:
                 self._try_lock()
             for a in range(0, n, _BLOCK):
-                blk = slice(a, min(a + _BLOCK, n))
-                self._step(blk, ra[blk], x[blk], t[blk], in1[blk], mb[:, blk], done[blk], redo[blk])
+                self._step(rnd.block(slice(a, min(a + _BLOCK, n))))
             if self._lock is not None:
                 p, w = self._lock
                 self._lock = ((p + 1) % w, w)
@@ -559,14 +579,14 @@ class SpcEngine:
             self._cap_fresh = False
         else:
             self._unlock()
-            self._step(r, ra, x, t, in1, mb, done, redo)
+            self._step(rnd)
             if self._cap_fresh:
                 self._cap_fresh = bool((self.cap_n_off == -self._ticks).any())
         self._recompute_window_sums(ra, redo)
         if not self._ewma_settled:
             self._ewma_settled = bool(1.0 - self.ewma_decay.max() == 1.0)
         any1 = bool(in1.any())
-        self._close_subgroups(r, ra, in1, done, mb)
+        self._close_subgroups(rnd)
         if any1:
             r1 = ra[in1]
             ended = r1[self.p1_n[r1] >= self.phase1_n[r1]]
@@ -593,18 +613,9 @@ class SpcEngine:
             if len(ev):
                 events.append(ev)
 
-    def _step(
-        self,
-        r: slice | NDArray[np.int64],
-        ra: NDArray[np.int64],
-        x: NDArray[np.float64],
-        t: NDArray[np.int64],
-        in1: NDArray[np.bool_],
-        mb: NDArray[np.uint8],
-        done: NDArray[np.bool_],
-        redo: NDArray[np.bool_],
-    ) -> None:
-        """Per-sample work for the rows `r` (a block of a full tick or gathered rows): counters, window, capability, phase I, rules, subgroup sums."""
+    def _step(self, rnd: _Rows) -> None:
+        """Per-sample work for the rows of `rnd` (a block of a full tick or gathered rows): counters, window, capability, phase I, rules, subgroup sums."""
+        r, ra, x, t, in1, mb = rnd.r, rnd.ra, rnd.x, rnd.t, rnd.in1, rnd.mb
         n = x.shape[0]
         if not isinstance(r, slice):
             self.n_good_off[r] += 1
@@ -622,7 +633,7 @@ class SpcEngine:
             else:
                 self.prev[r] = x
         mr = np.abs(dx, out=self._tmp[1, :n])
-        self._window(r, ra, x, redo)
+        self._window(rnd)
         self._capability(r, x, mr)
         np.equal(self.phase[r], 0, out=in1)
         any1 = bool(in1.any())
@@ -634,7 +645,7 @@ class SpcEngine:
         self._monitor(r, x, dx, mr, mb)
         if any1:
             mb[:, in1] = 0
-        self._add_to_subgroups(r, done)
+        self._add_to_subgroups(r, rnd.done)
 
     def _try_lock(self) -> None:
         """Enter the lockstep ring state when every row has the same position and window and a full window."""
@@ -650,14 +661,9 @@ class SpcEngine:
             self.prev[:] = self.buf[(p - 1) % w]
             self._lock = None
 
-    def _window(
-        self,
-        r: slice | NDArray[np.int64],
-        ra: NDArray[np.int64],
-        x: NDArray[np.float64],
-        redo: NDArray[np.bool_],
-    ) -> None:
-        """Write each row's new value into its ring slot; update the window sums and the running min/max of the ring pass; `redo` marks rows to recompute exactly."""
+    def _window(self, rnd: _Rows) -> None:
+        """Write each row's new value into its ring slot; update the window sums and the running min/max of the ring pass; mark rows to recompute exactly in `rnd.redo`."""
+        r, ra, x, redo = rnd.r, rnd.ra, rnd.x, rnd.redo
         n = x.shape[0]
         S = self.capacity
         ref2, s1, s2 = self.win_ref2[r], self.win_s1[r], self.win_s2[r]
@@ -867,15 +873,9 @@ class SpcEngine:
         np.copyto(k, 0, where=done)
         _put(self.sg_k, r, k)
 
-    def _close_subgroups(
-        self,
-        r: slice | NDArray[np.int64],
-        ra: NDArray[np.int64],
-        in1: NDArray[np.bool_],
-        done: NDArray[np.bool_],
-        mb: NDArray[np.uint8],
-    ) -> None:
+    def _close_subgroups(self, rnd: _Rows) -> None:
         """Statistics of the subgroups completed in this round; phase I ones feed the limits, phase II ones the X̄-R/X̄-S rules."""
+        r, ra, in1, done, mb = rnd.r, rnd.ra, rnd.in1, rnd.done, rnd.mb
         if not done.any():
             return
         lockstep = isinstance(r, slice) and self._sub_uniform and self._lock is not None
@@ -907,11 +907,10 @@ class SpcEngine:
             m2 = np.flatnonzero(~p1)
             i, ns, xbar, rng, sd = i[m2], ns[m2], xbar[m2], rng[m2], sd[m2]
             rd = ra[i]
-        xcl, rbar, sbar = self.xcl[rd], self.rbar[rd], self.sbar[rd]
         # one subgroup size for all rows: the chart factors are plain numbers
         nk: int | NDArray[np.int8] = int(ns[0]) if self._sub_uniform else ns
-        dev = np.abs(xbar - xcl)
-        hi, top = self._chart_bits(dev, rng, sd, rbar, sbar, nk)
+        dev = np.abs(xbar - self.xcl[rd])
+        hi, top = self._chart_bits(rd, dev, rng, sd, nk)
         if i.size == mb.shape[1]:
             mb[1] |= hi
             mb[2] |= top
@@ -950,20 +949,20 @@ class SpcEngine:
         self.cap_k += 1
         dev = np.subtract(xbar, self.xcl, out=d)
         np.abs(dev, out=dev)
-        b1, b2 = self._chart_bits(dev, rng, sd, self.rbar, self.sbar, n)
+        b1, b2 = self._chart_bits(slice(None), dev, rng, sd, n)
         mb[1] |= b1
         mb[2] |= b2
 
     def _chart_bits(
         self,
+        rows: slice | NDArray[np.int64],
         dev: NDArray[np.float64],
         rng: NDArray[np.float64],
         sd: NDArray[np.float64],
-        rbar: NDArray[np.float64],
-        sbar: NDArray[np.float64],
         nk: int | NDArray[np.int8],
     ) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
-        """X̄-R and X̄-S rule bits of completed subgroups as mask bytes 1 and 2 (|X̄ - X̄̄| in `dev`)."""
+        """X̄-R and X̄-S rule bits of the subgroups `rows` completed as mask bytes 1 and 2 (|X̄ - X̄̄| in `dev`)."""
+        rbar, sbar = self.rbar[rows], self.sbar[rows]
         lim = np.multiply(C.A2[nk], rbar, out=self._tmp[2, : dev.shape[0]])
         c = dev > lim  # X̄ outside X̄ ± A2·R̄
         # the chart bits 13-15 are bits 5-7 of byte 1, bit 16 is bit 0 of byte 2
