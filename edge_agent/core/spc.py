@@ -1207,7 +1207,7 @@ class SpcEngine:
         mc: NDArray[np.uint32],
     ) -> AlarmEvents:
         """Feed the (row, kind) channels that can change state to the tracker; `cand` are the positions with a hit or a live alarm, `mc` their masks."""
-        rows = ra[cand]
+        rows = cand if ra is self._rows else ra[cand]  # a full tick's positions are its rows
         raised = _KIND_TABLE[mc >> 12]
         raised |= (mc & 0xFFF) != 0
         on = self.alarm_on[rows]
