@@ -71,6 +71,7 @@ class DemoView:
             )
         self.names = names
         self.events: deque[str] = deque(maxlen=8)
+        self._unprinted: list[str] = []  # alarm events the plain view has not printed yet
         self.alarm_count = 0
         self.records = 0
 
@@ -103,10 +104,12 @@ class DemoView:
             if alarm.state == "start":
                 self.alarm_count += 1
                 view.active[key] = alarm.message
-                self.events.appendleft(f"{stamp} {device} {signal_name} {alarm.rule}: {alarm.message}")
+                line = f"{stamp} {device} {signal_name} {alarm.rule}: {alarm.message}"
             else:
                 view.active.pop(key, None)
-                self.events.appendleft(f"{stamp} {device} {signal_name} {alarm.rule} cleared")
+                line = f"{stamp} {device} {signal_name} {alarm.rule} cleared"
+            self.events.appendleft(line)
+            self._unprinted.append(line)
 
     def render(self, header: str) -> Group:
         """The live view: one row per machine signal, then the recent alarms."""
@@ -150,6 +153,8 @@ class DemoView:
             lines.append(
                 f"{view.name}: polls={view.polls} {vals} | {figs} | active alarms={len(view.active)}"
             )
+        lines += [f"  alarm {line}" for line in self._unprinted]
+        self._unprinted.clear()
         return "\n".join(lines)
 
 

@@ -272,6 +272,10 @@ class IndicatorPipeline:
             mine = [i for i, r in enumerate(rows) if self.table.devices[r] == info.name]
             info.band_channels = np.array(mine, np.int64)
         self.band_alarms = AlarmTracker(len(rows), np.array(delays, np.int64), np.array(delays, np.int64))
+        # a channel is armed once its value has been inside the band around its current setpoint:
+        # a cold start or a new setpoint is an approach, not an excursion (state-based alarming)
+        self.band_armed = np.zeros(len(rows), bool)
+        self.band_armed_sp = np.full(len(rows), np.nan)
 
     def _build_device_indicators(self, n: int) -> None:
         oee_devices = [d for d in self.devices.values() if d.profile.oee is not None]
@@ -422,7 +426,13 @@ class IndicatorPipeline:
             return AlarmEvents.empty()
         ch, rows, value, sp = ch[known], rows[known], value[known], sp[known]
         width = self.band_width[ch]
+        # a setpoint step of more than a tenth of the band (not the jitter of a float) disarms
+        moved = ~(np.abs(sp - self.band_armed_sp[ch]) <= 0.1 * width)
+        self.band_armed[ch[moved]] = False
+        self.band_armed_sp[ch[moved]] = sp[moved]
+        self.band_armed[ch] |= np.abs(value - sp) <= width
         raised, cleared = band_conditions(value, sp - width, sp + width, deadband=0.1 * width)
+        raised &= self.band_armed[ch]
         limit = np.where(value >= sp, sp + width, sp - width)
         ev = self.band_alarms.update(ch, t_ns, raised, cleared, value, limit)
         return AlarmEvents(self.band_rows[ev.row], ev.kind, ev.t_ns, ev.start, ev.value, ev.limit, ev.mask)

@@ -30,7 +30,9 @@ class ProfileSignal(Model):
     usl: float | None = None
     """Default upper specification limit."""
     band: float | None = None
-    """For `band`: allowed deviation from the setpoint signal, in the signal's unit."""
+    """For `band`: allowed deviation from the setpoint signal, in the signal's unit. The alarm arms once
+    the signal has been inside the band, at start and after every setpoint change: approaching a
+    setpoint (a cold start, a recipe step) raises nothing."""
     setpoint: str | None = None
     """For `band`: the signal holding this one's setpoint."""
 

@@ -113,3 +113,27 @@ def test_devices_processed_together_publish_what_they_publish_one_by_one() -> No
             assert _same_kpis(batch_out, seq_out), k
     assert len(seq_alarms) >= 3 and {a[1] for a in seq_alarms} >= {"spec", "chart"}
     assert sorted(batch_alarms) == sorted(seq_alarms)
+
+
+def _tcu_band_alarms(supply: np.ndarray, setpoint: np.ndarray) -> list[tuple[int, str]]:
+    """(poll, state) of the supply_temp band alarms of a TCU polled once a second."""
+    config = load_config(REPO / "config" / "mold-tcu.toml")
+    pipeline = IndicatorPipeline(config, profile_dirs(config, REPO / "config"))
+    rows = pipeline.rows_of("tcu1")
+    seen = []
+    for k, (x, sp) in enumerate(zip(supply, setpoint, strict=True)):
+        t = T0 + k * 1_000_000_000
+        out = pipeline.process("tcu1", Readings.of([rows["supply_temp"], rows["setpoint"]], t, [x, sp]), t)
+        seen += [(k, a.state) for _, a in out.alarms if a.rule == "band"]
+    return seen
+
+
+def test_band_alarm_arms_once_the_setpoint_is_reached_and_again_after_a_setpoint_step() -> None:
+    # cold start: 20 -> 80 °C in 60 s; 40 s in band; a 10 K drop for 30 s; back; then a step to
+    # 90 °C approached in 40 s; then a second drop
+    first = [np.linspace(20, 80, 60), np.full(40, 80.0), np.full(30, 70.0), np.full(30, 80.0)]
+    supply = np.concatenate([*first, np.linspace(80, 90, 40), np.full(30, 90.0), np.full(30, 84.0)])
+    setpoint = np.concatenate([np.full(160, 80.0), np.full(100, 90.0)])
+    alarms = _tcu_band_alarms(supply, setpoint)
+    # approaching a setpoint raises nothing; each excursion once in band raises after the 5 s delay
+    assert alarms == [(105, "start"), (135, "clear"), (235, "start")]
