@@ -6,6 +6,7 @@ The schemas written here are documented and versioned in docs/schema.md; change 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -122,8 +123,13 @@ class AgentStatus:
 def iso_ms(t_ns: int) -> str:
     """ISO 8601 UTC with milliseconds and a `Z`, the timestamp form of the JSON payloads."""
     ms = t_ns // 1_000_000
-    stamp = dt.datetime.fromtimestamp(ms // 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{ms % 1000:03d}Z"
+    return f"{_iso_seconds(ms // 1000)}.{ms % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _iso_seconds(s: int) -> str:
+    # strftime is ~10 us; every message of a second (hundreds of devices) shares the same seconds
+    return dt.datetime.fromtimestamp(s, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 class SignalNames:
