@@ -203,7 +203,9 @@ class DeliveryLoop:
             await self._acknowledge(batch)
 
     async def _take(self) -> list[Stored]:
-        batch = await self.outbox.take_async(self.batch_records, None, self.batch_values)
+        # the first take is not capped at batch_values: with a backlog, bodies of up to batch_records
+        # records are ~13 % faster into VictoriaMetrics than bodies capped at 5,000 lines (bench_sinks)
+        batch = await self.outbox.take_async(self.batch_records)
         if not batch or self.batch_values is None:
             return batch
         # fill up to batch_values (e.g. lines per InfluxDB write), waiting at most `linger` for more data
