@@ -1495,7 +1495,13 @@ class SpcEngine:
 
 def _sum_slots(a: NDArray[np.float64]) -> NDArray[np.float64]:
     """Sum over axis 0 strictly slot 0 first: sum(0) switches to pairwise summation when few columns make the axis contiguous."""
-    return np.add.accumulate(a, axis=0)[-1]
+    if a.shape[0] > 16:
+        return np.add.accumulate(a, axis=0)[-1]
+    # a subgroup's few slots: one add per slot, no [n, rows] temporary
+    acc = a[0] + a[1]
+    for j in range(2, a.shape[0]):
+        acc += a[j]
+    return acc
 
 
 def _all_good(readings: Readings) -> bool:
