@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 
 from drivers.base import TagGroup, scan_groups
-from edge_agent.scheduler import DevicePoller
+from edge_agent.scheduler import DevicePoller, phase_of
 from edge_agent.types import Readings
 
 
@@ -68,7 +68,7 @@ async def test_each_group_keeps_its_period() -> None:
 async def test_overrun_is_counted_and_skipped_not_piled_up() -> None:
     # every read takes 0.25 s on a 0.1 s period: slots are skipped, reads never queue up
     driver = TimedDriver([TagGroup(0.1, ("x",))], {0.1: 0.25})
-    poller = DevicePoller(driver, lambda *_: None)
+    poller = DevicePoller(driver, lambda *_: None, spread=False)  # slots on the start's grid
     poller.start()
     await asyncio.sleep(1.05)
     await poller.stop()
@@ -108,3 +108,27 @@ async def test_stop_ends_a_poller_whose_driver_swallows_the_cancellation() -> No
     await asyncio.sleep(0.3)
     await asyncio.wait_for(poller.stop(), timeout=2.0)
     assert poller._task is None
+
+
+async def test_devices_poll_at_their_own_phase_after_a_first_read_at_start() -> None:
+    driver = TimedDriver([TagGroup(0.1, ("x",))], {})
+    poller = DevicePoller(driver, lambda *_: None)
+    began = asyncio.get_running_loop().time()
+    poller.start()
+    await asyncio.sleep(0.55)
+    await poller.stop()
+    starts = np.array([t for _, t in driver.reads]) - began
+    phase = phase_of("timed", 0.1)
+    assert starts[0] < 0.02  # values at once after a (re)start
+    # then on the device's own grid: phase + k x period
+    assert np.allclose(starts[1:], phase + 0.1 * np.arange(1, len(starts)), atol=0.02)
+
+
+def test_phases_spread_devices_over_the_period_on_a_grid_and_stay_put() -> None:
+    phases = np.array([phase_of(f"dev{k:03d}", 0.5) for k in range(100)])
+    # ten 50 ms steps in a 0.5 s period, each holding some devices and none a crowd
+    steps, counts = np.unique(np.round(phases / 0.05).astype(int), return_counts=True)
+    assert np.allclose(phases / 0.05, np.round(phases / 0.05))
+    assert steps.tolist() == list(range(10)) and counts.min() >= 3 and counts.max() <= 20
+    assert phase_of("dev007", 0.5) == phases[7]  # the same name polls at the same phase after a restart
+    assert phase_of("dev007", 0.05) == phase_of("dev007", 0.01) == 0.0  # fast classes: no grid to spread on
