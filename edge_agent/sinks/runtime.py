@@ -218,7 +218,13 @@ class SinkSet:
             channel.wake.set()
             if channel.writer is not None:
                 await channel.writer
-        await asyncio.gather(*(ch.loop.stop(drain_timeout=drain_s) for ch in self.channels))
+        reporter = asyncio.create_task(self._report_flush(drain_s), name="outbox-flush-progress")
+        try:
+            await asyncio.gather(*(ch.loop.stop(drain_timeout=drain_s) for ch in self.channels))
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
         left = sum(len(ch.outbox) for ch in self.channels)
         if left:
             log.warning("%d records stay in the outboxes; they are delivered at the next start", left)
@@ -231,6 +237,27 @@ class SinkSet:
                     await channel.sink.stop()  # type: ignore[attr-defined]
             await channel.outbox.close_async()
         self.channels.clear()
+
+    async def _report_flush(self, drain_s: float, every_s: float = 1.0) -> None:
+        # a backlog after an outage can take minutes to deliver: say how it goes, once a second
+        start = {ch.name: len(ch.outbox) for ch in self.channels}
+        if not any(start.values()):
+            return
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while True:
+            await asyncio.sleep(every_s)
+            left = self.depth()
+            elapsed = loop.time() - began
+            log.info(
+                "flushing outboxes before exit (%.0f of %g s): %s",
+                elapsed,
+                drain_s,
+                ", ".join(
+                    f"{name} {left[name]} left of {n} ({(n - left[name]) / elapsed:.0f} records/s)"
+                    for name, n in start.items()
+                ),
+            )
 
     def depth(self) -> dict[str, int]:
         """Records waiting per sink."""
