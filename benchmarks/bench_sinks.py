@@ -183,7 +183,9 @@ def mqtt_reference(broker: Mosquitto, workdir: Path, messages: int, run: int) ->
         encoder.raw(m, _poll(table, m, k)) for k in range(messages // len(MACHINES) + 1) for m in MACHINES
     ]
     counter = _Counter(broker.port, f"ref{run}/#", workdir)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-ref-{run}", protocol=mqtt.MQTTv5)
+    # the protocol the sink speaks by default, so the two rows compare like with like
+    protocol = mqtt.MQTTv5 if MqttSink().protocol == "5" else mqtt.MQTTv311
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-ref-{run}", protocol=protocol)
     client.max_inflight_messages_set(0)
     client.connect("127.0.0.1", broker.port)
     client.loop_start()

@@ -441,8 +441,10 @@ class MqttSink(Model):
     """Topic layout; placeholders: prefix, enterprise, site, area, line, machine, kind."""
     qos: Literal[0, 1, 2] = 1
     """MQTT QoS of data messages; 1 = at least once (the outbox acknowledges on PUBACK)."""
-    protocol: Literal["3.1.1", "5"] = "5"
-    """MQTT protocol version."""
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    """MQTT protocol version. 3.1.1 by default: every broker speaks it (some cloud IoT hubs speak
+    nothing else), the agent uses no feature of 5, and paho spends 7-15 % less per message on it
+    (no reason code and properties object per PUBACK)."""
     client_id: str | None = None
     """Client id; default `edge-agent-{site}-{hostname}`."""
     username: str | None = None

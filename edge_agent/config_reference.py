@@ -99,8 +99,8 @@ def render() -> str:
             "|---|---|---|---|",
         ]
         for name, info in model.model_fields.items():
-            if name == "protocol":
-                continue
+            if name == "protocol" and model in (ModbusDevice, OpcUaDevice):
+                continue  # the section title says it
             key = info.alias or name
             doc = " ".join((info.description or "").split())
             out.append(f"| `{key}` | {_type_name(info.annotation)} | {_default(info)} | {doc} |")

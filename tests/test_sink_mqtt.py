@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -54,15 +55,23 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
     box.close()
 
 
-async def test_records_arrive_with_schema_status_and_will(mosquitto: Mosquitto, outbox: Outbox) -> None:
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_records_arrive_with_schema_status_and_will(
+    mosquitto: Mosquitto, outbox: Outbox, protocol: Literal["3.1.1", "5"]
+) -> None:
     table = _table()
-    encoder = MqttEncoder(table, topic_prefix="t1/uns")
+    # a prefix per protocol: the retained status of one run must not meet the other
+    prefix = f"t{protocol}/uns"
+    encoder = MqttEncoder(table, topic_prefix=prefix)
     agent = Source("edge-1", equipment="agent")
     online = encoder.status(agent, AgentStatus(time.time_ns(), "online", {"uptime_s": 0}))
     offline = encoder.status(agent, AgentStatus(time.time_ns(), "offline"))
-    sub = Subscriber(mosquitto.port, "t1/uns/#", client_id="sub-schema")
+    sub = Subscriber(mosquitto.port, f"{prefix}/#", client_id=f"sub-schema-{protocol}")
     publisher = MqttPublisher(
-        MqttSink(url=mosquitto.url), client_id="pub-schema", online=online, will=offline
+        MqttSink(url=mosquitto.url, protocol=protocol),
+        client_id=f"pub-schema-{protocol}",
+        online=online,
+        will=offline,
     )
     await publisher.start()
     loop = DeliveryLoop(outbox, publisher, batch_records=100)
@@ -75,10 +84,10 @@ async def test_records_arrive_with_schema_status_and_will(mosquitto: Mosquitto, 
         await publisher.stop()
     assert sub.wait_for(7, 5) == 7  # the offline status on a clean stop
     topics = [t for t, _ in sub.messages]
-    assert topics[0] == "t1/uns/plant1/area1/line1/edge-1/status"
+    assert topics[0] == f"{prefix}/plant1/area1/line1/edge-1/status"
     assert sub.messages[0][1]["state"] == "online"
     assert sub.raw[0][2] is False  # a live delivery of a retained publish is not flagged retained
-    assert topics[1:6] == ["t1/uns/plant1/area1/line1/imm-0/raw"] * 5
+    assert topics[1:6] == [f"{prefix}/plant1/area1/line1/imm-0/raw"] * 5
     assert sub.messages[6][1]["state"] == "offline"
     first = sub.messages[1][1]
     assert first["v"] == 1 and first["kind"] == "raw" and first["machine"] == "imm-0"
@@ -92,7 +101,7 @@ async def test_records_arrive_with_schema_status_and_will(mosquitto: Mosquitto, 
     assert outbox.counters.acked_records == 5 and len(outbox) == 0
     sub.close()
     # the broker keeps the last status for late subscribers: a new one gets "offline", flagged retained
-    late = Subscriber(mosquitto.port, "t1/uns/+/+/+/edge-1/status", client_id="sub-late")
+    late = Subscriber(mosquitto.port, f"{prefix}/+/+/+/edge-1/status", client_id=f"sub-late-{protocol}")
     assert late.wait_for(1, 5) == 1
     assert late.messages[0][1]["state"] == "offline" and late.raw[0][2] is True
     late.close()
