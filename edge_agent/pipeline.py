@@ -290,7 +290,6 @@ class IndicatorPipeline:
             if oee_devices
             else None
         )
-        self._oee_started = False
         mold_devices = [d for d in self.devices.values() if d.profile.mold is not None]
         self.mold_devices = mold_devices
         self.mold_index = {d.name: i for i, d in enumerate(mold_devices)}
@@ -447,16 +446,22 @@ class IndicatorPipeline:
         if self.oee is not None and info.name in self.oee_index and info.profile.oee:
             spec = info.profile.oee
             m = self.oee_index[info.name]
-            if not self._oee_started:
-                self.oee.start_period(np.arange(len(self.oee_devices)), t)
-                self._oee_started = True
             state = lv[info.rows[spec.state]] if spec.state in info.rows else np.nan
             producing = bool(np.isin(state, spec.producing_states))
             parts = lv[info.rows[spec.parts_counter]] if spec.parts_counter in info.rows else np.nan
             good = lv[info.rows[spec.good_counter]] if spec.good_counter in info.rows else np.nan
             self.oee.update([m], [t], [producing], [parts], [good])
             res = self.oee.result(t, [m])
-            if res["pot_s"][0] >= spec.period_s:
+            last_parts = info.last_state.get("oee_parts", np.nan)
+            stepped = bool(np.isfinite(parts) and np.isfinite(last_parts) and parts != last_parts)
+            if np.isfinite(parts):
+                info.last_state["oee_parts"] = float(parts)
+            due = not np.isfinite(res["pot_s"][0]) or res["pot_s"][0] >= spec.period_s
+            # a period of a producing machine starts just after a part: started mid-cycle, its first
+            # part would count a whole cycle against a fraction of one (performance above 1); the
+            # part that ends a period is that period's, with its time. A machine that is not
+            # producing, or has no counter, has no cycle to wait for.
+            if due and (stepped or not producing or not np.isfinite(parts)):
                 self.oee.start_period([m], t)
             values["oee"] = {k: float(res[k][0]) for k in OEE_FIELDS}
         if info.furnace is not None and info.profile.furnace:

@@ -137,3 +137,32 @@ def test_band_alarm_arms_once_the_setpoint_is_reached_and_again_after_a_setpoint
     alarms = _tcu_band_alarms(supply, setpoint)
     # approaching a setpoint raises nothing; each excursion once in band raises after the 5 s delay
     assert alarms == [(105, "start"), (135, "clear"), (235, "start")]
+
+
+def _oee_run(first_poll_s: float, polls: int) -> list[dict[str, float]]:
+    """OEE of a die-casting cell shooting exactly every ideal cycle (55 s), polled every 5 s."""
+    pipeline, rows, _tags = _pipeline()
+    seen = []
+    for i in range(polls):
+        t_s = first_poll_s + 5.0 * i
+        shots = int(t_s // 55.0)  # the counter steps at every whole ideal cycle
+        t = T0 + int(t_s * 1e9)
+        names = ["machine_state", "shot_counter", "good_parts"]
+        out = pipeline.process("dcm1", Readings.of([rows[n] for n in names], t, [3.0, shots, shots]), t)
+        seen += [{k: float(v[0]) for k, v in b.values.items()} for _, b in out.kpi if b.family == "oee"]
+    return seen
+
+
+def test_oee_started_mid_cycle_counts_whole_cycles_only() -> None:
+    # the agent starts 50 s into a cycle: its first part came after 5 s of observed production
+    seen = _oee_run(first_poll_s=50.0, polls=60)
+    perf = np.array([s["performance"] for s in seen])
+    pq = np.array([s["pq"] for s in seen])
+    known = np.isfinite(perf)
+    assert known.sum() > 20
+    # between parts the running time grows and performance sags; it never exceeds the ideal rate,
+    # and each part brings it back to exactly 1 (every part matched with a whole cycle of its own)
+    assert (perf[known] <= 1.0 + 1e-12).all()
+    after_part = np.flatnonzero(np.diff(pq) > 0) + 1
+    assert after_part.size == 5 and np.allclose(perf[after_part], 1.0)
+    assert pq.max() == 5  # the polls (50-345 s) see 6 shots; the first only starts the period
