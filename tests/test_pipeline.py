@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from edge_agent.agent import Agent
 from edge_agent.config import load_config, profile_dirs
 from edge_agent.pipeline import IndicatorPipeline
 from edge_agent.types import Readings
@@ -166,3 +169,27 @@ def test_oee_started_mid_cycle_counts_whole_cycles_only() -> None:
     after_part = np.flatnonzero(np.diff(pq) > 0) + 1
     assert after_part.size == 5 and np.allclose(perf[after_part], 1.0)
     assert pq.max() == 5  # the polls (50-345 s) see 6 shots; the first only starts the period
+
+
+async def test_a_failing_pipeline_still_publishes_the_raw_values(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load_config(REPO / "config" / "die-casting.toml")
+    got: list = []
+    agent = Agent(config, REPO / "config", sinks=False, on_output=lambda d, o: got.append((d, o)))
+    rows = agent.pipeline.rows_of("dcm1")
+    readings = Readings.of([rows["shot_counter"], rows["machine_state"]], T0, [7.0, 3.0])
+
+    def broken(*_args: object) -> None:
+        raise ZeroDivisionError("an indicator bug")
+
+    monkeypatch.setattr(agent.pipeline, "process_many", broken)
+    agent._handle("dcm1", readings)
+    agent._handle("dcm1", readings)
+    await asyncio.sleep(0)  # the turn's batches are processed together, on the next turn
+    assert [d for d, _ in got] == ["dcm1", "dcm1"]
+    for _device, out in got:
+        assert not out.kpi and not out.alarms
+        [(source, raw)] = out.raw
+        assert source.machine == "dcm1" and raw.value.tolist() == [7.0, 3.0]
+    assert "indicator pipeline failed on 2 batches" in caplog.text
