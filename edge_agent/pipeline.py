@@ -452,17 +452,8 @@ class IndicatorPipeline:
             good = lv[info.rows[spec.good_counter]] if spec.good_counter in info.rows else np.nan
             self.oee.update([m], [t], [producing], [parts], [good])
             res = self.oee.result(t, [m])
-            last_parts = info.last_state.get("oee_parts", np.nan)
-            stepped = bool(np.isfinite(parts) and np.isfinite(last_parts) and parts != last_parts)
-            if np.isfinite(parts):
-                info.last_state["oee_parts"] = float(parts)
-            due = not np.isfinite(res["pot_s"][0]) or res["pot_s"][0] >= spec.period_s
-            # a period of a producing machine starts just after a part: started mid-cycle, its first
-            # part would count a whole cycle against a fraction of one (performance above 1); the
-            # part that ends a period is that period's, with its time. A machine that is not
-            # producing, or has no counter, has no cycle to wait for.
-            if due and (stepped or not producing or not np.isfinite(parts)):
-                self.oee.start_period([m], t)
+            if not np.isfinite(res["pot_s"][0]) or res["pot_s"][0] >= spec.period_s:
+                self.oee.roll_period([m], t)  # at the machine's next cycle boundary
             values["oee"] = {k: float(res[k][0]) for k in OEE_FIELDS}
         if info.furnace is not None and info.profile.furnace:
             spec_f = info.profile.furnace

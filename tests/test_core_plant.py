@@ -64,6 +64,22 @@ def test_oee_silent_gap_is_not_production() -> None:
     assert oee.result(720 * S)["apt_s"][0] == 120.0
 
 
+def test_oee_period_rolls_over_at_a_cycle_boundary_only() -> None:
+    """Machine 0 produces (mid-cycle, then a part), machine 1 is stopped, machine 2 has no counter."""
+    oee = OeeAccumulator(3, ideal_cycle_s=10.0)
+    oee.update([0, 1, 2], 0, [True, False, True], [100.0, 7.0, np.nan], [100.0, 7.0, np.nan])
+    # the first reading is only the counter's baseline: mid-cycle for a producing machine
+    assert oee.roll_period([0, 1, 2], 0).tolist() == [False, True, True]
+    oee.update([0], 4 * S, True, 100.0, 100.0)  # still mid-cycle
+    assert oee.roll_period([0], 4 * S).tolist() == [False]
+    oee.update([0], 10 * S, True, 101.0, 101.0)  # a part: the boundary
+    assert oee.roll_period([0], 10 * S).tolist() == [True]
+    oee.update([0], 20 * S, True, 102.0, 102.0)
+    r = oee.result(20 * S, [0])
+    # the period began with a part, so the next one is matched with its whole 10 s cycle
+    assert r["pq"][0] == 1 and r["apt_s"][0] == 10.0 and r["performance"][0] == 1.0
+
+
 def test_mold_maintenance_shots_and_status() -> None:
     """Interval 100k shots, PM at 250k: 340k is 90 % used (WARNING), 351k is DUE; unread moulds have no data."""
     mm = MoldMaintenance(3, interval_cycles=100_000)

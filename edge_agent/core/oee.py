@@ -47,6 +47,7 @@ class OeeAccumulator:
         self.last_producing = np.zeros(M, bool)
         self.last_parts = np.full(M, np.nan)
         self.last_good = np.full(M, np.nan)
+        self.last_step = np.zeros(M)  # parts the latest update counted (0: mid-cycle)
 
     def start_period(self, machines: ArrayLike, t_ns: ArrayLike, planned_downtime_s: ArrayLike = 0.0) -> None:
         """Begin a new period at `t_ns` (counter baselines are kept, so no part is lost between periods)."""
@@ -58,6 +59,23 @@ class OeeAccumulator:
         self.pq[m] = 0.0
         self.gq[m] = 0.0
         self.last_t[m] = np.where(self.last_t[m] >= 0, np.maximum(self.last_t[m], t_ns), -1)
+
+    def roll_period(
+        self, machines: ArrayLike, t_ns: int, planned_downtime_s: ArrayLike = 0.0
+    ) -> NDArray[np.bool_]:
+        """Start a new period for those of `machines` at a cycle boundary now; return which did.
+
+        A producing machine's period starts just after a part (its latest update counted one):
+        started mid-cycle, the first part would be counted against a fraction of its cycle and
+        performance would read above 1, and the part that ends a period stays that period's, with
+        its time. A machine that is not producing, or has never read its counter, starts at once.
+        """
+        m = np.asarray(machines, np.int64).reshape(-1)
+        check_rows("OeeAccumulator.roll_period machines", m, self.n)
+        ready = (self.last_step[m] > 0) | ~self.last_producing[m] | np.isnan(self.last_parts[m])
+        pdot = np.broadcast_to(np.asarray(planned_downtime_s, np.float64), m.shape)
+        self.start_period(m[ready], t_ns, pdot[ready])
+        return ready
 
     def add_planned_downtime(self, machines: ArrayLike, seconds: ArrayLike) -> None:
         """Add planned downtime (breaks, planned maintenance) to the current period."""
@@ -91,7 +109,9 @@ class OeeAccumulator:
         counted = (lt >= 0) & (self.period_start[m] >= 0) & self.last_producing[m] & (dt > 0)
         counted &= dt <= self.stop_gap_ns[m]
         self.apt_ns[m] += np.where(counted, dt, 0.0)
-        self.pq[m] += _counter_step(self.last_parts[m], pa) * (self.period_start[m] >= 0)
+        step = _counter_step(self.last_parts[m], pa)
+        self.last_step[m] = step
+        self.pq[m] += step * (self.period_start[m] >= 0)
         self.gq[m] += _counter_step(self.last_good[m], gd) * (self.period_start[m] >= 0)
         self.last_parts[m] = np.where(np.isnan(pa), self.last_parts[m], pa)
         self.last_good[m] = np.where(np.isnan(gd), self.last_good[m], gd)
