@@ -30,6 +30,20 @@ REF_NAMES = dict(
 )
 
 
+# capability indices fed by the period's Σ(x - ref) and Σ(x - ref)²: in lockstep those sums take a
+# whole window at a time from the window sums (a reordered sum), elsewhere one sample at a time
+CAP_SUM_KEYS = ("cap_mean", "sigma_overall", "cpk", "pp", "ppk")
+
+
+def assert_same_snapshot(sa: dict[str, np.ndarray], sb: dict[str, np.ndarray]) -> None:
+    """The same samples through two update paths: every indicator bit for bit, the CAP_SUM_KEYS to rounding (1e-12)."""
+    for key in sa:
+        if key in CAP_SUM_KEYS:
+            np.testing.assert_allclose(sa[key], sb[key], rtol=1e-12, atol=0, err_msg=key)
+        else:
+            np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+
+
 def make_engine(configs: list[dict], capacity: int | None = None) -> SpcEngine:
     """An engine with one row per config (extra rows keep the defaults)."""
     eng = SpcEngine(capacity or len(configs), max_window=64)
@@ -311,9 +325,7 @@ def test_full_tick_path_equals_general_path(lockstep: bool) -> None:
         n_hits += len(a.hits)
         n_events += len(a.events)
     assert n_hits > 500 and n_events > 100
-    sa, sb = fast.snapshot(), slow.snapshot()
-    for key in sa:
-        np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+    assert_same_snapshot(fast.snapshot(), slow.snapshot())
 
 
 def test_alarms_without_delays_equal_the_tracker() -> None:
@@ -400,9 +412,7 @@ def test_one_row_at_a_time_equals_full_ticks(subgroup_n: int) -> None:
         got_a = sorted((int(r), int(m)) for h in a for r, m in zip(h.row, h.mask, strict=True))
         got_b = sorted((int(r), int(m)) for h in b for r, m in zip(h.row, h.mask, strict=True))
         assert got_a == got_b, i
-    sa, sb = full.snapshot(), single.snapshot()
-    for key in sa:
-        np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+    assert_same_snapshot(full.snapshot(), single.snapshot())
 
 
 def test_configure_while_rows_are_in_lockstep_restarts_the_ring() -> None:
@@ -421,3 +431,38 @@ def test_configure_while_rows_are_in_lockstep_restarts_the_ring() -> None:
     assert s["window_n"][1] == 21
     assert s["min"][1] == x[:, 1].min() and s["max"][1] == x[:, 1].max()
     assert s["mean"][1] == pytest.approx(x[:, 1].mean(), rel=1e-12)
+
+
+def test_lockstep_capability_sums_match_the_period_values() -> None:
+    """In lockstep the capability sums come a window at a time from the window sums: same mean and sd as the period's values.
+
+    Snapshots at several ring phases (each adds the pending samples from the buffer), a capability
+    period restarted mid-pass on two rows, and a level shift far from the period's first value.
+    """
+    rng = np.random.default_rng(21)
+    S, W = 6, 10
+    eng = SpcEngine(S, SpcParams(window=W, phase1_n=10, lsl=990.0, usl=1010.0), max_window=W)
+    sig = np.arange(S)
+    period: list[list[float]] = [[] for _ in range(S)]
+    x = 1e3 + rng.standard_normal((230, S)) * rng.uniform(0.01, 2.0, S)
+    x[120:] += 7.0  # a level shift: the window's centre moves far from the period's first value
+    checked = 0
+    for i in range(230):
+        if i == 37:
+            eng.reset_capability([2, 4])
+            period[2], period[4] = [], []
+        eng.update(Readings.of(sig, i, x[i]))
+        for r in range(S):
+            period[r].append(float(x[i, r]))
+        if i > W:
+            assert eng._lock is not None, i  # every row in step: the lockstep path runs
+        if i in (25, 40, 59, 60, 99, 143, 170, 229):
+            s = eng.snapshot()
+            for r in range(S):
+                v = np.array(period[r])
+                assert s["cap_n"][r] == v.size
+                np.testing.assert_allclose(s["cap_mean"][r], math.fsum(v) / v.size, rtol=1e-12)
+                sd = math.sqrt(math.fsum((v - math.fsum(v) / v.size) ** 2) / (v.size - 1))
+                np.testing.assert_allclose(s["sigma_overall"][r], sd, rtol=1e-12)
+                checked += 1
+    assert checked == 8 * S

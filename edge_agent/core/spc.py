@@ -323,6 +323,13 @@ class SpcEngine:
         self.cap_r = np.zeros(S)
         self.cap_s = np.zeros(S)
         self.cap_k = np.zeros(S, np.int64)
+        # in lockstep the sums of (x - ref) and (x - ref)² are not updated per sample: the newest
+        # `_cap_pend` samples of every row wait in the ring buffer. When they fill a whole window the
+        # window sums give theirs in O(1) passes (_cap_fold_window); read-out, a new period and leaving
+        # lockstep first add the pending ones slot by slot, oldest first (_cap_flush), as the
+        # per-sample update would have. The moving-range sum stays per sample (no window sum has it)
+        self._cap_pend = 0
+        self._cap_defer = False  # this full tick defers the capability sums (set by _round)
         # scratch for the per-sample temporaries: a fresh 8·S-byte array per operation would cost page faults
         self._tmp = np.empty((5, S))
         self._btmp = np.empty((5, S), _U8)
@@ -493,6 +500,8 @@ class SpcEngine:
     def reset_capability(self, rows: ArrayLike) -> None:
         """Start a new capability period (e.g. a shift) for `rows`."""
         r = np.asarray(rows, dtype=np.int64).reshape(-1)
+        # pending samples belong to the period that ends here
+        self._cap_flush()
         self.cap_n_off[r] = -self._ticks
         self._cap_fresh = True
         for a in (
@@ -570,6 +579,10 @@ class SpcEngine:
         if full:
             if self._lock is None:
                 self._try_lock()
+            # a period's first sample sets its reference: such ticks update the sums per sample
+            self._cap_defer = self._lock is not None and not self._cap_fresh
+            if not self._cap_defer:
+                self._cap_flush()
             for a in range(0, n, _BLOCK):
                 self._step(rnd.block(slice(a, min(a + _BLOCK, n))))
             if self._lock is not None:
@@ -579,10 +592,16 @@ class SpcEngine:
             self._cap_fresh = False
         else:
             self._unlock()
+            self._cap_defer = False
             self._step(rnd)
             if self._cap_fresh:
                 self._cap_fresh = bool((self.cap_n_off == -self._ticks).any())
         self._recompute_window_sums(ra, redo)
+        if self._cap_defer:
+            self._cap_pend += 1
+            # after the exact recomputes: a row that lost its window sums to cancellation has them back
+            if self._lock is not None and self._cap_pend == self._lock[1]:
+                self._cap_fold_window()
         if not self._ewma_settled:
             self._ewma_settled = bool(1.0 - self.ewma_decay.max() == 1.0)
         any1 = bool(in1.any())
@@ -656,6 +675,7 @@ class SpcEngine:
     def _unlock(self) -> None:
         """Leave the lockstep ring state: write the common position and each row's previous value (its newest slot) back."""
         if self._lock is not None:
+            self._cap_flush()
             p, w = self._lock
             self.pos[:] = p
             self.prev[:] = self.buf[(p - 1) % w]
@@ -827,6 +847,11 @@ class SpcEngine:
     def _capability(
         self, r: slice | NDArray[np.int64], x: NDArray[np.float64], mr: NDArray[np.float64]
     ) -> None:
+        if self._cap_defer:
+            # lockstep: x is in the ring buffer and enters the sums later (see _cap_pend)
+            m = self.cap_mr[r]
+            m += mr
+            return
         ref = self.cap_ref[r]
         if self._cap_fresh:
             # first sample of the period: it sets the reference and has no moving range
@@ -848,6 +873,40 @@ class SpcEngine:
         m = self.cap_mr[r]
         m += mr
         _put(self.cap_mr, r, m)
+
+    def _cap_fold_window(self) -> None:
+        """Add the pending samples, exactly every row's window in lockstep, to the capability sums from the window sums."""
+        assert self._lock is not None
+        w = float(self._lock[1])
+        self._cap_pend = 0
+        # window sums are about wref: Σ(v - cref) = s1w + w·δ, Σ(v - cref)² = s2w + δ·(2·s1w + w·δ), δ = wref - cref
+        s1w = self.win_s1
+        d = np.multiply(self.win_ref2, 0.5, out=self._tmp[0])
+        d -= self.cap_ref
+        t = np.multiply(d, w, out=self._tmp[1])
+        self.cap_s1 += s1w
+        self.cap_s1 += t
+        t += s1w
+        t += s1w
+        t *= d
+        t += self.win_s2
+        self.cap_s2 += t
+
+    def _cap_flush(self) -> None:
+        """Add the pending lockstep samples to the capability sums from the ring buffer, oldest first (the per-sample arithmetic)."""
+        m = self._cap_pend
+        if not m:
+            return
+        assert self._lock is not None
+        self._cap_pend = 0
+        p, w = self._lock
+        d = self._tmp[0]
+        ref, s1, s2 = self.cap_ref, self.cap_s1, self.cap_s2
+        for j in range(p - m, p):
+            np.subtract(self.buf[j % w], ref, out=d)
+            s1 += d
+            d *= d
+            s2 += d
 
     def _phase1(self, r: NDArray[np.int64], x: NDArray[np.float64], mr: NDArray[np.float64]) -> None:
         n = self.p1_n[r]
@@ -1292,6 +1351,7 @@ class SpcEngine:
         """Indicator arrays for `rows` (all rows when None); NaN means no data, the reason_* arrays say why (NoData codes)."""
         rr = self._rows if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
         check_rows("SpcEngine.snapshot rows", rr, self.capacity)
+        self._cap_flush()
         # all rows: slices (views) instead of gathers
         r: slice | NDArray[np.int64] = slice(None) if rows is None else rr
         mean, sd, mn, mx = self._window_stats(r)
