@@ -466,3 +466,40 @@ def test_lockstep_capability_sums_match_the_period_values() -> None:
                 np.testing.assert_allclose(s["sigma_overall"][r], sd, rtol=1e-12)
                 checked += 1
     assert checked == 8 * S
+
+
+@pytest.mark.parametrize("path", ["full", "rows", "mixed"])
+def test_cusum_run_counts_past_255(path: str) -> None:
+    """The CUSUM run counters count runs of hundreds of samples on every update path; cusum_shift uses them."""
+    rng = np.random.default_rng(4)
+    S, n = 6, 1400
+    cfg = dict(window=10, phase1_n=10, centre=0.0, sigma=1.0)
+    eng, refs = make_engine([cfg] * S), make_refs([cfg] * S)
+    x = rng.standard_normal((n, S))
+    x[100:700, :3] += 1.5  # C+ stays above 0: runs of ~600 samples (two wraps of the low byte)
+    x[300:1200, 3:5] -= 2.0  # C- likewise, ending later
+    x[700:705, :3] -= 200.0  # C+ back to 0: the runs end (and in-control ones follow)
+    x[1200:1205, 3:5] += 400.0
+    long_seen = 0
+    sig = np.arange(S)
+    for i in range(n):
+        if path == "full" or (path == "mixed" and i % 97 < 60):
+            eng.update(Readings.of(sig, i, x[i]))
+        else:
+            for row in rng.permutation(S):
+                eng.update(Readings.of([row], i, [x[i, row]]))
+        for r in range(S):
+            refs[r].add(float(x[i, r]))
+        if i in (649, 1149):
+            long_seen += int(eng.npos[:3].min() >= 512) + int(eng.nneg[3:5].min() >= 256)
+        if i % 50 == 49:
+            assert [int(eng.npos[r]) for r in range(S)] == [rf.npos for rf in refs], i
+            assert [int(eng.nneg[r]) for r in range(S)] == [rf.nneg for rf in refs], i
+            s = eng.snapshot()
+            for r, rf in enumerate(refs):
+                if rf.cpos > rf.h:
+                    assert s["cusum_shift"][r] == pytest.approx(rf.k + rf.cpos / rf.npos, rel=1e-9)
+    assert long_seen == 3
+    # the long runs ended (and the drop of C+ started a long C- run)
+    assert int(eng.npos[:3].max()) < 256 and int(eng.nneg[3:5].max()) < 256
+    assert int(eng.nneg[:3].min()) >= 256
