@@ -275,6 +275,9 @@ class SpcEngine:
         self.p1_k = np.zeros(S, np.int64)
         # current subgroup: its values are the newest sg_k slots of the ring buffer (window >= subgroup_n)
         self.sg_k = np.zeros(S, np.int8)
+        # (phase, n) while every row has subgroups of n and the same sg_k: a full tick then advances one
+        # number instead of four uint8 passes; sg_k is written back when leaving this state
+        self._sg_lock: tuple[int, int] | None = None
         self.last_xbar = np.full(S, np.nan)
         self.last_r = np.full(S, np.nan)
         self.last_s = np.full(S, np.nan)
@@ -431,8 +434,9 @@ class SpcEngine:
         }
         self._sub_all = self._sub_rows.size == self.capacity
         self._sub_uniform = bool((self.sub_n[self._sub_rows] == self.sub_n[self._sub_rows[:1]]).all())
-        # before the resets: leaving lockstep writes the common ring position to every row
+        # before the resets: leaving lockstep writes the common ring position and subgroup count to every row
         self._unlock()
+        self._sg_unlock()
         for a, val in (
             (self.n_good_off, -self._ticks),
             (self.n_missing, 0),
@@ -485,6 +489,7 @@ class SpcEngine:
         ):
             a[r] = np.nan
         self.phase[r] = 0
+        self._sg_unlock()
         self.sg_k[r] = 0
         self.mask_b[:, r] = 0
         self.reset_capability(r)
@@ -579,6 +584,8 @@ class SpcEngine:
         if full:
             if self._lock is None:
                 self._try_lock()
+            if self._sg_lock is None:
+                self._try_sg_lock()
             # a period's first sample sets its reference: such ticks update the sums per sample
             self._cap_defer = self._lock is not None and not self._cap_fresh
             if not self._cap_defer:
@@ -588,10 +595,14 @@ class SpcEngine:
             if self._lock is not None:
                 p, w = self._lock
                 self._lock = ((p + 1) % w, w)
+            if self._sg_lock is not None:
+                k0, n0 = self._sg_lock
+                self._sg_lock = ((k0 + 1) % n0, n0)
             self._ticks += 1
             self._cap_fresh = False
         else:
             self._unlock()
+            self._sg_unlock()
             self._cap_defer = False
             self._step(rnd)
             if self._cap_fresh:
@@ -671,6 +682,19 @@ class SpcEngine:
         p, w = int(self.pos[0]), int(self.window[0])
         if (self.pos == p).all() and (self.window == w).all() and (self.fill == w).all():
             self._lock = (p, w)
+
+    def _try_sg_lock(self) -> None:
+        """Enter the subgroup lockstep state when every row has subgroups of one size and the same count in its current one."""
+        if self._sub_all and self._sub_uniform:
+            k0 = int(self.sg_k[0])
+            if bool((self.sg_k == k0).all()):
+                self._sg_lock = (k0, int(self.sub_n[0]))
+
+    def _sg_unlock(self) -> None:
+        """Leave the subgroup lockstep state: write the common count back to every row."""
+        if self._sg_lock is not None:
+            self.sg_k[:] = self._sg_lock[0]
+            self._sg_lock = None
 
     def _unlock(self) -> None:
         """Leave the lockstep ring state: write the common position and each row's previous value (its newest slot) back."""
@@ -922,6 +946,11 @@ class SpcEngine:
         if not self._sub_rows.size:
             done[:] = False
             return
+        if self._sg_lock is not None and isinstance(r, slice):
+            # every row in step: _round advances the common phase once per tick
+            k0, n0 = self._sg_lock
+            done[:] = k0 + 1 == n0
+            return
         k = self.sg_k[r]
         k += 1
         n = self.sub_n[r]
@@ -1093,6 +1122,7 @@ class SpcEngine:
         self.mr_ucl[r] = C.D4_MR * C.D2_MR * sigma
         self._ewma_settled = False
         self.phase[r] = 1
+        self._sg_unlock()
         self.sg_k[r] = 0
         self.ewma_z[r] = 0.0
         self.ewma_decay[r] = 1.0
