@@ -633,8 +633,9 @@ class SpcEngine:
         if cand.size == 0:
             return
         mc = _mask32(mb, cand)
-        on = mc != 0
-        if on.any():
+        # positions, not a boolean mask: indexing by a random mask is ~2x slower than by positions
+        on = np.flatnonzero(mc != 0)
+        if on.size:
             nz = cand[on]
             hit_rows = nz if full else ra[nz]  # a full tick's positions are its rows
             hits.append(RuleHits(hit_rows.astype(np.int32), t[nz], x[nz], mc[on]))
