@@ -265,6 +265,7 @@ class SpcEngine:
         self._lock: tuple[int, int] | None = None
         # phase I (the number of moving ranges is p1_n - 1: the first sample has none)
         self.phase = np.zeros(S, np.int8)
+        self._any_phase1 = True  # some row may be in phase I (False: a full tick skips the phase test)
         self.p1_n = np.zeros(S, np.int64)
         self.p1_ref = np.zeros(S)
         self.p1_sum = np.zeros(S)
@@ -339,7 +340,6 @@ class SpcEngine:
         self._bmon = np.empty((7, S), bool)
         self._mbytes = np.empty((3, S), _U8)  # the mask bytes of a gathered (not full) round
         self._cap = np.full(S, _RUN_CAP, _U8)
-        self._i32 = np.empty(S, np.int32)
         self._zero = np.zeros(S)  # float maximum against an array is ~2x faster than against a scalar
         self._uniform: dict[str, float] = {}  # settings every row shares (see _cfg)
         self._flags = np.empty((4, S), bool)  # phase I, subgroup done, window sums to recompute, scratch
@@ -489,6 +489,7 @@ class SpcEngine:
         ):
             a[r] = np.nan
         self.phase[r] = 0
+        self._any_phase1 = True
         self._sg_unlock()
         self.sg_k[r] = 0
         self.mask_b[:, r] = 0
@@ -615,7 +616,7 @@ class SpcEngine:
                 self._cap_fold_window()
         if not self._ewma_settled:
             self._ewma_settled = bool(1.0 - self.ewma_decay.max() == 1.0)
-        any1 = bool(in1.any())
+        any1 = self._any_phase1 and bool(in1.any())
         self._close_subgroups(rnd)
         if any1:
             r1 = ra[in1]
@@ -666,8 +667,12 @@ class SpcEngine:
         mr = np.abs(dx, out=self._tmp[1, :n])
         self._window(rnd)
         self._capability(r, x, mr)
-        np.equal(self.phase[r], 0, out=in1)
-        any1 = bool(in1.any())
+        if self._any_phase1:
+            np.equal(self.phase[r], 0, out=in1)
+            any1 = bool(in1.any())
+        else:
+            in1[:] = False
+            any1 = False
         if any1:
             i1 = np.flatnonzero(in1)
             self._phase1(ra[i1], x[i1], mr[i1])
@@ -813,11 +818,10 @@ class SpcEngine:
 
     def _recompute_window_sums(self, ra: NDArray[np.int64], redo: NDArray[np.bool_]) -> None:
         """Recompute the window sums exactly for rows that completed a ring pass or lost precision to cancellation."""
-        if redo.all():
-            self._set_exact(slice(None) if ra.shape[0] == self.capacity else ra)
-            return
         i = np.flatnonzero(redo)
-        if i.size:
+        if i.size == redo.shape[0]:
+            self._set_exact(slice(None) if ra.shape[0] == self.capacity else ra)
+        elif i.size:
             self._set_exact(ra[i])
 
     def _set_exact(self, rows: slice | NDArray[np.int64]) -> None:
@@ -968,7 +972,7 @@ class SpcEngine:
         if not done.any():
             return
         lockstep = isinstance(r, slice) and self._sub_uniform and self._lock is not None
-        if lockstep and bool(done.all()) and not in1.any():
+        if lockstep and bool(done.all()) and not (self._any_phase1 and in1.any()):
             self._close_all_subgroups(mb)
             return
         i = np.flatnonzero(done)
@@ -1123,6 +1127,7 @@ class SpcEngine:
         self.mr_ucl[r] = C.D4_MR * C.D2_MR * sigma
         self._ewma_settled = False
         self.phase[r] = 1
+        self._any_phase1 = bool((self.phase == 0).any())
         self._sg_unlock()
         self.sg_k[r] = 0
         self.ewma_z[r] = 0.0
@@ -1266,12 +1271,11 @@ class SpcEngine:
         np.maximum(cn, zero, out=cn)
         _put(self.cpos_z, r, cp)
         _put(self.cneg_z, r, cn)
-        c32 = self._i32[:n]
         for cnt_arr, cs in ((self.npos, cp), (self.nneg, cn)):
             cnt = cnt_arr[r]
             cnt += 1
-            np.copyto(c32, np.greater(cs, zero, out=c))
-            cnt *= c32
+            # int32 times bool directly: no separate bool → int32 copy
+            np.multiply(cnt, np.greater(cs, zero, out=c), out=cnt)
             _put(cnt_arr, r, cnt)
         hh = self._cfg("h", r)
         _set(b2, np.greater(cp, hh, out=c), Rule.CUSUM_POS >> 16, tmp)
