@@ -1307,7 +1307,8 @@ class SpcEngine:
         on = self.alarm_on[rows]
         # a channel can change state only when raised differs from active or a timer runs
         work = raised ^ on
-        work |= self.alarm_wait[rows]
+        if not self._instant_alarms:  # without delays no timer ever runs: alarm_wait stays 0
+            work |= self.alarm_wait[rows]
         # bit k of row i unpacks to position 8·i + k; only bits below _N_KINDS are ever set
         sel = np.flatnonzero(np.unpackbits(work, bitorder="little").view(bool))
         if sel.size == 0:
