@@ -324,8 +324,7 @@ class SpcEngine:
         self.cap_s1 = np.zeros(S)
         self.cap_s2 = np.zeros(S)
         self.cap_mr = np.zeros(S)
-        self.cap_r = np.zeros(S)
-        self.cap_s = np.zeros(S)
+        self.cap_r = np.zeros(S)  # Σ R of the period's subgroups (σ_within = R̄/d2)
         self.cap_k = np.zeros(S, np.int64)
         # in lockstep the sums of (x - ref) and (x - ref)² are not updated per sample: the newest
         # `_cap_pend` samples of every row wait in the ring buffer. When they fill a whole window the
@@ -515,7 +514,6 @@ class SpcEngine:
             self.cap_s2,
             self.cap_mr,
             self.cap_r,
-            self.cap_s,
             self.cap_k,
         ):
             a[r] = 0
@@ -986,7 +984,6 @@ class SpcEngine:
         rd: slice | NDArray[np.int64] = slice(None) if every else rows
         self.last_xbar[rd], self.last_r[rd], self.last_s[rd] = xbar, rng, sd
         self.cap_r[rd] += rng
-        self.cap_s[rd] += sd
         self.cap_k[rd] += 1
         p1 = in1[i]
         if p1.any():
@@ -1038,7 +1035,6 @@ class SpcEngine:
         ss /= n - 1
         sd = np.sqrt(ss, out=ss)
         self.cap_r += rng
-        self.cap_s += sd
         self.cap_k += 1
         dev = np.subtract(xbar, self.xcl, out=d)
         np.abs(dev, out=dev)
