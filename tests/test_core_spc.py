@@ -503,3 +503,31 @@ def test_cusum_run_counts_past_255(path: str) -> None:
     # the long runs ended (and the drop of C+ started a long C- run)
     assert int(eng.npos[:3].max()) < 256 and int(eng.nneg[3:5].max()) < 256
     assert int(eng.nneg[:3].min()) >= 256
+
+
+def test_reconfigure_and_rebaseline_mid_subgroup_in_lockstep() -> None:
+    """Rows in step (ring, subgroup phase, pending capability samples) reconfigured or rebaselined mid-subgroup: same as one row per call."""
+    rng = np.random.default_rng(13)
+    S, W = 6, 15
+    cfg = SpcParams(window=W, phase1_n=10, subgroup_n=5, lsl=-3.0, usl=3.0)
+    full, single = SpcEngine(S, cfg, max_window=W), SpcEngine(S, cfg, max_window=W)
+    x = rng.standard_normal((160, S))
+    sig = np.arange(S)
+    for i in range(160):
+        if i == 57:  # 57 samples: 2 into a subgroup, 12 into a ring pass
+            assert full._lock is not None and full._sg_lock is not None and full._cap_pend > 0
+            for eng in (full, single):
+                eng.configure([1], SpcParams(window=W, phase1_n=15, subgroup_n=5))
+        if i == 103:
+            for eng in (full, single):
+                eng.rebaseline([4])
+                eng.reset_capability([2])
+        a = full.update(Readings.of(sig, i, x[i])).hits
+        b = [single.update(Readings.of([row], i, [x[i, row]])).hits for row in rng.permutation(S)]
+        got_a = sorted(zip(a.row.tolist(), a.mask.tolist(), strict=True))
+        got_b = sorted((int(r), int(m)) for h in b for r, m in zip(h.row, h.mask, strict=True))
+        assert got_a == got_b, i
+        if i in (60, 104, 130):
+            assert_same_snapshot(full.snapshot(), single.snapshot())
+    assert full._sg_lock is None  # rows 1 and 4 restarted their subgroups out of phase with the others
+    assert_same_snapshot(full.snapshot(), single.snapshot())
