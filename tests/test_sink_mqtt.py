@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,21 +57,21 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
     box.close()
 
 
-@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+@pytest.mark.parametrize(("protocol", "where"), [("3.1.1", "process"), ("5", "process"), ("3.1.1", "thread")])
 async def test_records_arrive_with_schema_status_and_will(
-    mosquitto: Mosquitto, outbox: Outbox, protocol: Literal["3.1.1", "5"]
+    mosquitto: Mosquitto, outbox: Outbox, protocol: Literal["3.1.1", "5"], where: Literal["process", "thread"]
 ) -> None:
     table = _table()
     # a prefix per protocol: the retained status of one run must not meet the other
-    prefix = f"t{protocol}/uns"
+    prefix = f"t{protocol}{where}/uns"
     encoder = MqttEncoder(table, topic_prefix=prefix)
     agent = Source("edge-1", equipment="agent")
     online = encoder.status(agent, AgentStatus(time.time_ns(), "online", {"uptime_s": 0}))
     offline = encoder.status(agent, AgentStatus(time.time_ns(), "offline"))
-    sub = Subscriber(mosquitto.port, f"{prefix}/#", client_id=f"sub-schema-{protocol}")
+    sub = Subscriber(mosquitto.port, f"{prefix}/#", client_id=f"sub-schema-{protocol}-{where}")
     publisher = MqttPublisher(
-        MqttSink(url=mosquitto.url, protocol=protocol),
-        client_id=f"pub-schema-{protocol}",
+        MqttSink(url=mosquitto.url, protocol=protocol, publisher=where),
+        client_id=f"pub-schema-{protocol}-{where}",
         online=online,
         will=offline,
     )
@@ -101,19 +103,27 @@ async def test_records_arrive_with_schema_status_and_will(
     assert outbox.counters.acked_records == 5 and len(outbox) == 0
     sub.close()
     # the broker keeps the last status for late subscribers: a new one gets "offline", flagged retained
-    late = Subscriber(mosquitto.port, f"{prefix}/+/+/+/edge-1/status", client_id=f"sub-late-{protocol}")
+    late = Subscriber(
+        mosquitto.port, f"{prefix}/+/+/+/edge-1/status", client_id=f"sub-late-{protocol}-{where}"
+    )
     assert late.wait_for(1, 5) == 1
     assert late.messages[0][1]["state"] == "offline" and late.raw[0][2] is True
     late.close()
 
 
-async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path, outbox: Outbox) -> None:
+@pytest.mark.parametrize("where", ["process", "thread"])
+async def test_broker_outage_loses_nothing_and_keeps_order(
+    tmp_path: Path, outbox: Outbox, caplog: pytest.LogCaptureFixture, where: Literal["process", "thread"]
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge_agent.sinks.mqtt")
     broker = PersistentMosquitto(tmp_path / "broker")
     broker.start()
     table = _table()
     encoder = MqttEncoder(table, topic_prefix="outage")
     sub = Subscriber(broker.port, "outage/#", client_id="sub-outage")
-    publisher = MqttPublisher(MqttSink(url=broker.url, keepalive=5), client_id="pub-outage")
+    publisher = MqttPublisher(
+        MqttSink(url=broker.url, keepalive=5, publisher=where), client_id=f"pub-outage-{where}"
+    )
     await publisher.start()
     loop = DeliveryLoop(outbox, publisher, batch_records=200, backoff=Backoff(initial=0.1, maximum=1.0))
     loop.start()
@@ -136,6 +146,10 @@ async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path, outbo
             await asyncio.sleep(0.02)
         assert stopped and restarted
         assert publisher.disconnects >= 1  # the outage really hit the publisher
+        # the session's log line reaches the agent's log, from the publisher process too
+        assert any(
+            "reconnecting" in r.getMessage() for r in caplog.records if r.name == "edge_agent.sinks.mqtt"
+        )
         assert await loop.wait_drained(30)
         assert len(outbox) == 0
         await asyncio.to_thread(sub.wait_for, sent, 20)
@@ -145,6 +159,11 @@ async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path, outbo
         sub.close()
         broker.stop()
     assert loop.counters.failures >= 1
+    _assert_in_order(sub, encoder, sent)
+
+
+def _assert_in_order(sub: Subscriber, encoder: MqttEncoder, sent: int) -> None:
+    """Every machine's messages 1..N arrived, in order once duplicates are dropped."""
     per_machine: dict[str, list[int]] = {}
     for topic, message in sub.messages:
         assert message["boot"] == encoder.boot_ms
@@ -161,6 +180,38 @@ async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path, outbo
         assert kept == list(range(1, sent // len(MACHINES) + 1)), machine
         # duplicates only ever repeat an earlier message, never skip ahead
         assert set(seqs) == set(kept)
+
+
+async def test_publisher_process_killed_is_restarted_and_loses_nothing(
+    mosquitto: Mosquitto, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    table = _table()
+    encoder = MqttEncoder(table, topic_prefix="killed")
+    sub = Subscriber(mosquitto.port, "killed/#", client_id="sub-killed")
+    publisher = MqttPublisher(MqttSink(url=mosquitto.url), client_id="pub-killed")
+    await publisher.start()
+    first_pid = publisher.pid
+    loop = DeliveryLoop(outbox, publisher, batch_records=50, backoff=Backoff(initial=0.1, maximum=0.5))
+    loop.start()
+    sent = 0
+    try:
+        for k in range(150):
+            if k == 50:
+                assert first_pid is not None
+                os.kill(first_pid, signal.SIGKILL)  # mid-stream, batches in flight
+            await outbox.put_async([encoder.raw(m, _poll(table, m, k)) for m in MACHINES])
+            sent += len(MACHINES)
+            await asyncio.sleep(0.01)
+        assert await loop.wait_drained(30)
+        await asyncio.to_thread(sub.wait_for, sent, 20)
+    finally:
+        await loop.stop()
+        await publisher.stop()
+        sub.close()
+    assert publisher.restarts == 1 and publisher.pid != first_pid
+    assert any("publisher process exited (code -9)" in r.getMessage() for r in caplog.records)
+    assert outbox.counters.acked_records == sent and len(outbox) == 0
+    _assert_in_order(sub, encoder, sent)
 
 
 async def test_tls_with_password_file(
@@ -193,6 +244,9 @@ async def test_tls_with_password_file(
         wrong_pw = good.model_copy(update={"password": SecretStr("nope")})
         with pytest.raises(SinkConfigError, match=r"refused user 'edge'.*password"):
             await MqttPublisher(wrong_pw, client_id="pub-wrong-pw").start()
+        in_thread = wrong_pw.model_copy(update={"publisher": "thread"})
+        with pytest.raises(SinkConfigError, match=r"refused user 'edge'.*password"):
+            await MqttPublisher(in_thread, client_id="pub-wrong-pw-thread").start()
 
         # the password really comes from the environment through the config schema
         monkeypatch.setenv("EDGE_TEST_MQTT_PW", "s3cret-pw")
