@@ -6,8 +6,11 @@ A child process serves N simulated Modbus devices of M uint16 registers; the age
 process (`edge-agent run`) with every tag in the indicator core (rolling statistics) and both sinks;
 this process subscribes to the raw topics. Each workload prints one JSON line:
   values_per_s  values the agent read per second, sustained over the measurement window
-  agent_cores   agent CPU seconds per wall second (user + system, from /proc)
-  rss_mb        agent resident memory at the end of the window
+  agent_cores   agent CPU seconds per wall second (user + system, from /proc), its MQTT publisher process included
+  rss_mb        agent resident memory at the end of the window, its MQTT publisher process included
+  publisher_rss_mb   of which the MQTT publisher process
+  pss_mb        the same processes' proportional set size (pages shared between them counted once)
+  mqtt_publisher     where paho runs (sinks.mqtt.publisher; --mqtt-publisher)
   p50_ms/p99_ms sample timestamp (poll time) to arrival at a subscriber of the broker
   lost          values read but not on MQTT, plus values on MQTT but not in the TSDB (must be 0)
 """
@@ -51,7 +54,13 @@ def _profile(tags: int) -> str:
 
 
 def _config(
-    ports: list[int], tags: int, interval: float, mqtt_url: str, influx_url: str, workdir: Path
+    ports: list[int],
+    tags: int,
+    interval: float,
+    mqtt_url: str,
+    influx_url: str,
+    workdir: Path,
+    publisher: str,
 ) -> str:
     from simulators.modbus_server import RegisterField, render_device_toml
 
@@ -68,15 +77,33 @@ def _config(
     )
     return (
         f'profiles_dir = "{workdir / "profiles"}"\n[agent]\nname = "bench"\n'
-        f'[sinks.mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "bench"\n'
+        f'[sinks.mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "bench"\npublisher = "{publisher}"\n'
         f'[sinks.influx]\nurl = "{influx_url}"\nbatch_size = 5000\nflush_interval = 0.2\n'
         f'[outbox]\ndir = "{workdir / "outbox"}"\n\n{devices}'
     )
 
 
+def _family(pid: int) -> list[int]:
+    """The agent and its child processes (the MQTT publisher)."""
+    # a child is listed under the thread that started it, which is not always the main thread
+    children = [
+        int(c)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for c in (task / "children").read_text().split()
+    ]
+    return [pid, *children]
+
+
 def _proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_pss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _proc_rss_mb(pid: int) -> float:
@@ -116,7 +143,9 @@ class RawListener:
         self.client.disconnect()
 
 
-def run_workload(name: str, devices: int, tags: int, interval: float, seconds: float) -> dict[str, object]:
+def run_workload(
+    name: str, devices: int, tags: int, interval: float, seconds: float, publisher: str = "process"
+) -> dict[str, object]:
     """Start servers, broker, TSDB and the agent; measure; stop; count what landed."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     (workdir / "profiles").mkdir()
@@ -132,7 +161,7 @@ def run_workload(name: str, devices: int, tags: int, interval: float, seconds: f
     assert servers.stdout is not None
     ports = orjson.loads(servers.stdout.readline())
     config = workdir / "agent.toml"
-    config.write_text(_config(ports, tags, interval, broker.url, vm.url, workdir))
+    config.write_text(_config(ports, tags, interval, broker.url, vm.url, workdir, publisher))
     listener = RawListener(broker)
     with (workdir / "agent.log").open("wb") as log:  # the child keeps its own copy of the descriptor
         agent = subprocess.Popen(
@@ -144,10 +173,14 @@ def run_workload(name: str, devices: int, tags: int, interval: float, seconds: f
         with listener.lock:
             listener.measuring = True
             values_before = listener.values
-        cpu_before, wall_before = _proc_cpu_s(agent.pid), time.monotonic()
+        family = _family(agent.pid)
+        cpu_before, wall_before = sum(map(_proc_cpu_s, family)), time.monotonic()
         time.sleep(seconds)
-        cpu_after, wall_after = _proc_cpu_s(agent.pid), time.monotonic()
-        rss = _proc_rss_mb(agent.pid)
+        cpu_after, wall_after = sum(map(_proc_cpu_s, family)), time.monotonic()
+        rss_of = {pid: _proc_rss_mb(pid) for pid in family}
+        rss = sum(rss_of.values())
+        publisher_rss = rss - rss_of[agent.pid]
+        pss = sum(map(_proc_pss_mb, family))
         with listener.lock:
             listener.measuring = False
             values_window = listener.values - values_before
@@ -176,6 +209,9 @@ def run_workload(name: str, devices: int, tags: int, interval: float, seconds: f
         "values_per_s": round(values_window / wall),
         "agent_cores": round((cpu_after - cpu_before) / wall, 3),
         "rss_mb": round(rss, 1),
+        "publisher_rss_mb": round(publisher_rss, 1),
+        "pss_mb": round(pss, 1),
+        "mqtt_publisher": publisher,
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
         "lost": int(lost),
@@ -193,10 +229,18 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per line (the default output)")
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per workload")
     parser.add_argument("--only", choices=sorted(WORKLOADS), action="append", help="run only these workloads")
+    parser.add_argument(
+        "--mqtt-publisher", choices=["process", "thread"], default="process", help="sinks.mqtt.publisher"
+    )
     args = parser.parse_args()
     for name in args.only or list(WORKLOADS):
         devices, tags, interval = WORKLOADS[name]
-        print(orjson.dumps(run_workload(name, devices, tags, interval, args.seconds)).decode(), flush=True)
+        print(
+            orjson.dumps(
+                run_workload(name, devices, tags, interval, args.seconds, args.mqtt_publisher)
+            ).decode(),
+            flush=True,
+        )
     return 0
 
 
