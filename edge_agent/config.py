@@ -458,9 +458,10 @@ class MqttSink(Model):
     max_inflight: int = Field(default=1000, ge=1, le=65535)
     """QoS 1 messages on the wire before a PUBACK is awaited."""
     publisher: Literal["process", "thread"] = "process"
-    """Where paho runs. `process`: a publisher process of its own (~26 MB), so paho's per-message
-    work does not share the agent's GIL: ~1.3x the messages/s of `thread` in bench_sinks.
-    `thread`: an I/O thread in the agent, for gateways short of memory at a few thousand messages/s."""
+    """Where paho runs. `process`: a publisher process of its own (~26 MB resident), so paho's
+    per-message work does not share the agent's GIL: ~1.5x the messages/s of `thread` in
+    bench_sinks (18k against 12k). `thread`: an I/O thread in the agent, for gateways short of
+    memory that publish a few thousand messages/s."""
 
     @field_validator("url")
     @classmethod

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,8 @@ from tests.sink_services import PersistentMosquitto, Subscriber, TlsMosquitto, m
 
 #: The issue asks for a 30 s outage; the behaviour (paho reconnecting, the outbox holding the backlog) is the
 #: same for 5 s, which keeps the suite fast. EDGE_AGENT_OUTAGE_S=30 runs the full-length version.
+REPO = Path(__file__).resolve().parent.parent
+
 OUTAGE_S = float(os.environ.get("EDGE_AGENT_OUTAGE_S", "5"))
 
 MACHINES = [Source(f"imm-{i}", equipment="injection_molding") for i in range(3)]
@@ -196,6 +199,12 @@ async def test_publisher_process_killed_is_restarted_and_loses_nothing(
     sent = 0
     try:
         for k in range(150):
+            if k == 20:
+                assert first_pid is not None
+                # what a Ctrl-C or systemd's stop sends to every process of the agent: the publisher
+                # process leaves its end to the agent (restarts stays 1 below)
+                os.kill(first_pid, signal.SIGINT)
+                os.kill(first_pid, signal.SIGTERM)
             if k == 50:
                 assert first_pid is not None
                 os.kill(first_pid, signal.SIGKILL)  # mid-stream, batches in flight
@@ -212,6 +221,58 @@ async def test_publisher_process_killed_is_restarted_and_loses_nothing(
     assert any("publisher process exited (code -9)" in r.getMessage() for r in caplog.records)
     assert outbox.counters.acked_records == sent and len(outbox) == 0
     _assert_in_order(sub, encoder, sent)
+
+
+async def test_last_will_when_the_agent_is_killed(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    # a process standing in for the agent: starts a publisher with a will, says so, then waits to be killed
+    script = tmp_path / "agent.py"
+    script.write_text(
+        "import asyncio, sys, time\n"
+        "from edge_agent.config import MqttSink\n"
+        "from edge_agent.records import AgentStatus, MqttEncoder, Source\n"
+        "from edge_agent.sinks.mqtt import MqttPublisher\n"
+        "from edge_agent.types import SignalTable\n"
+        "async def main():\n"
+        "    encoder = MqttEncoder(SignalTable(), topic_prefix='will')\n"
+        "    agent = Source('edge-9', equipment='agent')\n"
+        "    online = encoder.status(agent, AgentStatus(time.time_ns(), 'online'))\n"
+        "    will = encoder.status(agent, AgentStatus(time.time_ns(), 'offline'), will=True)\n"
+        f"    publisher = MqttPublisher(MqttSink(url='{mosquitto.url}'), client_id='pub-will', online=online, will=will)\n"
+        "    await publisher.start()\n"
+        "    print(publisher.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    sub = Subscriber(mosquitto.port, "will/#", client_id="sub-will")
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), cwd=REPO, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert agent.stdout is not None
+        publisher_pid = int(await asyncio.wait_for(agent.stdout.readline(), 30))
+        assert await asyncio.to_thread(sub.wait_for, 1, 10) == 1
+        agent.kill()  # SIGKILL: no shutdown code runs in the agent
+        await agent.wait()
+        assert await asyncio.to_thread(sub.wait_for, 2, 10) == 2
+    finally:
+        if agent.returncode is None:
+            agent.kill()
+        sub.close()
+    assert [m["state"] for _, m in sub.messages] == ["online", "offline"]
+    assert sub.messages[1][1]["seq"] == 0  # the will, not a status the agent sent
+    assert await asyncio.to_thread(
+        _gone, publisher_pid, 10.0
+    )  # the publisher process does not outlive the agent
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    """True once no process `pid` exists, False after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 async def test_tls_with_password_file(

@@ -18,8 +18,10 @@ last_error), and ("log", level, logger, text) for log lines, which the agent log
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import select
+import signal
 import socket
 import ssl
 import sys
@@ -455,6 +457,11 @@ class _ToAgent(logging.Handler):
 
 def serve(conn: Connection) -> None:
     """The publisher process: read settings, connect, publish batches until "stop" or the agent's end of the pipe closes."""
+    # the agent decides when this process ends: a Ctrl-C in the terminal (SIGINT to the whole process
+    # group) or systemd's SIGTERM to the service's cgroup must not take it down before the agent's
+    # shutdown flush has gone through it; if the agent dies instead, the pipe closes and this ends
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     pipe = _Pipe(conn)
     root = logging.getLogger()
     root.addHandler(_ToAgent(pipe))
@@ -477,7 +484,9 @@ def serve(conn: Connection) -> None:
             try:
                 message = conn.recv()
             except (EOFError, OSError):
-                break  # the agent is gone: nobody is waiting for PUBACKs any more
+                # the agent died (a clean stop says "stop"): end without DISCONNECT, so that the
+                # broker publishes the last will ("offline") as it would have for the agent itself
+                os._exit(0)
             if message[0] == "stop":
                 break
             _, batch_id, messages = message
