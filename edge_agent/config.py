@@ -463,6 +463,15 @@ class MqttSink(Model):
     bench_sinks (18k against 12k). `thread`: an I/O thread in the agent, for gateways short of
     memory that publish a few thousand messages/s."""
 
+    @field_validator("topic_prefix", "topic_template")
+    @classmethod
+    def _no_wildcards(cls, v: str) -> str:
+        # MQTT forbids them in a topic one publishes to: paho would refuse every message
+        bad = sorted({c for c in v if c in "+#\0"})
+        if bad:
+            raise ValueError(f"must not contain the MQTT wildcard or NUL characters {bad}")
+        return v
+
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:

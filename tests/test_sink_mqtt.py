@@ -18,8 +18,8 @@ from pydantic import SecretStr
 
 from edge_agent.config import MqttSink, TlsOptions
 from edge_agent.outbox import Outbox
-from edge_agent.records import AgentStatus, MqttEncoder, Source
-from edge_agent.sinks.delivery import Backoff, DeliveryLoop, SinkConfigError
+from edge_agent.records import AgentStatus, Kind, MqttEncoder, Record, Source
+from edge_agent.sinks.delivery import Backoff, DeliveryLoop, SinkConfigError, SinkError
 from edge_agent.sinks.mqtt import MqttPublisher
 from edge_agent.types import Quality, Readings, SignalTable
 from tests.services import Mosquitto
@@ -223,13 +223,58 @@ async def test_publisher_process_killed_is_restarted_and_loses_nothing(
     _assert_in_order(sub, encoder, sent)
 
 
+@pytest.mark.parametrize("where", ["process", "thread"])
+async def test_a_failing_session_is_replaced_not_hung(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture, where: Literal["process", "thread"]
+) -> None:
+    # paho refuses to publish to a topic with a wildcard (the config rejects them; a bug might not):
+    # the I/O thread fails, the batch fails at once, and the next one goes through a new session
+    sub = Subscriber(mosquitto.port, "renew/#", client_id=f"sub-renew-{where}")
+    publisher = MqttPublisher(MqttSink(url=mosquitto.url, publisher=where), client_id=f"pub-renew-{where}")
+    await publisher.start()
+    try:
+        with pytest.raises(SinkError):
+            await asyncio.wait_for(publisher.send([Record(Kind.RAW, "renew/#", b"{}", 1)]), 20)
+        deadline = time.monotonic() + 20
+        while True:  # until the new session is up (process: restarted after a 1 s back-off)
+            try:
+                await asyncio.wait_for(publisher.send([Record(Kind.RAW, "renew/ok", b"{}", 1)]), 20)
+                break
+            except SinkError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+        assert await asyncio.to_thread(sub.wait_for, 1, 10) == 1
+    finally:
+        await publisher.stop()
+        sub.close()
+    assert publisher.restarts == 1
+    assert [t for t, _, _ in sub.raw] == ["renew/ok"]
+    assert any("I/O thread failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("where", ["process", "thread"])
+async def test_unreadable_tls_file_is_a_config_error(
+    tmp_path: Path, mosquitto: Mosquitto, where: Literal["process", "thread"]
+) -> None:
+    config = MqttSink(
+        url=f"mqtts://127.0.0.1:{mosquitto.port}",
+        tls=TlsOptions(ca_file=tmp_path / "no-such-ca.pem"),
+        publisher=where,
+    )
+    with pytest.raises(
+        SinkConfigError,
+        match=r"cannot set up the MQTT client .*sinks\.mqtt\.tls names readable files \(ca_file = '.*no-such-ca\.pem'\)",
+    ):
+        await MqttPublisher(config, client_id=f"pub-no-ca-{where}").start()
+
+
 async def test_last_will_when_the_agent_is_killed(tmp_path: Path, mosquitto: Mosquitto) -> None:
     # a process standing in for the agent: starts a publisher with a will, says so, then waits to be killed
     script = tmp_path / "agent.py"
     script.write_text(
         "import asyncio, sys, time\n"
         "from edge_agent.config import MqttSink\n"
-        "from edge_agent.records import AgentStatus, MqttEncoder, Source\n"
+        "from edge_agent.records import AgentStatus, Kind, MqttEncoder, Record, Source\n"
         "from edge_agent.sinks.mqtt import MqttPublisher\n"
         "from edge_agent.types import SignalTable\n"
         "async def main():\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import logging
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit
 from edge_agent.config import MqttSink
 from edge_agent.records import Kind, Record
 from edge_agent.sinks.delivery import SinkConfigError, SinkError
-from edge_agent.sinks.mqtt_io import Message, PahoSession, Settings
+from edge_agent.sinks.mqtt_io import Message, PahoSession, Settings, open_session
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,10 @@ class MqttPublisher:
         self.last_error = ""
         self.restarts = 0
         self._counts_before = (0, 0)  # connects and disconnects of the processes before this one
+        self._started_at = 0.0  # monotonic time the current process started
+        self._stop_event = threading.Event()  # cuts a restart back-off short
+        # a restart (by the reader thread) and the end of the process (by stop) never interleave
+        self._life_lock = threading.Lock()
         self._connected = False
         self._stopping = False
         self._session: PahoSession | None = None  # publisher = "thread": the session runs in this process
@@ -117,15 +122,24 @@ class MqttPublisher:
         A broker that is down is not an error: the process keeps retrying and `send` fails until it connects.
         """
         if self.config.publisher == "thread":
-            self._session = PahoSession(self.settings, on_state=self._mirror)
-            error = await asyncio.to_thread(self._session.open, timeout)
+            self._session, error = await asyncio.to_thread(
+                open_session, self.settings, self._mirror, lambda: None
+            )
             if error is not None:
                 raise SinkConfigError(error)
             return
-        error = await asyncio.to_thread(self._spawn, timeout + 20.0)
+        try:
+            error = await asyncio.to_thread(self._spawn, timeout + 20.0)
+        except (EOFError, OSError, SinkError) as exc:
+            code = await asyncio.to_thread(self._discard_process)
+            raise SinkConfigError(
+                f"{self.settings.where}: the MQTT publisher process failed to start ({_failure(exc, code)}); "
+                "its own error is in the agent's log output (stderr or the journal)"
+            ) from None
         if error is not None:
             await self.stop(publish_offline=False)
             raise SinkConfigError(error)
+        self._started_at = time.monotonic()
         self._reader = threading.Thread(target=self._read_replies, name=f"{self.name}-replies", daemon=True)
         self._reader.start()
 
@@ -152,6 +166,18 @@ class MqttPublisher:
             self._handle(reply)
         raise SinkError(f"{self.settings.where}: the publisher process did not start within {timeout:.0f} s")
 
+    def _discard_process(self) -> int | None:
+        """Kill the current publisher process if it still runs, reap it and close its pipe; its exit code."""
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if conn is not None:
+            self._close(conn)
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.kill()
+        return process.wait()
+
     async def stop(self, publish_offline: bool = True) -> None:
         """Publish the offline status (retained), disconnect cleanly and end the publisher process."""
         if publish_offline and self._will is not None and self.connected:
@@ -160,6 +186,7 @@ class MqttPublisher:
             except (SinkError, TimeoutError):
                 pass  # best effort on shutdown: the broker's last will says offline anyway
         self._stopping = True
+        self._stop_event.set()
         if self._session is not None:
             await asyncio.to_thread(self._session.close)
             self._connected = False
@@ -172,25 +199,31 @@ class MqttPublisher:
         self._connected = False
 
     def _end_process(self) -> None:
-        process, conn = self._process, self._conn
-        if conn is not None:
-            try:
-                conn.send(("stop",))
-            except OSError:
-                pass  # already gone
-        if process is not None:
-            try:
-                process.wait(10.0)  # DISCONNECT takes at most 2 s
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if conn is not None and self._reader is None:
-            conn.close()
+        # under the lock: a restart in progress finishes first (and its process is the one ended
+        # here), and none starts after it, since _stopping is already set
+        with self._life_lock:
+            process, conn = self._process, self._conn
+            if conn is not None:
+                # through the sender thread, the pipe's only writer: "stop" never lands inside a batch's bytes
+                try:
+                    self._sender.submit(conn.send, ("stop",)).result(10.0)
+                except (OSError, RuntimeError, concurrent.futures.TimeoutError):
+                    pass  # already gone, or not reading: the wait below ends it
+            if process is not None:
+                try:
+                    process.wait(10.0)  # DISCONNECT takes at most 2 s
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            if conn is not None and self._reader is None:
+                conn.close()
 
     # ------------------------------------------------------------------ sending (event loop side)
 
     async def send(self, records: Sequence[Record]) -> None:
         """Publish every record at the configured QoS; return when all are acknowledged, else raise SinkError."""
+        if self._session is not None and self._session.broken:
+            await self._renew_session()
         conn = self._conn
         if not self._connected or (conn is None and self._session is None):
             raise SinkError(
@@ -216,14 +249,25 @@ class MqttPublisher:
             raise SinkError(f"MQTT {self.host}:{self.port}: publisher process gone ({exc})") from None
         await asyncio.wrap_future(future)
 
+    async def _renew_session(self) -> None:
+        """Replace an in-process session whose I/O thread died (what a new process does in process mode)."""
+        old = self._session
+        assert old is not None
+        log.error("MQTT %s:%d: %s; starting a new session", self.host, self.port, old.broken)
+        await asyncio.to_thread(old.close)
+        self._counts_before = (self.connects, self.disconnects)
+        session, error = await asyncio.to_thread(open_session, self.settings, self._mirror, lambda: None)
+        if session is None:
+            raise SinkError(error or "cannot start a new MQTT session")
+        self._session = session
+        self.restarts += 1
+
     def _mirror(self, session: PahoSession) -> None:
         """The in-process session's state, as the publisher process would report it."""
         self._connected = session.connected
-        self.connects, self.disconnects, self.last_error = (
-            session.connects,
-            session.disconnects,
-            session.last_error,
-        )
+        self.connects = self._counts_before[0] + session.connects
+        self.disconnects = self._counts_before[1] + session.disconnects
+        self.last_error = session.broken or session.last_error
 
     # ------------------------------------------------------------------ replies (reader thread)
 
@@ -231,37 +275,63 @@ class MqttPublisher:
         """Complete batches and mirror state from the process's replies; restart the process if it dies."""
         delay = _RESTART_MIN_S
         while True:
-            conn = self._conn
-            assert conn is not None
+            conn, process = self._conn, self._process
+            assert conn is not None and process is not None
             try:
                 while True:
                     self._handle(conn.recv())
             except (EOFError, OSError):
                 pass
-            conn.close()
+            except Exception:
+                # a bug on this side must not leave senders waiting for ever: end the process as if it had died
+                log.exception(
+                    "MQTT %s:%d: reading the publisher process's replies failed", self.host, self.port
+                )
+                process.kill()
             self._connected = False
             self._fail_pending("publisher process ended before acknowledging")
+            self._close(conn)
             if self._stopping:
                 return
-            code = self._process.wait() if self._process is not None else None
+            code = process.wait()
+            if time.monotonic() - self._started_at > 60.0:
+                delay = (
+                    _RESTART_MIN_S  # it ran well for a while: this is a new failure, not the same one again
+                )
             self.last_error = f"publisher process exited (code {code})"
             log.error("MQTT %s:%d: %s; restarting it in %.0f s", self.host, self.port, self.last_error, delay)
             self._counts_before = (self.connects, self.disconnects)
-            time.sleep(delay)
+            if not self._restart(delay):
+                return
             delay = min(delay * 2, _RESTART_MAX_S)
-            while not self._stopping:
+
+    def _restart(self, delay: float) -> bool:
+        """Start a new publisher process after `delay` s, doubling while starts fail; False once stopping."""
+        while not self._stop_event.wait(delay):
+            delay = min(delay * 2, _RESTART_MAX_S)
+            with self._life_lock:
+                if self._stopping:
+                    return False
                 try:
                     error = self._spawn(30.0)
-                except (OSError, SinkError, EOFError) as exc:
-                    error = str(exc)
-                if error is None:
-                    self.restarts += 1
-                    break
-                log.error("MQTT %s:%d: publisher process restart failed: %s", self.host, self.port, error)
-                time.sleep(delay)
-                delay = min(delay * 2, _RESTART_MAX_S)
-            if self._stopping:
-                return
+                except (EOFError, OSError, SinkError) as exc:
+                    error = _failure(exc, self._discard_process())
+                else:
+                    if error is not None:
+                        self._discard_process()  # it refused the settings and ended
+            if error is None:
+                self.restarts += 1
+                self._started_at = time.monotonic()
+                return True
+            log.error("MQTT %s:%d: publisher process restart failed: %s", self.host, self.port, error)
+        return False
+
+    def _close(self, conn: Connection) -> None:
+        """Close a pipe through the sender thread, so that it never closes under a write in progress."""
+        try:
+            self._sender.submit(conn.close)
+        except RuntimeError:
+            conn.close()  # the sender has shut down: nothing writes any more
 
     def _handle(self, reply: tuple) -> None:  # type: ignore[type-arg]
         kind = reply[0]
@@ -282,18 +352,23 @@ class MqttPublisher:
         with self._pending_lock:
             pending, self._pending = self._pending, {}
         for future in pending.values():
-            if not future.done():
-                future.set_exception(SinkError(f"MQTT broker {self.host}:{self.port}: {why}"))
+            _complete(future, f"MQTT broker {self.host}:{self.port}: {why}")
 
 
 def _complete(future: concurrent.futures.Future[None], error: str) -> None:
     """Complete a sender's future with a batch's outcome ("" = every message acknowledged)."""
-    if future.done():
-        return
-    if error:
-        future.set_exception(SinkError(error))
-    else:
-        future.set_result(None)
+    # the event loop may cancel the future (the sender gave up) between any check and the set
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if error:
+            future.set_exception(SinkError(error))
+        else:
+            future.set_result(None)
+
+
+def _failure(exc: BaseException, code: int | None) -> str:
+    """What went wrong with a publisher process that did not answer: the exception and its exit code."""
+    what = "it closed its pipe" if isinstance(exc, EOFError) else str(exc) or type(exc).__name__
+    return f"{what}; exit code {code}"
 
 
 def _message(record: Record) -> Message:

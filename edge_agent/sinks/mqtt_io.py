@@ -109,9 +109,16 @@ class PahoSession:
     or the batch failed (the reason).
     """
 
-    def __init__(self, settings: Settings, on_state: Callable[[PahoSession], None] = lambda _s: None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        on_state: Callable[[PahoSession], None] = lambda _s: None,
+        on_crash: Callable[[], None] = lambda: None,
+    ) -> None:
         self.settings = settings
         self.on_state = on_state
+        self.on_crash = on_crash
+        self.broken = ""  # why the I/O thread died (a bug): every batch fails at once from then on
         self.connects = 0
         self.disconnects = 0
         self.last_error = ""
@@ -249,6 +256,9 @@ class PahoSession:
 
     def submit(self, messages: list[Message], done: Callable[[str], None]) -> None:
         """Queue a batch; `done` gets "" once every message has its PUBACK, else the reason it failed."""
+        if self.broken:
+            done(self.broken)
+            return
         self._jobs.put(_Batch(messages, done))
         self._wake()
 
@@ -295,6 +305,13 @@ class PahoSession:
                 if rc == _SUCCESS:
                     client.loop_misc()
                 self._publish_window(active)
+        except Exception as exc:
+            # a bug (or paho refusing something, such as a wildcard in a topic): fail loudly, never hang
+            log.exception("MQTT %s:%d: the I/O thread failed", self.settings.host, self.settings.port)
+            self.broken = f"MQTT {self.settings.host}:{self.settings.port}: publisher failed ({exc!r})"
+            self._connected.clear()
+            self.on_state(self)
+            self.on_crash()
         finally:
             self._fail(active, "publisher stopped before acknowledging")
             while True:
@@ -424,6 +441,21 @@ class PahoSession:
             pass
 
 
+def open_session(
+    settings: Settings, on_state: Callable[[PahoSession], None], on_crash: Callable[[], None]
+) -> tuple[PahoSession | None, str | None]:
+    """A connected (or retrying) session, or None and the text of a configuration error naming the setting."""
+    try:
+        session = PahoSession(settings, on_state=on_state, on_crash=on_crash)
+        error = session.open()
+    except Exception as exc:  # e.g. a TLS file that cannot be read
+        files = {"ca_file": settings.ca_file, "cert_file": settings.cert_file, "key_file": settings.key_file}
+        named = ", ".join(f"{key} = {path!r}" for key, path in files.items() if path)
+        hint = f"; check that sinks.mqtt.tls names readable files ({named})" if named else ""
+        return None, f"{settings.where}: cannot set up the MQTT client ({exc}){hint}"
+    return (None if error else session), error
+
+
 # ---------------------------------------------------------------------- the publisher process
 
 
@@ -473,10 +505,10 @@ def serve(conn: Connection) -> None:
     def state(s: PahoSession) -> None:
         pipe.send(("state", s.connected, s.connects, s.disconnects, s.last_error))
 
-    session = PahoSession(settings, on_state=state)
-    error = session.open()
+    # the process exits at a failure of its I/O thread: the agent starts a new one
+    session, error = open_session(settings, state, on_crash=lambda: os._exit(1))
     pipe.send(("opened", error))
-    if error is not None:
+    if session is None:
         return
     state(session)
     try:
