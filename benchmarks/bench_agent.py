@@ -144,7 +144,7 @@ class RawListener:
 
 
 def run_workload(
-    name: str, devices: int, tags: int, interval: float, seconds: float, publisher: str = "process"
+    name: str, devices: int, tags: int, interval: float, seconds: float, publisher: str = "thread"
 ) -> dict[str, object]:
     """Start servers, broker, TSDB and the agent; measure; stop; count what landed."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-agent-"))
@@ -230,7 +230,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per workload")
     parser.add_argument("--only", choices=sorted(WORKLOADS), action="append", help="run only these workloads")
     parser.add_argument(
-        "--mqtt-publisher", choices=["process", "thread"], default="process", help="sinks.mqtt.publisher"
+        "--mqtt-publisher", choices=["process", "thread"], default="thread", help="sinks.mqtt.publisher"
     )
     args = parser.parse_args()
     for name in args.only or list(WORKLOADS):

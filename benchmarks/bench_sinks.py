@@ -1,5 +1,7 @@
 """Throughput of the sinks through the on-disk outbox to a real Mosquitto and a real VictoriaMetrics, with reference
 ceilings (no outbox) measured side by side in the same run; `lost` is counted by reading everything back.
+`mqtt_qos1` runs paho in a publisher process of its own (sinks.mqtt.publisher = "process"),
+`mqtt_qos1_thread_publisher` on a thread of this process (the default), in the same runs.
 
     .venv/bin/python benchmarks/bench_sinks.py --json [--messages 30000] [--points 500000] [--repeat 3]
 """
@@ -14,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -132,14 +135,23 @@ class _Counter:
         return len(seen)
 
 
-async def mqtt_through_outbox(broker: Mosquitto, workdir: Path, messages: int, run: int) -> dict:
-    """Encode, put (100 messages per transaction), deliver with PUBACKs; count at a subscriber."""
+async def mqtt_through_outbox(
+    broker: Mosquitto, workdir: Path, messages: int, run: int, publisher_in: Literal["thread", "process"]
+) -> dict:
+    """Encode, put (100 messages per transaction), deliver with PUBACKs; count at a subscriber.
+
+    `publisher_in` is sinks.mqtt.publisher: paho on a thread of this process, or in a process of its own.
+    """
     table = _table()
-    encoder = MqttEncoder(table, topic_prefix=f"bench{run}")
+    encoder = MqttEncoder(table, topic_prefix=f"bench{run}{publisher_in}")
     polls = _polls(table, -(-messages // len(MACHINES)) + 5)
-    counter = _Counter(broker.port, f"bench{run}/#", workdir)
-    outbox = Outbox(workdir / f"mqtt{run}.db", max_bytes=1 << 30)  # default sync="full": fsync per put
-    publisher = MqttPublisher(MqttSink(url=broker.url), client_id=f"bench-pub-{run}")
+    counter = _Counter(broker.port, f"bench{run}{publisher_in}/#", workdir)
+    outbox = Outbox(
+        workdir / f"mqtt{run}{publisher_in}.db", max_bytes=1 << 30
+    )  # default sync="full": fsync per put
+    publisher = MqttPublisher(
+        MqttSink(url=broker.url, publisher=publisher_in), client_id=f"bench-pub-{run}-{publisher_in}"
+    )
     await publisher.start()
     loop = DeliveryLoop(
         outbox, publisher, batch_records=MQTT_BATCH_RECORDS, in_flight=MQTT_BATCHES_IN_FLIGHT
@@ -162,7 +174,8 @@ async def mqtt_through_outbox(broker: Mosquitto, workdir: Path, messages: int, r
     outbox.close()
     received = counter.count(messages)
     return {
-        "name": "mqtt_qos1",
+        "name": "mqtt_qos1" if publisher_in == "process" else "mqtt_qos1_thread_publisher",
+        "publisher": publisher_in,
         "messages_per_s": messages / elapsed,
         "values_per_s": messages * VALUES_PER_MESSAGE / elapsed,
         "lost": messages - received,
@@ -282,7 +295,8 @@ def main() -> None:
             for run in range(args.repeat):
                 for result in (
                     mqtt_reference(broker, work, args.messages, run),
-                    asyncio.run(mqtt_through_outbox(broker, work, args.messages, run)),
+                    asyncio.run(mqtt_through_outbox(broker, work, args.messages, run, "process")),
+                    asyncio.run(mqtt_through_outbox(broker, work, args.messages, run, "thread")),
                     asyncio.run(influx_reference(vm, args.points, run)),
                     asyncio.run(influx_through_outbox(vm, work, args.points, run)),
                 ):

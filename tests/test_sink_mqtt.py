@@ -191,7 +191,7 @@ async def test_publisher_process_killed_is_restarted_and_loses_nothing(
     table = _table()
     encoder = MqttEncoder(table, topic_prefix="killed")
     sub = Subscriber(mosquitto.port, "killed/#", client_id="sub-killed")
-    publisher = MqttPublisher(MqttSink(url=mosquitto.url), client_id="pub-killed")
+    publisher = MqttPublisher(MqttSink(url=mosquitto.url, publisher="process"), client_id="pub-killed")
     await publisher.start()
     first_pid = publisher.pid
     loop = DeliveryLoop(outbox, publisher, batch_records=50, backoff=Backoff(initial=0.1, maximum=0.5))
@@ -282,7 +282,7 @@ async def test_last_will_when_the_agent_is_killed(tmp_path: Path, mosquitto: Mos
         "    agent = Source('edge-9', equipment='agent')\n"
         "    online = encoder.status(agent, AgentStatus(time.time_ns(), 'online'))\n"
         "    will = encoder.status(agent, AgentStatus(time.time_ns(), 'offline'), will=True)\n"
-        f"    publisher = MqttPublisher(MqttSink(url='{mosquitto.url}'), client_id='pub-will', online=online, will=will)\n"
+        f"    publisher = MqttPublisher(MqttSink(url='{mosquitto.url}', publisher='process'), client_id='pub-will', online=online, will=will)\n"
         "    await publisher.start()\n"
         "    print(publisher.pid, flush=True)\n"
         "    await asyncio.sleep(60)\n"
@@ -329,7 +329,11 @@ async def test_tls_with_password_file(
     url = f"mqtts://127.0.0.1:{broker.port}"
     try:
         good = MqttSink(
-            url=url, username="edge", password=SecretStr("s3cret-pw"), tls=TlsOptions(ca_file=tls.ca)
+            url=url,
+            username="edge",
+            password=SecretStr("s3cret-pw"),
+            tls=TlsOptions(ca_file=tls.ca),
+            publisher="process",
         )
         publisher = MqttPublisher(good, client_id="pub-tls")
         await publisher.start()
