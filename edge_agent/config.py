@@ -461,8 +461,7 @@ class MqttSink(Model):
     """Where paho runs. `thread`: an I/O thread in the agent (about 12k QoS 1 messages/s; a
     gateway with 100 devices polled at 10 Hz sends about 1k). `process`: a publisher process of its
     own (+26 MB resident), so paho's per-message work does not share the agent's GIL: about 1.5x
-    the messages/s (16-18k in bench_sinks), faster catch-up of a backlog after an outage, and 20 %
-    more values/s for the whole agent near its limit (bench_agent)."""
+    the messages/s (16-18k in bench_sinks) and faster catch-up of a backlog after an outage."""
 
     @field_validator("topic_prefix", "topic_template")
     @classmethod
