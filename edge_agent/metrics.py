@@ -51,6 +51,18 @@ class AgentMetrics:
             registry=r,
         )
         self.retries = Counter("edge_agent_sink_retries", "Failed deliveries retried", ["sink"], registry=r)
+        self.sink_connected = Gauge(
+            "edge_agent_sink_connected",
+            "1 while the sink holds a connection (MQTT: since CONNACK)",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_restarts = Counter(
+            "edge_agent_sink_restarts",
+            "MQTT publisher processes (or in-agent sessions) started again after one failed",
+            ["sink"],
+            registry=r,
+        )
         self.compute_time = Histogram(
             "edge_agent_indicator_compute_seconds",
             "Time of one indicator-core update",

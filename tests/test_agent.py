@@ -188,6 +188,8 @@ async def test_sigterm_flushes_and_exits_and_sighup_keeps_unchanged_devices(
     }
     assert {k.split('"')[1] for k in reads} == MACHINES
     assert all(v > 0 for v in reads.values())
+    assert 'edge_agent_sink_connected{sink="mqtt"} 1.0' in body.splitlines()
+    assert 'edge_agent_sink_restarts_total{sink="mqtt"} 0.0' in body.splitlines()
     # change one device (the furnace moves to another area); the other three keep their connections
     text = cfg.read_text()
     assert text.count('name = "furnace-1"\n') == 1

@@ -59,6 +59,7 @@ class SinkChannel:
     published_sent: int = 0
     published_dropped: int = 0
     published_retries: int = 0
+    published_restarts: int = 0
 
 
 class SinkSet:
@@ -203,6 +204,12 @@ class SinkSet:
             m.dropped.labels(ch.name).inc(dropped - ch.published_dropped)
             m.retries.labels(ch.name).inc(retries - ch.published_retries)
             ch.published_sent, ch.published_dropped, ch.published_retries = sent, dropped, retries
+            connected = getattr(ch.sink, "connected", None)  # the MQTT publisher's; HTTP has no connection
+            if connected is not None:
+                m.sink_connected.labels(ch.name).set(int(connected))
+                restarts = getattr(ch.sink, "restarts", 0)
+                m.sink_restarts.labels(ch.name).inc(restarts - ch.published_restarts)
+                ch.published_restarts = restarts
 
     async def stop(self, drain_s: float, status: AgentStatus | None = None) -> None:
         """Queue the final status, write what is queued, deliver for up to `drain_s` s, close; the rest waits on disk."""
