@@ -1,8 +1,9 @@
 """MQTT sink (paho-mqtt 2.x, MQTT 3.1.1 or 5): QoS 1 publishing acknowledged by PUBACK, retained status, last will, TLS.
 
-paho runs in a publisher process of its own (`edge_agent.sinks.mqtt_io`, which explains why); this
-module is the agent's side of it: it starts the process, hands it batches, awaits their PUBACKs,
-mirrors its connection state and restarts it if it dies.
+The paho session (`edge_agent.sinks.mqtt_io`) runs on a thread of the agent by default, or with
+`sinks.mqtt.publisher = "process"` in a publisher process of its own (mqtt_io explains why); this
+module is the agent's side of either: it hands the session batches, awaits their PUBACKs, mirrors
+its connection state and replaces it if it fails.
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ _RESTART_MAX_S = 30.0
 class MqttPublisher:
     """Publishes outbox records to one broker; `send` returns only when the broker acknowledged every message.
 
-    The paho session lives in a publisher process (one per sink) that this object starts and
-    talks to over a pipe: a batch goes out as one pickled list of (topic, payload, retain) and
-    comes back as one reply. A reader thread takes the replies, completes the senders' futures and
-    mirrors the session's state (connected, counts, last error) and log lines. If the process
-    dies, every batch it held fails (the delivery loop resends them from the outbox) and a new
-    process is started after a back-off.
+    With `publisher = "thread"` the paho session runs in this process and completes the senders'
+    futures itself; a session whose I/O thread failed is replaced at the next send.
+    With `publisher = "process"` it runs in a publisher process (one per sink) that this object
+    starts and talks to over a pipe: a batch goes out as one pickled list of (topic, payload,
+    retain) and comes back as one reply. A reader thread takes the replies, completes the senders'
+    futures and mirrors the session's state (connected, counts, last error) and log lines. If the
+    process dies, every batch it held fails (the delivery loop resends them from the outbox) and a
+    new process is started after a back-off.
     """
 
     def __init__(
@@ -111,7 +114,7 @@ class MqttPublisher:
 
     @property
     def pid(self) -> int | None:
-        """The publisher process's pid (for its resident memory in self-metrics and benchmarks)."""
+        """The publisher process's pid (None with the thread publisher), for operators and tests."""
         return self._process.pid if self._process is not None else None
 
     # ------------------------------------------------------------------ lifecycle
@@ -230,15 +233,15 @@ class MqttPublisher:
                 f"MQTT broker {self.host}:{self.port} not connected ({self.last_error or 'connecting'})"
             )
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        messages = [_message(r) for r in records]
         if self._session is not None:
-            self._session.submit([_message(r) for r in records], functools.partial(_complete, future))
+            self._session.submit(messages, functools.partial(_complete, future))
             await asyncio.wrap_future(future)
             return
         assert conn is not None
         batch_id = next(self._ids)
         with self._pending_lock:
             self._pending[batch_id] = future
-        messages = [_message(r) for r in records]
         try:
             await asyncio.get_running_loop().run_in_executor(
                 self._sender, conn.send, ("batch", batch_id, messages)
@@ -295,9 +298,8 @@ class MqttPublisher:
                 return
             code = process.wait()
             if time.monotonic() - self._started_at > 60.0:
-                delay = (
-                    _RESTART_MIN_S  # it ran well for a while: this is a new failure, not the same one again
-                )
+                # it ran well for a while: a new failure, not the same one again
+                delay = _RESTART_MIN_S
             self.last_error = f"publisher process exited (code {code})"
             log.error("MQTT %s:%d: %s; restarting it in %.0f s", self.host, self.port, self.last_error, delay)
             self._counts_before = (self.connects, self.disconnects)

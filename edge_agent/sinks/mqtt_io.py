@@ -1,6 +1,6 @@
-"""The MQTT publisher's own process: a paho-mqtt session publishing QoS 1 batches, driven over a pipe.
+"""The paho-mqtt session that publishes QoS 1 batches: on a thread of the agent, or in a process of its own.
 
-Why a process: a QoS 1 message costs paho about 50 us of Python (publish, PUBACK parsing, the
+Why a process (`sinks.mqtt.publisher = "process"`): a QoS 1 message costs paho about 50 us of Python (publish, PUBACK parsing, the
 message-info objects), and the agent's encoding and outbox cost about as much again. In one
 process all of it runs under one GIL, which capped MQTT at ~12k messages/s on one core while the
 second idled. Here paho gets its own interpreter; the agent hands it batches of
@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -314,21 +314,21 @@ class PahoSession:
             self.on_crash()
         finally:
             self._fail(active, "publisher stopped before acknowledging")
-            while True:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
+            for job in self._queued():
                 if isinstance(job, _Batch):
                     job.done(f"MQTT {self.settings.host}:{self.settings.port}: publisher stopped")
 
-    def _take_jobs(self, active: deque[_Batch]) -> bool:
-        """Accept the queued batches and publish what the in-flight window allows; False on stop."""
+    def _queued(self) -> Iterator[_Batch | _Disconnect]:
+        """The jobs queued so far, oldest first, taken off the queue."""
         while True:
             try:
-                job = self._jobs.get_nowait()
+                yield self._jobs.get_nowait()
             except queue.Empty:
-                break
+                return
+
+    def _take_jobs(self, active: deque[_Batch]) -> bool:
+        """Accept the queued batches and publish what the in-flight window allows; False on stop."""
+        for job in self._queued():
             if isinstance(job, _Disconnect):
                 self._disconnect()
                 return False
