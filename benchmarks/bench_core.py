@@ -90,6 +90,65 @@ class EngineRun:
         }
 
 
+class StateFloor:
+    """The memory floor of a full tick: one in-place numpy pass over each per-row array a steady-state tick touches, nothing else.
+
+    A full tick of the engine (lockstep ring, phase II, settled EWMA, spec limits, subgroups of 5)
+    reads and writes these per-row arrays: 8 float64 read-modify-write (window s1 and s2, ring-pass
+    min and max, moving-range sum, EWMA, C+ and C-), 6 float64 read-only (the evicted and the
+    previous ring slot, window reference, centre line, sigma, MR limit), the evicted slot and the
+    last time written (float64, int64), 2 int32 CUSUM run counters, 10 uint8 rule histories and run
+    counters, 3 uint8 mask bytes. The rest of the engine's state is allocated too and touched
+    between ticks, so the arrays come from the same cache level as the engine's. The ratio of the
+    engine's tick to this one says how many state sweeps' worth of work a tick does.
+    """
+
+    def __init__(self, S: int, state_bytes: int, seed: int) -> None:
+        self.S = S
+        self.rng = np.random.default_rng(seed)
+        self.buf = np.zeros((50, S))
+        self.rmw = [np.zeros(S) for _ in range(8)]
+        self.ro = [self.rng.random(S) for _ in range(5)]
+        self.last_t = np.zeros(S, np.int64)
+        self.i32 = [np.zeros(S, np.int32) for _ in range(2)]
+        self.u8 = [np.zeros(S, np.uint8) for _ in range(10)]
+        self.mask = np.zeros((3, S), np.uint8)
+        used = self.buf.nbytes + 8 * S * 14 + 4 * S * 2 + S * 13
+        self.rest = np.zeros(max(0, state_bytes - used) // 8)
+        self.acc = np.zeros(S)
+        self.tick = 0
+        self.run_means: list[float] = []
+
+    def run(self, ticks: int) -> None:
+        """Time `ticks` floor ticks; the rest of the state is swept between them, outside the timing."""
+        total = 0.0
+        part = max(1, self.rest.shape[0] // 50)
+        for _ in range(ticks):
+            x = self.rng.standard_normal(self.S)
+            t = np.full(self.S, self.tick, np.int64)
+            p = self.tick % 50
+            start = time.perf_counter()
+            np.subtract(x, self.buf[p], out=self.acc)
+            np.add(self.acc, self.buf[p - 1], out=self.acc)
+            self.buf[p] = x
+            for a in self.ro:
+                self.acc += a
+            for a in self.rmw:
+                a += x
+            self.last_t[:] = t
+            for b in self.i32:
+                b += 1
+            for u in self.u8:
+                u += 1
+            self.mask[:] = 0
+            total += time.perf_counter() - start
+            # the engine's other state (suffix extremes, subgroup and capability sums, alarms) moves
+            # through the caches too: a share of it per tick
+            self.rest[(self.tick % 50) * part : (self.tick % 50 + 1) * part] += 1.0
+            self.tick += 1
+        self.run_means.append(total / ticks)
+
+
 def bench_python(S: int, ticks: int, seed: int) -> float:
     """Samples per second of the pure-Python reference (same parameters, same warm-up)."""
     refs = [RefSpc(window=50, phase1_n=50, sub_n=5, lsl=-4.0, usl=4.0) for _ in range(S)]
@@ -179,13 +238,18 @@ def main(argv: list[str] | None = None) -> None:
             runs = [
                 EngineRun(engine, S, a.warmup, a.capability_every, shuffled, a.seed) for _, engine in engines
             ]
+            floor = None if shuffled else StateFloor(S, runs[0].eng.state_bytes(), a.seed)
             # the engines' runs alternate, so a change in the machine's load hits both columns alike
             for _ in range(a.repeats):
                 for run in runs:
                     run.run(a.ticks)
+                if floor is not None:
+                    floor.run(a.ticks)
             for (label, _), run in zip(engines, runs, strict=True):
                 report(a, label, S, shuffled, run.result(), py, pdr)
-            del runs
+            if floor is not None:
+                report_floor(a, S, statistics.median(floor.run_means), runs[0].result()["tick_s"])
+            del runs, floor
 
 
 def report(
@@ -220,6 +284,27 @@ def report(
             f"{rec['name']:26s} {label[-20:]:>20s} S={S:>7d} tick {rec['tick_ms']:8.3f} ms "
             f"(median {rec['median_tick_ms']:.3f}) {sps / 1e6:7.2f} M samples/s  x{rec['ratio_vs_python']} "
             f"python  x{rec['ratio_vs_pandas']} pandas  {rec['state_bytes_per_signal']} B/signal",
+            flush=True,
+        )
+
+
+def report_floor(a: argparse.Namespace, S: int, floor_s: float, engine_s: float) -> None:
+    """Print the state-floor line: its tick, and the engine's tick (first engine) as a multiple of it, from the same run."""
+    rec = {
+        "name": "state_floor",
+        "signals": S,
+        "tick_ms": round(floor_s * 1e3, 3),
+        "samples_per_s": round(S / floor_s),
+        "engine_tick_over_floor": round(engine_s / floor_s, 2),
+        "note": "one in-place numpy pass over each per-row array a full tick touches (StateFloor), "
+        "median of the runs alternated with the engine's",
+    }
+    if a.json:
+        print(orjson.dumps(rec).decode(), flush=True)
+    else:
+        print(
+            f"{'state_floor':26s} {'':>20s} S={S:>7d} tick {rec['tick_ms']:8.3f} ms "
+            f"{S / floor_s / 1e6:7.2f} M samples/s  engine tick = {rec['engine_tick_over_floor']}x floor",
             flush=True,
         )
 
