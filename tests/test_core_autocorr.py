@@ -117,3 +117,17 @@ def test_a_step_still_shows_after_whitening() -> None:
     assert (first >= 200).mean() > 0.95
     # the step shows as 2*sqrt(1/3) = 1.15 sigma in the residuals: CUSUM k=0.5 h=5 ARL ~ 9
     assert np.median(delay) <= 12
+
+
+def test_first_sample_keeps_its_own_spread() -> None:
+    """With no previous sample z = x (Prais-Winsten): whitening it against mu would inflate it by 1/sqrt(1 - phi²)."""
+    rng = np.random.default_rng(3)
+    x = 100.0 + ar1(rng, 2000, 50, phi=0.8)
+    rows = np.arange(2000)
+    w = Prewhitener(2000, rows, n_estimate=50)
+    out = Readings.concat(_feed(w, x, rows))
+    first = out.t_ns == 0
+    assert np.array_equal(out.value[first][np.argsort(out.signal[first])], x[0])
+    # so rule 1 fires on the first sample as rarely as on the others (it was 0.05 against 0.0014)
+    z0 = out.value[first] - w.estimates(out.signal[first])["mu"]
+    assert np.mean(np.abs(z0) > 3 * x.std(axis=0).mean()) < 0.01

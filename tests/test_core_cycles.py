@@ -116,3 +116,57 @@ def test_segmenter_hysteresis_single_cycle_numbers() -> None:
     # trapezoids: (12+5)/2 + (5+11)/2 + (11+20)/2 + (20+5)/2 + (5+1)/2 = 47.5
     assert out.integral[0] == pytest.approx(47.5)
     assert seg.in_cycle[0]  # the last sample (15) opened the next cycle
+
+
+def test_latch_gives_each_increment_its_own_values_however_the_polls_are_batched() -> None:
+    """One OPC UA publish can carry two increments with their values: each cycle latches its own, as polled one by one."""
+
+    def latch() -> CycleLatch:
+        return CycleLatch(3, counter_row=[0], latched_rows=[[1, 2]], nominal_cycle_s=10.0)
+
+    polls = [([0, 1, 2], 0, [100, 5.0, 900.0]), ([1, 2, 0], 10 * S, [5.1, 910.0, 101]),
+             ([1, 0, 2], 20 * S, [5.2, 102, 920.0])]  # fmt: skip
+    one_by_one = latch()
+    got = [one_by_one.update(Readings.of(*p)).readings for p in polls]
+    expected = Readings.concat(got)
+    batched = latch()
+    batched.update(Readings.of(*polls[0]))
+    rows = np.concatenate([np.asarray(p[0]) for p in polls[1:]])
+    t = np.repeat([p[1] for p in polls[1:]], 3)
+    b = batched.update(Readings.of(rows, t, np.concatenate([p[2] for p in polls[1:]])))
+    pairs = sorted(
+        zip(b.readings.signal.tolist(), b.readings.t_ns.tolist(), b.readings.value.tolist(), strict=True)
+    )
+    assert pairs == sorted(
+        zip(expected.signal.tolist(), expected.t_ns.tolist(), expected.value.tolist(), strict=True)
+    )
+    assert (1, 10 * S, 5.1) in pairs and (1, 20 * S, 5.2) in pairs  # not 5.2 twice
+    # later polls still see each row's latest value
+    b = batched.update(Readings.of([0], 30 * S, [103]))
+    assert sorted(b.readings.value.tolist()) == [5.2, 920.0]
+
+
+def test_latch_has_no_cycle_time_for_equal_or_backward_times() -> None:
+    """Jitter can stamp an increment at or before the previous one: that cycle time is no data, never 0 or negative."""
+    latch = CycleLatch(2, counter_row=[0], latched_rows=[[-1]], nominal_cycle_s=10.0, cycle_time_row=[1])
+    latch.update(Readings.of([0], 0, [100]))
+    latch.update(Readings.of([0], 10 * S, [101]))
+    b = latch.update(Readings.of([0], 9 * S, [102]))
+    assert np.isnan(b.events.cycle_time_s[0]) and b.readings.quality.tolist() == [Quality.BAD_VALUE]
+    b = latch.update(Readings.of([0, 0], [20 * S, 20 * S], [103, 104]))
+    # 10 s since the newest increment (not the backward one), then none between the two equal times
+    assert b.events.cycle_time_s[0] == 10.0 and np.isnan(b.events.cycle_time_s[1])
+
+
+def test_latch_reset_of_a_uint16_counter_from_above_half_is_not_a_wrap() -> None:
+    """40000 -> 3 within 10 s is a job-counter reset: 25538 cycles of 10 s nominal cannot fit; 65530 -> 4 in 100 s can."""
+    latch = CycleLatch(1, counter_row=[0], latched_rows=[[-1]], nominal_cycle_s=10.0, modulus=65536)
+    latch.update(Readings.of([0], 0, [39_999]))
+    latch.update(Readings.of([0], 10 * S, [40_000]))
+    b = latch.update(Readings.of([0], 20 * S, [3]))
+    assert b.events.reset.tolist() == [True] and b.events.rollover.tolist() == [False]
+    assert b.events.cycles.tolist() == [3]
+    latch.update(Readings.of([0], 30 * S, [65_530]))
+    b = latch.update(Readings.of([0], 130 * S, [4]))
+    assert b.events.rollover.tolist() == [True] and b.events.cycles.tolist() == [10]
+    assert b.events.cycle_time_s.tolist() == [10.0]

@@ -56,12 +56,49 @@ def test_oee_exact_numbers_without_reset() -> None:
     assert r["oee"][0] == pytest.approx(0.8056, abs=1e-4)
 
 
-def test_oee_silent_gap_is_not_production() -> None:
-    """A 10 min hole in the polls of a producing machine is not counted as running time (stop gap 2 min)."""
+def test_oee_stop_gap_is_measured_between_parts_not_polls() -> None:
+    """DOMAIN.md §1/§5: no part for longer than 2x the nominal cycle is a stop, however the machine is polled.
+
+    A hole in the polls during which the counter kept its rate is running time (performance
+    stays 1, not 6); a frozen counter in a producing state stops counting 2x nominal after the
+    last part; polls sparser than the stop gap lose nothing while parts keep coming.
+    """
+    hole = OeeAccumulator(1, ideal_cycle_s=10.0, stop_gap_s=20.0)
+    hole.start_period([0], 0)
+    hole.update([0, 0, 0, 0], np.array([0, 60, 660, 720]) * S, True, [0, 6, 66, 72], [0, 6, 66, 72])
+    r = hole.result(720 * S)
+    assert r["apt_s"][0] == 720.0 and r["performance"][0] == 1.0
+
+    frozen = OeeAccumulator(1, ideal_cycle_s=10.0, stop_gap_s=20.0)
+    frozen.start_period([0], 0)
+    t = np.arange(0, 901, 5)
+    parts = np.where(t <= 150, t // 10, 15)  # 15 parts in 150 s, then 600 s without one, then 15 more
+    parts = np.where(t >= 750, 15 + (t - 750) // 10, parts).astype(float)
+    frozen.update(np.zeros(t.size, np.int64), t * S, True, parts, parts)
+    # 150 s + 20 s of grace after the last part + 140 s from the first part after the stop
+    assert frozen.result(900 * S)["apt_s"][0] == 310.0
+
+    sparse = OeeAccumulator(1, ideal_cycle_s=4.0, stop_gap_s=8.0)
+    sparse.start_period([0], 0)
+    t = np.arange(0, 601, 10)
+    sparse.update(np.zeros(t.size, np.int64), t * S, True, (t // 4).astype(float), (t // 4).astype(float))
+    r = sparse.result(600 * S)
+    assert r["apt_s"][0] == 600.0 and r["availability"][0] == 1.0 and r["performance"][0] == 1.0
+
+    # no parts counter: only the polls tell, and a hole longer than the stop gap is not counted
+    blind = OeeAccumulator(1, ideal_cycle_s=10.0, stop_gap_s=120.0)
+    blind.start_period([0], 0)
+    blind.update([0, 0, 0, 0], np.array([0, 60, 660, 720]) * S, True, np.nan, np.nan)
+    assert blind.result(720 * S)["apt_s"][0] == 120.0
+
+
+def test_oee_ignores_a_poll_older_than_the_last() -> None:
+    """A late poll (stamped before the previous one) neither counts its interval twice nor reads as a counter reset."""
     oee = OeeAccumulator(1, ideal_cycle_s=10.0, stop_gap_s=120.0)
     oee.start_period([0], 0)
-    oee.update([0, 0, 0, 0], np.array([0, 60, 660, 720]) * S, True, [0, 6, 66, 72], [0, 6, 66, 72])
-    assert oee.result(720 * S)["apt_s"][0] == 120.0
+    oee.update([0, 0, 0, 0], np.array([0, 60, 30, 120]) * S, True, [0, 6, 3, 12], [0, 6, 3, 12])
+    r = oee.result(120 * S)
+    assert r["apt_s"][0] == 120.0 and r["availability"][0] == 1.0 and r["pq"][0] == 12.0
 
 
 def test_oee_period_rolls_over_at_a_cycle_boundary_only() -> None:
@@ -91,6 +128,9 @@ def test_mold_maintenance_shots_and_status() -> None:
         MoldMaintenance.DUE,
     ]
     assert mm.status([2])["status"][0] == -1 and np.isnan(mm.status([2])["pct_used"][0])
+    # a mould repeated in one batch keeps its last good reading, not the counter from before the batch
+    st = mm.update([0, 0], [345_000, np.nan])
+    assert st["shots_used"].tolist() == [95_000, 95_000] and st["status"][0] == MoldMaintenance.WARNING
 
 
 def test_alarm_tracker_matches_reference_with_delays_and_hysteresis() -> None:
@@ -167,3 +207,53 @@ def test_furnace_overshoot_during_a_ramp_counts_for_the_whole_approach() -> None
     # turning back down is a new approach
     st = mon.update(10 * s, [880.0], 860.0)
     assert st.overshoot_c[0] == 0.0
+
+
+def test_furnace_first_setpoint_below_the_furnace_is_no_overshoot() -> None:
+    """An agent started during a cool-down sees the furnace above its setpoint: it cools onto it, it never crossed it from below."""
+    from edge_agent.core.furnace import FurnaceMonitor
+
+    mon = FurnaceMonitor([0, 0], tolerance_c=6.0)
+    for k, temps in enumerate([(900, 902), (880, 878), (851, 850), (850, 849.5)]):
+        st = mon.update(k * S, temps, 850.0)
+    assert st.overshoot_c[0] == 0.5  # how far it fell below 850 after reaching it
+    # heating towards 900 and still at 700 when the setpoint drops to 800: still an approach from below
+    mon = FurnaceMonitor([0], tolerance_c=6.0)
+    mon.update(0, [650.0], 900.0)
+    st = mon.update(1 * S, [700.0], 800.0)
+    assert st.overshoot_c[0] == 0.0
+    st = mon.update(2 * S, [803.0], 800.0)
+    assert st.overshoot_c[0] == 3.0
+
+
+def test_furnace_bad_setpoint_read_and_late_scan_keep_the_soak() -> None:
+    """A NaN setpoint is no setpoint change (the soak goes on); a scan stamped before the last one adds no negative time."""
+    from edge_agent.core.furnace import FurnaceMonitor
+
+    mon = FurnaceMonitor([0, 0], tolerance_c=6.0)
+    for k in range(10):
+        st = mon.update(k * 60 * S, (850.0, 851.0), 850.0)
+    assert st.soak_s[0] == 540.0
+    st = mon.update(600 * S, (850.0, 851.0), np.nan)
+    assert st.soak_s[0] == 600.0 and st.time_to_temp_s[0] == 0.0 and st.deviation.tolist() == [0.0, 1.0]
+    st = mon.update(590 * S, (850.0, 851.0), 850.0)
+    assert st.soak_s[0] == 600.0
+    st = mon.update(660 * S, (850.0, 851.0), 850.0)
+    assert st.soak_s[0] == 660.0
+
+
+def test_furnace_ramp_rate_spans_the_window_however_often_it_is_updated() -> None:
+    """A 5 °C/min ramp, then 2 min at 10 °C/min, updated every 0.25 s: the slope is fitted over the whole 3 min window."""
+    from edge_agent.core.furnace import FurnaceMonitor
+
+    mon = FurnaceMonitor([0], tolerance_c=6.0, ramp_window_s=180.0)
+    t = np.arange(0, 600.25, 0.25)
+    temp = np.where(t < 480, 500 + t / 12, 540 + (t - 480) / 6)
+    for ts, v in zip(t, temp, strict=True):
+        st = mon.update(int(ts * S), [v], 900.0)
+    # least squares over what the window keeps: one scan per 180/63 s bucket, the newest
+    buckets = (t * S // (180 * S // 63)).astype(np.int64)
+    keep = np.r_[buckets[1:] != buckets[:-1], True] & (t >= 600 - 180)
+    expected = np.polyfit(t[keep] / 60, temp[keep], 1)[0]
+    assert st.ramp_c_per_min[0] == pytest.approx(expected, rel=1e-9)
+    assert 8.0 < st.ramp_c_per_min[0] < 9.5  # a 64-scan buffer (16 s) read 10.0

@@ -30,6 +30,13 @@ def occurrence_rounds(keys: NDArray[np.integer]) -> list[NDArray[np.intp]]:
     return [np.flatnonzero(rank == k) for k in range(int(rank_sorted.max()) + 1)]
 
 
+def last_occurrences(keys: NDArray[np.integer]) -> NDArray[np.intp]:
+    """Position of each distinct key's last occurrence (numpy leaves the winner of a repeated fancy assignment unspecified)."""
+    n = int(keys.shape[0])
+    _, first_in_reversed = np.unique(keys[::-1], return_index=True)
+    return (n - 1 - first_in_reversed).astype(np.intp)
+
+
 def is_full_range(keys: NDArray[np.integer], n_rows: int) -> bool:
     """True when `keys` is exactly 0..n_rows-1 in order (a full tick), so slices can replace fancy indexing."""
     if keys.shape[0] != n_rows or n_rows == 0:

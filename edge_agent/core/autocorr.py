@@ -122,9 +122,11 @@ class Prewhitener:
         self, rows: NDArray[np.int64], x: NDArray[np.float64], prev: NDArray[np.float64]
     ) -> NDArray[np.float64]:
         phi, mu = self.phi[rows], self.mu[rows]
-        # no previous sample (the first one, or after a gap): the best guess of x_(k-1) is mu
-        p = np.where(np.isfinite(prev), prev, mu)
-        return mu + ((x - mu) - phi * (p - mu)) / np.sqrt(1.0 - phi * phi)
+        z = mu + ((x - mu) - phi * (prev - mu)) / np.sqrt(1.0 - phi * phi)
+        # no previous sample (the first one, or after a gap): x - mu already has the marginal variance
+        # that z is scaled to, so z = x (Prais-Winsten); whitening it against mu would inflate it by
+        # 1/sqrt(1 - phi²)
+        return np.where(np.isfinite(prev), z, x)
 
     def estimates(self, rows: ArrayLike) -> dict[str, NDArray[np.float64]]:
         """phi and mu of `rows` (NaN while estimating)."""

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from edge_agent.core._batch import check_rows, occurrence_rounds
+from edge_agent.core._batch import check_rows, last_occurrences, occurrence_rounds
 from edge_agent.types import BAD_THRESHOLD, Quality, Readings
 
 _NO_T = np.iinfo(np.int64).min
+# a counter wrap is believed when its cycles took at least this share of the nominal cycle each
+_MIN_CYCLE_FRACTION = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +98,6 @@ class CycleLatch:
         """Take one poll (values of one batch are simultaneous); return counter events and latched readings."""
         check_rows("CycleLatch.update Readings.signal", readings.signal, self.n_rows)
         sig = readings.signal.astype(np.int64)
-        # latest value per row: the last occurrence wins, as in the poll order
-        self.value[sig] = readings.value
-        self.quality[sig] = readings.quality
         dev = self.device_of_counter[sig]
         use = (dev >= 0) & (readings.quality < BAD_THRESHOLD) & np.isfinite(readings.value)
         idx = np.flatnonzero(use)
@@ -115,31 +114,46 @@ class CycleLatch:
         else:
             e = np.empty(0, np.int64)
             ev = CycleEvents(e, e, e, np.empty(0), np.empty(0, bool), np.empty(0, bool), np.empty(0, bool))
-        return CycleBatch(ev, self._latched(ev))
+        latched = self._latched(ev, sig, readings)
+        # then the latest value per row for later polls: the last occurrence wins, as in the poll order
+        last = last_occurrences(sig)
+        self.value[sig[last]] = readings.value[last]
+        self.quality[sig[last]] = readings.quality[last]
+        return CycleBatch(ev, latched)
 
     def _round(self, d: NDArray[np.int64], t: NDArray[np.int64], c: NDArray[np.int64]) -> tuple[NDArray, ...]:
         have = self.has_count[d]
         last = self.count[d]
         mod = self.modulus[d]
         raw = c - last
-        rollover = have & (raw < 0) & (mod > 0) & (raw + mod < mod // 2)
+        prev_t = self.last_inc_t[d]
+        first = prev_t == _NO_T
+        gap = np.where(first, 0, t - prev_t).astype(np.float64)
+        # a wrap of a counter with a modulus adds raw + mod cycles: plausible only when they fit into
+        # the time since the last increment (a job-counter reset from 40000 to 3 is no 25538 cycles)
+        fits = first | ((raw + mod) * self.nominal_ns[d] * _MIN_CYCLE_FRACTION <= gap)
+        rollover = have & (raw < 0) & (mod > 0) & (raw + mod < mod // 2) & fits
         reset = have & (raw < 0) & ~rollover
         cycles = np.where(rollover, raw + mod, np.where(reset, c, raw))
         cycles = np.where(have, cycles, 0)
         self.count[d] = c
         self.has_count[d] = True
         moved = cycles > 0
-        prev_t = self.last_inc_t[d]
-        gap = (t - prev_t).astype(np.float64)
-        first = prev_t == _NO_T
         stop = moved & ~first & (gap > 2.0 * self.nominal_ns[d] * np.maximum(cycles, 1))
+        # equal or backward times (jitter, two increments with one source time) measure no cycle time
+        timed = moved & ~first & ~stop & (gap > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            ct = np.where(moved & ~first & ~stop, gap / np.maximum(cycles, 1) / 1e9, np.nan)
-        self.last_inc_t[d] = np.where(moved, t, prev_t)
+            ct = np.where(timed, gap / np.maximum(cycles, 1) / 1e9, np.nan)
+        self.last_inc_t[d] = np.where(moved, np.maximum(t, prev_t), prev_t)
         ev = moved | reset
         return d[ev], t[ev], cycles[ev], ct[ev], stop[ev], reset[ev], rollover[ev]
 
-    def _latched(self, ev: CycleEvents) -> Readings:
+    def _latched(self, ev: CycleEvents, sig: NDArray[np.int64], readings: Readings) -> Readings:
+        """The latched rows' values at each counter increment: the latest sample at or before its time.
+
+        Samples come from this batch (one OPC UA publish may carry several increments of a
+        device with their values) or, when the batch has none for a row by then, from earlier ones.
+        """
         moved = ev.cycles > 0
         if not moved.any():
             return Readings.empty()
@@ -149,6 +163,20 @@ class CycleLatch:
         keep = rows >= 0
         r, tt = rows[keep], tt[keep]
         val, q = self.value[r], self.quality[r]
+        if sig.shape[0]:
+            # search (row, time) pairs: times as ranks so that one int64 key orders both
+            times, rank = np.unique(np.concatenate([readings.t_ns, tt]), return_inverse=True)
+            width = times.shape[0] + 1
+            key = sig * width + rank[: sig.shape[0]]
+            order = np.argsort(key, kind="stable")  # equal keys stay in batch order: the last one wins
+            sk = key[order]
+            at = np.searchsorted(sk, r * width + rank[sig.shape[0] :], side="right") - 1
+            found = at >= 0
+            found[found] = sig[order[at[found]]] == r[found]
+            src = order[at[found]]
+            val, q = val.copy(), q.copy()
+            val[found] = readings.value[src]
+            q[found] = readings.quality[src]
         ctr = self.cycle_time_row[d]
         has_ct = ctr >= 0
         if has_ct.any():

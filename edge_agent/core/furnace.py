@@ -90,9 +90,11 @@ class FurnaceMonitor:
         self.approaching = np.zeros(F, bool)  # a setpoint was seen (the first one starts an approach)
         self.overshoot = np.zeros(F)
         self.ttt = np.full(F, np.nan)
+        if ramp_capacity < 2 or not ramp_window_s > 0:
+            raise ValueError("FurnaceMonitor: ramp_capacity must be >= 2 and ramp_window_s > 0")
+        self.ramp_bucket_ns = max(1, int(self.ramp_window_ns // (ramp_capacity - 1)))
         self.rb_t = np.zeros((F, ramp_capacity))
         self.rb_v = np.full((F, ramp_capacity), np.nan)
-        self.rb_pos = np.zeros(F, np.int64)
         self.door_t = np.full(F, -1, np.int64)
 
     def update(self, t_ns: int, temps: ArrayLike, setpoint: ArrayLike) -> FurnaceStatus:
@@ -100,26 +102,9 @@ class FurnaceMonitor:
         T = np.asarray(temps, np.float64).reshape(-1)
         if T.size != self.n_sensors:
             raise ValueError(f"FurnaceMonitor.update: got {T.size} temperatures for {self.n_sensors} sensors")
-        sp = np.broadcast_to(np.asarray(setpoint, np.float64), (self.n_furnaces,))
-        changed = ~(sp == self.sp)
-        if changed.any():
-            # a new setpoint restarts the soak and the time to temperature; it starts a new approach
-            # (overshoot measured afresh) unless it continues a ramp in the same direction: a furnace
-            # that runs ahead of its ramp overshoots during the ramp, and that counts
-            up = sp > self.sp
-            down = sp < self.sp
-            continues = changed & self.approaching & ((self.rising & up) | (~self.rising & down))
-            fresh = changed & ~continues
-            self.sp_t[fresh] = t_ns
-            self.crossed[fresh] = False
-            self.overshoot[fresh] = 0.0
-            # a step down approaches from above: its "overshoot" is how far the furnace undershoots
-            self.rising[fresh] = ~down[fresh]
-            self.approaching[fresh] = True
-            self.soak_ns[changed] = 0.0
-            self.ttt[changed] = np.nan
-            self.was_in_band[changed] = False
-            self.sp = sp.copy()
+        sp_in = np.broadcast_to(np.asarray(setpoint, np.float64), (self.n_furnaces,))
+        # a bad setpoint read (NaN) changes nothing: the last good setpoint still applies
+        sp = np.where(np.isfinite(sp_in), sp_in, self.sp)
         f = self.sf
         with np.errstate(invalid="ignore"):
             in_range = np.isfinite(T) & (self.vmin <= T) & (self.vmax >= T)
@@ -131,30 +116,54 @@ class FurnaceMonitor:
                 )  # a furnace with no sensor in range: median NaN
                 med = np.nanmedian(pad, axis=1)
             valid = in_range & (np.abs(T - med[f]) <= self.max_dev)
+        nvalid = np.add.reduceat(valid.astype(np.int64), self.first)
+        mean = np.where(
+            nvalid > 0, np.add.reduceat(np.where(valid, T, 0.0), self.first) / np.maximum(nvalid, 1), np.nan
+        )
+        changed = np.isfinite(sp) & ~(sp == self.sp)
+        if changed.any():
+            # a new setpoint restarts the soak and the time to temperature; it starts a new approach
+            # (overshoot measured afresh) unless it continues a ramp in the same direction: a furnace
+            # that runs ahead of its ramp overshoots during the ramp, and that counts
+            up = sp > self.sp
+            down = sp < self.sp
+            continues = changed & self.approaching & ((self.rising & up) | (~self.rising & down))
+            fresh = changed & ~continues
+            self.sp_t[fresh] = t_ns
+            self.crossed[fresh] = False
+            self.overshoot[fresh] = 0.0
+            # the approach goes from where the furnace is towards the setpoint: heating from below,
+            # cooling from above (a step down, or the first setpoint seen while the furnace is above
+            # it); its "overshoot" when cooling is how far the furnace undershoots
+            # (a furnace exactly at the new setpoint, or without a valid sensor, goes by the setpoint's step)
+            toward = np.where(mean < sp, True, np.where(mean > sp, False, ~down))
+            self.rising[fresh] = toward[fresh]
+            self.approaching[fresh] = True
+            self.soak_ns[changed] = 0.0
+            self.ttt[changed] = np.nan
+            self.was_in_band[changed] = False
+            self.sp = sp.copy()
         dev = np.where(valid, T - sp[f], np.nan)
         in_band = valid & (np.abs(dev) <= self.tol[f])
         Tv = np.where(valid, T, np.nan)
         tmax = np.fmax.reduceat(Tv, self.first)
         tmin = np.fmin.reduceat(Tv, self.first)
-        nvalid = np.add.reduceat(valid.astype(np.int64), self.first)
         spread = tmax - tmin
         all_in = np.logical_and.reduceat(in_band, self.first)
-        # soak: the interval since the last scan counts when the furnace was in band at both ends
-        dt = np.where(self.last_t >= 0, t_ns - self.last_t, 0).astype(np.float64)
+        # soak: the interval since the last scan counts when the furnace was in band at both ends; a
+        # scan stamped before the last one (batches of two scan classes out of order) adds nothing
+        dt = np.where(self.last_t >= 0, np.maximum(t_ns - self.last_t, 0), 0).astype(np.float64)
         self.soak_ns += np.where(all_in & self.was_in_band, dt, 0.0)
         if self.reset_on_excursion:
             self.soak_ns[~all_in] = 0.0
         first_in = all_in & np.isnan(self.ttt)
         self.ttt[first_in] = (t_ns - self.sp_t[first_in]) / 1e9
         self.was_in_band = all_in
-        self.last_t[:] = t_ns
+        self.last_t[:] = np.maximum(self.last_t, t_ns)
         with np.errstate(invalid="ignore"):
             self.crossed |= np.where(self.rising, tmax >= sp, tmin <= sp)
             beyond = np.where(self.rising, tmax - sp, sp - tmin)
             self.overshoot = np.where(self.crossed, np.fmax(self.overshoot, beyond), self.overshoot)
-        mean = np.where(
-            nvalid > 0, np.add.reduceat(np.where(valid, T, 0.0), self.first) / np.maximum(nvalid, 1), np.nan
-        )
         ramp = self._ramp(t_ns, mean)
         return FurnaceStatus(
             dev,
@@ -169,11 +178,12 @@ class FurnaceMonitor:
         )
 
     def _ramp(self, t_ns: int, mean: NDArray[np.float64]) -> NDArray[np.float64]:
-        F = self.n_furnaces
-        p = self.rb_pos
-        self.rb_t[np.arange(F), p] = t_ns
-        self.rb_v[np.arange(F), p] = mean
-        self.rb_pos = (p + 1) % self.rb_t.shape[1]
+        """Least-squares slope (°C/min) of each furnace's mean over the ramp window."""
+        # one slot per time bucket of window/(capacity - 1), the newest scan of a bucket kept: the fit
+        # spans the whole window however often update() is called (polls, subscription batches)
+        slot = (t_ns // self.ramp_bucket_ns) % self.rb_t.shape[1]
+        self.rb_t[:, slot] = t_ns
+        self.rb_v[:, slot] = mean
         use = np.isfinite(self.rb_v) & (self.rb_t >= t_ns - self.ramp_window_ns)
         n = use.sum(1)
         ts = np.where(use, (self.rb_t - t_ns) / 60e9, 0.0)  # minutes, relative to now for conditioning

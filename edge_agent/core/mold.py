@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from edge_agent.core import constants as C
-from edge_agent.core._batch import check_rows
+from edge_agent.core._batch import check_rows, last_occurrences
 
 
 def heat_removed_kw(
@@ -58,7 +58,11 @@ class MoldMaintenance:
         m = np.asarray(molds, np.int64).reshape(-1)
         check_rows("MoldMaintenance.update molds", m, self.n)
         c = np.broadcast_to(np.asarray(lifetime_counter, np.float64), m.shape)
-        self.counter[m] = np.where(np.isnan(c), self.counter[m], c)
+        # bad readings are dropped before assigning: a mould repeated in the batch keeps its last good
+        # reading (the last occurrence wins), not the counter from before the batch
+        good = np.flatnonzero(~np.isnan(c))
+        last = good[last_occurrences(m[good])]
+        self.counter[m[last]] = c[last]
         return self.status(m)
 
     def status(self, molds: ArrayLike | None = None) -> dict[str, NDArray[Any]]:

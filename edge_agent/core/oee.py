@@ -10,6 +10,8 @@ from numpy.typing import ArrayLike, NDArray
 from edge_agent.core._batch import check_rows, occurrence_rounds
 from edge_agent.core.spc import NoData
 
+_NO_T = np.iinfo(np.int64).min
+
 
 class OeeAccumulator:
     """Accumulates, per machine and period (e.g. a shift), APT, PQ and GQ from state and part counters.
@@ -17,9 +19,12 @@ class OeeAccumulator:
     ISO 22400-2: PBT = POT - PDOT; availability = APT/PBT; effectiveness = PRI·PQ/APT
     with PRI = ideal cycle time / cavities; quality rate = GQ/PQ; OEE = the product.
     The interval between two updates of a machine counts as APT when the machine
-    was producing at its start and the interval is not longer than `stop_gap_s`
-    (a silent machine is not producing). A negative counter step is a reset: the
-    new counter value is the count since the reset.
+    was producing at its start, except a stop: once no part has come for `stop_gap_s`
+    (2x the nominal cycle), the time after that is not APT until the parts counter
+    moves again at a plausible rate (DOMAIN.md §1, §5). A machine without a parts
+    counter has only its polls: an interval longer than `stop_gap_s` is not counted.
+    A negative counter step is a reset: the new counter value is the count since the
+    reset. An update stamped before the machine's latest one is ignored.
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class OeeAccumulator:
         self.last_parts = np.full(M, np.nan)
         self.last_good = np.full(M, np.nan)
         self.last_step = np.zeros(M)  # parts the latest update counted (0: mid-cycle)
+        self.last_inc_t = np.full(M, _NO_T, np.int64)  # time of the latest part (or first counter reading)
 
     def start_period(self, machines: ArrayLike, t_ns: ArrayLike, planned_downtime_s: ArrayLike = 0.0) -> None:
         """Begin a new period at `t_ns` (counter baselines are kept, so no part is lost between periods)."""
@@ -105,11 +111,28 @@ class OeeAccumulator:
         gd: NDArray[np.float64],
     ) -> None:
         lt = self.last_t[m]
+        # a poll stamped before the machine's latest one (a late batch) is stale: it would count its
+        # interval twice and read as a counter reset
+        fresh = (lt < 0) | (t >= lt)
+        if not fresh.all():
+            m, t, prod, pa, gd, lt = m[fresh], t[fresh], prod[fresh], pa[fresh], gd[fresh], lt[fresh]
         dt = (t - lt).astype(np.float64)
-        counted = (lt >= 0) & (self.period_start[m] >= 0) & self.last_producing[m] & (dt > 0)
-        counted &= dt <= self.stop_gap_ns[m]
-        self.apt_ns[m] += np.where(counted, dt, 0.0)
+        gap = self.stop_gap_ns[m]
         step = _counter_step(self.last_parts[m], pa)
+        li = self.last_inc_t[m]
+        # running time of the interval. With a counter: all of it while parts come at a plausible rate
+        # (no more than the stop gap per cycle), else only up to the stop gap after the last part: a
+        # longer silence is a stop, however often the machine is polled. Without a counter, an
+        # interval longer than the stop gap is a hole in the polls and not counted
+        cycles = np.maximum(step / self.cavities[m], 1.0)
+        steady = (step > 0) & ((t - li) <= gap * cycles)
+        after_last = np.clip((li - lt).astype(np.float64) + gap, 0.0, dt)
+        run = np.where(li != _NO_T, np.where(steady, dt, after_last), np.where(dt <= gap, dt, 0.0))
+        counted = (lt >= 0) & (self.period_start[m] >= 0) & self.last_producing[m] & (dt > 0)
+        self.apt_ns[m] += np.where(counted, run, 0.0)
+        # the counter's clock starts at its first reading and restarts with every part
+        first_reading = np.isnan(self.last_parts[m]) & ~np.isnan(pa)
+        self.last_inc_t[m] = np.where((step > 0) | first_reading, t, li)
         self.last_step[m] = step
         self.pq[m] += step * (self.period_start[m] >= 0)
         self.gq[m] += _counter_step(self.last_good[m], gd) * (self.period_start[m] >= 0)
