@@ -257,3 +257,18 @@ def test_furnace_ramp_rate_spans_the_window_however_often_it_is_updated() -> Non
     expected = np.polyfit(t[keep] / 60, temp[keep], 1)[0]
     assert st.ramp_c_per_min[0] == pytest.approx(expected, rel=1e-9)
     assert 8.0 < st.ramp_c_per_min[0] < 9.5  # a 64-scan buffer (16 s) read 10.0
+
+
+def test_furnace_ramp_rate_ignores_a_sensor_dropping_out() -> None:
+    """Zones 8 °C apart ramp at 5 °C/min; the hottest burns out (upscale) half-way: the ramp stays 5, the mean would jump."""
+    from edge_agent.core.furnace import FurnaceMonitor
+
+    mon = FurnaceMonitor([0, 0, 0, 0], tolerance_c=6.0, ramp_window_s=180.0, max_dev_c=50.0)
+    offsets = np.array([8.0, 0.0, -3.0, 2.0])
+    for k in range(0, 300):
+        temps = 600.0 + k / 12 + offsets
+        if k >= 240:
+            temps[0] = 1300.0  # burnt out: far from the median, so invalid
+        st = mon.update(k * S, temps, 900.0)
+    assert st.valid.tolist() == [False, True, True, True]
+    assert st.ramp_c_per_min[0] == pytest.approx(5.0, rel=1e-9)

@@ -32,7 +32,7 @@ class FurnaceStatus:
     spread: NDArray[np.float64]  # max_i T - min_i T over valid sensors
     all_in_band: NDArray[np.bool_]  # every sensor valid and in band
     soak_s: NDArray[np.float64]
-    ramp_c_per_min: NDArray[np.float64]  # least-squares slope of the furnace mean over the ramp window
+    ramp_c_per_min: NDArray[np.float64]  # least-squares slope over the ramp window, one offset per sensor
     overshoot_c: NDArray[
         np.float64
     ]  # beyond SP after first crossing it: max T - SP heating, SP - min T cooling
@@ -93,8 +93,8 @@ class FurnaceMonitor:
         if ramp_capacity < 2 or not ramp_window_s > 0:
             raise ValueError("FurnaceMonitor: ramp_capacity must be >= 2 and ramp_window_s > 0")
         self.ramp_bucket_ns = max(1, int(self.ramp_window_ns // (ramp_capacity - 1)))
-        self.rb_t = np.zeros((F, ramp_capacity))
-        self.rb_v = np.full((F, ramp_capacity), np.nan)
+        self.rb_t = np.zeros(ramp_capacity, np.int64)  # one scan time for every furnace's sensors
+        self.rb_v = np.full((self.n_sensors, ramp_capacity), np.nan)  # valid sensors' temperatures
         self.door_t = np.full(F, -1, np.int64)
 
     def update(self, t_ns: int, temps: ArrayLike, setpoint: ArrayLike) -> FurnaceStatus:
@@ -164,7 +164,7 @@ class FurnaceMonitor:
             self.crossed |= np.where(self.rising, tmax >= sp, tmin <= sp)
             beyond = np.where(self.rising, tmax - sp, sp - tmin)
             self.overshoot = np.where(self.crossed, np.fmax(self.overshoot, beyond), self.overshoot)
-        ramp = self._ramp(t_ns, mean)
+        ramp = self._ramp(t_ns, Tv)
         return FurnaceStatus(
             dev,
             valid,
@@ -177,22 +177,30 @@ class FurnaceMonitor:
             self.ttt.copy(),
         )
 
-    def _ramp(self, t_ns: int, mean: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Least-squares slope (°C/min) of each furnace's mean over the ramp window."""
+    def _ramp(self, t_ns: int, Tv: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Least-squares slope (°C/min) of each furnace's temperature over the ramp window, NaN for valid-sensor-less furnaces.
+
+        One slope for all of a furnace's sensors with an offset each (the pooled within-sensor
+        fit): a sensor that turns invalid or comes back changes which points are fitted, not the
+        level they are fitted at, where the slope of the furnace mean would jump by its offset.
+        """
         # one slot per time bucket of window/(capacity - 1), the newest scan of a bucket kept: the fit
         # spans the whole window however often update() is called (polls, subscription batches)
-        slot = (t_ns // self.ramp_bucket_ns) % self.rb_t.shape[1]
-        self.rb_t[:, slot] = t_ns
-        self.rb_v[:, slot] = mean
+        slot = (t_ns // self.ramp_bucket_ns) % self.rb_t.shape[0]
+        self.rb_t[slot] = t_ns
+        self.rb_v[:, slot] = Tv
         use = np.isfinite(self.rb_v) & (self.rb_t >= t_ns - self.ramp_window_ns)
         n = use.sum(1)
         ts = np.where(use, (self.rb_t - t_ns) / 60e9, 0.0)  # minutes, relative to now for conditioning
         vs = np.where(use, self.rb_v, 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             mt, mv = ts.sum(1) / n, vs.sum(1) / n
-            dt = np.where(use, ts - mt[:, None], 0.0)
-            slope = (dt * np.where(use, vs - mv[:, None], 0.0)).sum(1) / (dt * dt).sum(1)
-        return np.where(n >= 2, slope, np.nan)
+        dt = np.where(use, ts - mt[:, None], 0.0)
+        dv = np.where(use, vs - mv[:, None], 0.0)
+        sxy = np.add.reduceat((dt * dv).sum(1), self.first)
+        sxx = np.add.reduceat((dt * dt).sum(1), self.first)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(sxx > 0, sxy / sxx, np.nan)
 
     def door_open(self, furnaces: ArrayLike, t_ns: int) -> None:
         """Record the door opening that starts a transfer to quench."""
