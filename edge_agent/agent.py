@@ -97,10 +97,14 @@ class Agent:
         self.on_output = on_output
         self.drivers: dict[str, Driver] = {}
         self.pollers: dict[str, DevicePoller] = {}
-        self._connect_tasks: list[asyncio.Task[None]] = []
+        self._connect_tasks: dict[str, asyncio.Task[None]] = {}
+        """The pending connect (then start polling) task of each device; a finished task removes itself."""
         self._status_task: asyncio.Task[None] | None = None
         self._devices = {d.name: d for d in config.devices if d.enabled}
         self._queued: list[tuple[str, Readings]] = []
+        self.dropped_batches = 0
+        """Batches dropped because their device left the config before they were processed."""
+        self._dropped_from: set[str] = set()
         self.started_ns = time.time_ns()
 
     # ------------------------------------------------------------------ lifecycle
@@ -122,7 +126,25 @@ class Agent:
         self.drivers[name] = driver
         poller = DevicePoller(driver, self._on_poll)
         self.pollers[name] = poller
-        self._connect_tasks.append(asyncio.create_task(self._connect_then_poll(name, driver, poller)))
+        task = asyncio.create_task(self._connect_then_poll(name, driver, poller), name=f"connect:{name}")
+        self._connect_tasks[name] = task
+        task.add_done_callback(functools.partial(self._forget_connect, name))
+
+    def _forget_connect(self, name: str, task: asyncio.Task[None]) -> None:
+        # a reload may already have started a newer connect for the same name: leave that one
+        if self._connect_tasks.get(name) is task:
+            del self._connect_tasks[name]
+
+    async def _stop_device(self, name: str) -> None:
+        # The connect task goes first: left running, it would start the poller of a closed driver
+        # once its connect returned (an orphan that polls the old config for ever).
+        task = self._connect_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.pollers.pop(name).stop()
+        await self.drivers.pop(name).close()
 
     async def _connect_then_poll(self, name: str, driver: Driver, poller: DevicePoller) -> None:
         try:
@@ -137,9 +159,10 @@ class Agent:
         """Stop polling, close the devices, flush the outboxes for up to `flush_timeout` seconds."""
         if self._status_task is not None:
             self._status_task.cancel()
-        for task in self._connect_tasks:
+        tasks = list(self._connect_tasks.values())
+        for task in tasks:
             task.cancel()
-        for task in self._connect_tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._connect_tasks.clear()
@@ -155,9 +178,9 @@ class Agent:
         old_devices = self._devices
         new_devices = {d.name: d for d in new.devices if d.enabled}
         keep = {n for n, d in new_devices.items() if n in old_devices and old_devices[n] == d}
+        self._dropped_from.clear()
         for name in set(old_devices) - keep:
-            await self.pollers.pop(name).stop()
-            await self.drivers.pop(name).close()
+            await self._stop_device(name)
         # the signal table is append-only, so the rows of the kept devices' drivers stay valid;
         # what is queued goes through the pipeline it was read for (no await until the swap)
         self.process_queued()
@@ -232,6 +255,9 @@ class Agent:
     def process_queued(self) -> None:
         """Run the queued batches through the pipeline and hand the results to the sinks."""
         batches, self._queued = self._queued, []
+        known = self.pipeline.devices
+        if any(device not in known for device, _ in batches):
+            batches = self._drop_unknown(batches)
         if not batches:
             return
         began = time.perf_counter()
@@ -250,6 +276,20 @@ class Agent:
             if self.sinks is not None:
                 # encoding is one pass per batch per sink; the outbox write happens on the sink's writer thread
                 self.sinks.publish(out)
+
+    def _drop_unknown(self, batches: list[tuple[str, Readings]]) -> list[tuple[str, Readings]]:
+        # A read that was in flight when its device left the config ends after the reload; the
+        # new pipeline has no rows for it, and the device's values are no longer wanted.
+        kept = []
+        for device, readings in batches:
+            if device in self.pipeline.devices:
+                kept.append((device, readings))
+                continue
+            self.dropped_batches += 1
+            if device not in self._dropped_from:
+                self._dropped_from.add(device)
+                log.warning("device %s is no longer configured: dropping its late readings", device)
+        return kept
 
 
 def _prefix(config: Config) -> str:

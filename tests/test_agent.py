@@ -12,12 +12,16 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.config import parse_config
+from edge_agent.pipeline import Output
+from edge_agent.types import Quality, Readings
+from simulators.imm import ImmSimulator
 from simulators.plant import Plant
 from tests.services import Mosquitto, free_port
 
@@ -201,3 +205,82 @@ async def test_sigterm_flushes_and_exits_and_sighup_keeps_unchanged_devices(
     proc.send_signal(signal.SIGTERM)
     await wait_for("stopping: flushing outboxes")
     assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+def _imm_device(sim: ImmSimulator, name: str, endpoint: str) -> str:
+    text = sim.device_config(name=name, endpoint=endpoint, poll_interval=0.3)
+    text = text[text.index("[[devices]]") :]
+    return text.replace("[devices.opcua]\n", "[devices.opcua]\ntimeout = 1.5\n", 1)
+
+
+def _poll_tasks() -> list[str]:
+    return sorted(t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("poll:"))
+
+
+@pytest.mark.parametrize("change", ["endpoint fixed", "device replaced"])
+async def test_reload_during_a_pending_connect_leaves_no_orphan_poller(change: str, tmp_path: Path) -> None:
+    sim = ImmSimulator(speed=20, seed=1)
+    await sim.start("127.0.0.1", 0)
+
+    async def hung_server(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts the connection and never answers: the first connect hangs
+
+    hole = await asyncio.start_server(hung_server, "127.0.0.1", 0)
+    hung = f"opc.tcp://127.0.0.1:{hole.sockets[0].getsockname()[1]}/imm"
+    outputs: list[tuple[str, Output]] = []
+    agent = Agent(
+        parse_config(_imm_device(sim, "imm-1", hung), "old.toml", tmp_path),
+        tmp_path,
+        sinks=False,
+        on_output=lambda d, o: outputs.append((d, o)),
+    )
+    new_name = "imm-1" if change == "endpoint fixed" else "imm-2"
+    try:
+        await agent.start()
+        await asyncio.sleep(0.3)  # imm-1's first connect is waiting on the hung server
+        await agent.reload(parse_config(_imm_device(sim, new_name, str(sim.endpoint)), "new.toml", tmp_path))
+        outputs.clear()
+        await asyncio.sleep(3.0)  # the old connect would have timed out (1.5 s) and started its poller
+        alive = _poll_tasks()
+        qualities = {int(r.quality.max()) for _d, o in outputs for _s, r in o.raw}
+        devices = {d for d, _o in outputs}
+        pending = len(agent._connect_tasks)
+    finally:
+        await agent.stop(flush_timeout=0)
+        hole.close()
+        await sim.stop()
+    assert alive == [f"poll:{new_name}"]
+    assert devices == {new_name}
+    assert qualities == {Quality.GOOD}
+    assert pending == 0  # a finished connect task does not stay behind
+    assert _poll_tasks() == []
+
+
+async def test_batches_of_a_device_gone_from_the_config_are_dropped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = (
+        '[[devices]]\nname = "tcu1"\nprotocol = "modbus"\nprofile = "mold_tcu"\n'
+        f'endpoint = "modbus-tcp://127.0.0.1:{free_port()}"\ntags = [{{ name = "flow", address = 0 }}]\n'
+    )
+    outputs: list[tuple[str, Output]] = []
+    agent = Agent(
+        parse_config(device, "a.toml", tmp_path),
+        tmp_path,
+        sinks=False,
+        on_output=lambda d, o: outputs.append((d, o)),
+    )
+    row = agent.pipeline.rows_of("tcu1")["flow"]
+
+    def batch(value: float) -> Readings:
+        return Readings.of(np.array([row], np.int32), 1, np.array([value]), Quality.GOOD)
+
+    # a read that was in flight when its device was removed lands after the reload
+    agent._queued = [("gone", batch(1.0)), ("tcu1", batch(30.0)), ("gone", batch(2.0))]
+    agent.process_queued()
+    assert [(d, o.raw[0][1].value.tolist()) for d, o in outputs] == [("tcu1", [30.0])]
+    assert agent.dropped_batches == 2
+    dropped = [r.getMessage() for r in caplog.records if "no longer configured" in r.getMessage()]
+    assert dropped == [
+        "device gone is no longer configured: dropping its late readings"
+    ]  # once, not per batch

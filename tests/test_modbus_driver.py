@@ -344,3 +344,24 @@ async def test_silent_device_does_not_slow_the_others() -> None:
     assert silent_rate[0] <= window / 0.3 + 1  # the silent one polls once per timeout
     assert bad_timeouts[0] >= 2
     assert np.mean(healthy_rate) > 0.8 * window / interval
+
+
+async def test_closed_driver_stays_closed_even_if_close_ran_during_connect() -> None:
+    server = RegisterMapServer([RegisterField("x", "holding_register", 0)])
+    port = await server.start()
+    await server.stop()  # refused: connect() is still pending for a turn of the loop
+    device = device_of(
+        render_device_toml(
+            server.fields.values(), name="gone", profile="mold_tcu", endpoint=f"modbus-tcp://127.0.0.1:{port}"
+        )  # type: ignore[arg-type]
+    )
+    driver = driver_for(device)
+    connecting = asyncio.create_task(driver.connect())
+    await asyncio.sleep(0)
+    await driver.close()  # what a config reload does to a device whose first connect is pending
+    await connecting
+    readings = await poll(driver)
+    await driver.connect()
+    assert driver._conn is None  # neither read() nor connect() reopened it
+    assert readings.quality.tolist() == [Quality.BAD_NOT_CONNECTED]
+    assert driver.last_error == "driver closed"

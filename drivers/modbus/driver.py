@@ -171,6 +171,7 @@ class ModbusDriver:
         self._plan_of_id = {id(g): p for g, p in self._plans.items()}
         self._timeout = device.modbus.timeout
         self._conn: ModbusConnection | None = None
+        self._closed = False
         self.last_strings: dict[str, tuple[str, Quality]] = {}
         """Text and quality of each string tag from the last read (text is not a number, so not in Readings)."""
         self.last_error: str | None = None
@@ -193,8 +194,12 @@ class ModbusDriver:
 
     async def connect(self) -> None:
         """Join (or open) the shared connection; an unreachable device is retried by `read`, never raised."""
-        if self._conn is None:
-            self._conn = acquire_connection(
+        if self._closed:
+            # a closed driver stays closed: reopening would hold a connection nobody releases
+            return
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = acquire_connection(
                 self.host,
                 self.port,
                 self.name,
@@ -202,8 +207,9 @@ class ModbusDriver:
                 request_pause=self.device.modbus.request_pause,
                 backoff=self.backoff,
             )
-        if not await self._conn.ensure_connected():
-            self.last_error = self._conn.last_error
+        # close() may run while this waits; it releases `conn`, so only the local name is used after
+        if not await conn.ensure_connected():
+            self.last_error = conn.last_error
 
     async def read(self, group: TagGroup) -> Readings:
         """Poll one scan group; every failure becomes a bad quality on the tags it touched."""
@@ -214,10 +220,17 @@ class ModbusDriver:
         n = plan.size
         conn = self._conn
         if conn is None or not conn.connected:
-            if conn is None:
+            if conn is None and not self._closed:
                 await self.connect()
                 conn = self._conn
-                assert conn is not None
+            if conn is None:
+                self.last_error = "driver closed"
+                return self._readings(
+                    plan,
+                    np.full(n, time.time_ns(), dtype=np.int64),
+                    np.full(n, np.nan),
+                    np.full(n, Quality.BAD_NOT_CONNECTED, dtype=np.uint8),
+                )
             if not conn.connected and not await conn.ensure_connected():
                 self.last_error = conn.last_error or "not connected"
                 return self._readings(
@@ -303,7 +316,8 @@ class ModbusDriver:
         return Readings(plan.numeric_rows, t_ns, value, quality)
 
     async def close(self) -> None:
-        """Leave the shared connection (the last user closes it); idempotent."""
+        """Leave the shared connection (the last user closes it) for good; idempotent."""
+        self._closed = True
         if self._conn is not None:
             release_connection(self._conn, self.name)
             self._conn = None
