@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import logging
-import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -24,6 +22,7 @@ from cryptography import x509
 from numpy.typing import NDArray
 
 from drivers.base import ReadingsCallback, TagGroup, scan_groups
+from drivers.opcua_address import split_browse_path, split_node_id
 from edge_agent.config import OpcUaDevice, OpcUaOptions, OpcUaTag
 from edge_agent.types import Quality, Readings, quality_from_opcua_status
 
@@ -53,8 +52,6 @@ _REFUSAL_CODES = {
     ua.StatusCodes.BadSecurityChecksFailed: "the server rejected the secure channel (certificate or key)",
     ua.StatusCodes.BadSecurityPolicyRejected: "the server rejected the security policy",
 }
-_NODE_ID = re.compile(r"^(?:ns=(\d+);|nsu=([^;]+);)?([isgb])=(.+)$", re.DOTALL)
-_PATH_ELEMENT = re.compile(r"\{[^}]*\}[^/]*|[^/]+")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 _OVERFLOW_BITS = 0x00000480  # InfoType=DataValue | Overflow: the server's queue dropped values
@@ -98,20 +95,11 @@ class ParsedNodeId:
 
 def parse_node_id(text: str) -> ParsedNodeId:
     """Parse `ns=2;s=X`, `nsu=URI;i=5`, `i=2258`, `g=<uuid>`, `b=<base64>`; ValueError names the text."""
-    m = _NODE_ID.match(text.strip())
-    if m is None:
-        raise ValueError(f"{text!r} is not a NodeId; write e.g. 'ns=2;s=Machine.Temp' or 'nsu=urn:x;i=1001'")
-    ns, uri, kind, ident = m.groups()
-    value: int | str | uuid.UUID | bytes
-    if kind == "i":
-        value = int(ident)
-    elif kind == "g":
-        value = uuid.UUID(ident)
-    elif kind == "b":
-        value = base64.b64decode(ident)
-    else:
-        value = ident
-    return ParsedNodeId(value, int(ns) if ns is not None else None, uri)
+    try:
+        ns_index, ns_uri, value = split_node_id(text)
+    except ValueError as exc:
+        raise ValueError(f"NodeId {text!r}: {exc}") from None
+    return ParsedNodeId(value, ns_index, ns_uri)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,21 +122,11 @@ class PathElement:
 
 def parse_browse_path(text: str) -> list[PathElement]:
     """Parse `/2:IMM_1/2:MachineStatus` or `/{http://uri/}IMM_1/...` (a URI in braces in place of the index)."""
-    if not text.startswith("/"):
-        raise ValueError(f"browse path {text!r} must start at Objects with '/'")
-    elements = []
-    for token in _PATH_ELEMENT.findall(text):
-        if token.startswith("{"):
-            uri, _, name = token[1:].partition("}")
-            elements.append(PathElement(name, ns_uri=uri))
-        elif re.match(r"^\d+:", token):
-            idx, _, name = token.partition(":")
-            elements.append(PathElement(name, ns_index=int(idx)))
-        else:
-            elements.append(PathElement(token, ns_index=0))
-    if not elements or any(not e.name for e in elements):
-        raise ValueError(f"browse path {text!r} has an empty element")
-    return elements
+    try:
+        elements = split_browse_path(text)
+    except ValueError as exc:
+        raise ValueError(f"browse path {text!r}: {exc}") from None
+    return [PathElement(name, ns_index, ns_uri) for name, ns_index, ns_uri in elements]
 
 
 def datetime_to_ns(dt: datetime) -> int:

@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic.functional_validators import BeforeValidator
 
+from drivers.opcua_address import split_browse_path, split_node_id
+
 #: Where the shipped equipment profiles live (a checkout or an editable install).
 BUILTIN_PROFILES_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
 
@@ -192,15 +194,15 @@ class OpcUaTag(Model):
     @field_validator("node")
     @classmethod
     def _node_id(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^(ns=\d+;|nsu=[^;]+;)?[isgb]=.+$", v):
-            raise ValueError("not a NodeId; write e.g. 'ns=2;s=Machine.Temp' or 'nsu=urn:x;i=1001'")
+        if v is not None:
+            split_node_id(v)  # the driver's own parser: what passes here, the driver can address
         return v
 
     @field_validator("path")
     @classmethod
     def _browse_path(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("/"):
-            raise ValueError("a browse path starts at Objects with '/', e.g. '/2:IMM_1/2:MachineStatus'")
+        if v is not None:
+            split_browse_path(v)
         return v
 
 
@@ -215,6 +217,12 @@ class OpcUaEvent(Model):
     """Node that emits the events (default: the Server object)."""
     fields: dict[Name, str] = Field(min_length=1)
     """Signal name -> event field browse path, e.g. `cushion = "InjectionUnitCycleParameters_1/CushionVolume"`."""
+
+    @field_validator("event_type", "source")
+    @classmethod
+    def _node_id(cls, v: str) -> str:
+        split_node_id(v)
+        return v
 
 
 class OpcUaOptions(Model):

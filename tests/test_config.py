@@ -76,6 +76,31 @@ tags = [{ name = "x", address = 70000 }, { name = "y", address = 1, type = "floa
     ]
 
 
+@pytest.mark.parametrize(
+    ("node", "problem"),
+    [
+        ("ns=2;b=@@@", "b= takes base64 bytes"),
+        ("ns=70000;i=1", "namespace index ns=70000 is above 65535"),
+        ("i=4294967296", "i= takes a whole number from 0 to 4294967295"),
+    ],
+)
+def test_node_id_the_driver_cannot_send_is_a_config_error(node: str, problem: str) -> None:
+    text = f"""
+[[devices]]
+name = "imm"
+protocol = "opcua"
+profile = "injection_molding"
+endpoint = "opc.tcp://h:4840"
+opcua = {{ security_policy = "None", security_mode = "None", allow_insecure = true }}
+tags = [{{ name = "x", node = "{node}" }}]
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    (only,) = info.value.problems
+    assert only.startswith(f"devices[0].tags[0].node: {problem}")
+    assert only.endswith(f"(got {node!r})")
+
+
 def test_outbox_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text('[outbox]\ndir = "spool"\n')
