@@ -113,16 +113,20 @@ class Agent:
         if self.sinks is not None:
             await self.sinks.start(self.status("online"))
         for name, device in self._devices.items():
-            self._start_device(name, device)
+            self._start_device(name, self._make_driver(self.pipeline, name, device))
         self._status_task = asyncio.create_task(self._report_status(), name="agent-status")
         # config models, profiles and the signal table live as long as the agent: keeping them out of
         # the collector's generations saves walking ~10^5 objects in every full collection
         gc.collect()
         gc.freeze()
 
-    def _start_device(self, name: str, device: ModbusDevice | OpcUaDevice) -> None:
-        rows = self.pipeline.rows_of(name)
-        driver = make_driver(device, rows, self.config_dir, on_readings=functools.partial(self._handle, name))
+    def _make_driver(
+        self, pipeline: IndicatorPipeline, name: str, device: ModbusDevice | OpcUaDevice
+    ) -> Driver:
+        rows = pipeline.rows_of(name)
+        return make_driver(device, rows, self.config_dir, on_readings=functools.partial(self._handle, name))
+
+    def _start_device(self, name: str, driver: Driver) -> None:
         self.drivers[name] = driver
         poller = DevicePoller(driver, self._on_poll)
         self.pollers[name] = poller
@@ -174,25 +178,32 @@ class Agent:
             await self.sinks.stop(timeout, self.status("offline"))
 
     async def reload(self, new: Config) -> None:
-        """Apply a new config: unchanged devices keep their connection and poller, the outboxes stay."""
+        """Apply a new config: unchanged devices keep their connection and poller, the outboxes stay.
+
+        The new pipeline and drivers are built first: if that raises, nothing has changed and the old
+        config runs on.
+        """
+        # the signal table is append-only, so the rows of the kept devices' drivers stay valid (and
+        # rows a failed build appended are never read)
+        pipeline = IndicatorPipeline(new, profile_dirs(new, self.config_dir), table=self.pipeline.table)
         old_devices = self._devices
         new_devices = {d.name: d for d in new.devices if d.enabled}
         keep = {n for n, d in new_devices.items() if n in old_devices and old_devices[n] == d}
+        started = {n: self._make_driver(pipeline, n, new_devices[n]) for n in new_devices.keys() - keep}
         self._dropped_from.clear()
         for name in set(old_devices) - keep:
             await self._stop_device(name)
-        # the signal table is append-only, so the rows of the kept devices' drivers stay valid;
         # what is queued goes through the pipeline it was read for (no await until the swap)
         self.process_queued()
-        self.pipeline = IndicatorPipeline(new, profile_dirs(new, self.config_dir), table=self.pipeline.table)
+        self.pipeline = pipeline
         if self.sinks is not None and new.sinks != self.config.sinks:
             await self.sinks.stop(0)
             self.sinks = _sink_set(new, self.pipeline, self.metrics)
             await self.sinks.start(self.status("online"))
         self.config = new
         self._devices = new_devices
-        for name in set(new_devices) - keep:
-            self._start_device(name, new_devices[name])
+        for name, driver in started.items():
+            self._start_device(name, driver)
         # the old pipeline and config were frozen at start: unfreeze so their cycles can be collected
         gc.unfreeze()
         gc.collect()
@@ -200,7 +211,7 @@ class Agent:
         log.info(
             "config reloaded: %d devices kept, %d (re)started, %d removed",
             len(keep),
-            len(set(new_devices) - keep),
+            len(started),
             len(set(old_devices) - set(new_devices)),
         )
 
@@ -376,7 +387,13 @@ async def _reload(agent: Agent, config_path: Path) -> None:
         for problem in exc.problems:
             log.error("reload refused, keeping the running config: %s: %s", exc.source, problem)
         return
-    await agent.reload(new)
+    try:
+        await agent.reload(new)
+    except Exception as exc:
+        # a SIGHUP must never end the agent: leaving serve() here would skip the shutdown flush
+        log.error(
+            "reload of %s failed, keeping the running config: %s: %s", config_path, type(exc).__name__, exc
+        )
 
 
 def _setup_logging(fmt: str) -> None:

@@ -180,8 +180,11 @@ class IndicatorPipeline:
         window = np.full(rows.shape, 50)
         phase1 = np.full(rows.shape, 50)
         per_cycle = np.zeros(rows.shape, bool)
-        delay = np.zeros(n, np.int64)
-        off_delay = np.zeros(n, np.int64)
+        # the engines need at least one row; with no signal at all (every device disabled) the
+        # extra row is never fed, but their per-row arrays must have its slot too
+        capacity = max(n, 1)
+        delay = np.zeros(capacity, np.int64)
+        off_delay = np.zeros(capacity, np.int64)
         self.spec_lsl = np.full(n, np.nan)
         self.spec_usl = np.full(n, np.nan)
         for i, (info, name) in enumerate(owners):
@@ -207,19 +210,22 @@ class IndicatorPipeline:
             elif info.nominal_cycle_s:
                 # a per-cycle alarm holds for a few cycles, so one in-control sample does not flap it
                 off_delay[row] = int(CLEAR_AFTER_CYCLES * info.nominal_cycle_s * 1e9)
-        max_window = int(window.max()) if window.size else 2
+        max_window = max(int(window.max()) if window.size else 2, 2)
         self.spc = SpcEngine(
-            max(n, 1),
-            max_window=max(max_window, 2),
+            capacity,
+            # the engine configures every row at construction; rows that chart nothing get the
+            # largest window in use, so its default (50) cannot exceed a smaller max_window
+            SpcParams(window=max_window),
+            max_window=max_window,
             alarm_on_delay_ns=delay,
             alarm_off_delay_ns=np.maximum(delay, off_delay),
         )
         if rows.size:
             self.spc.configure(rows, SpcParams(window=window, phase1_n=phase1, lsl=lsl, usl=usl))
         # per-cycle process data are autocorrelated: whiten them before the charts (core/autocorr.py)
-        self.whitener = Prewhitener(max(n, 1), rows[per_cycle], phase1[per_cycle])
+        self.whitener = Prewhitener(capacity, rows[per_cycle], phase1[per_cycle])
         self.spec_row = np.isfinite(self.spec_lsl) | np.isfinite(self.spec_usl)
-        self.spec_alarms = AlarmTracker(max(n, 1), delay, np.maximum(delay, off_delay))
+        self.spec_alarms = AlarmTracker(capacity, delay, np.maximum(delay, off_delay))
 
     def _build_cycles(self, n: int) -> None:
         counters, latched, nominal, modulus, devices = [], [], [], [], []

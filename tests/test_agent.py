@@ -17,11 +17,12 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_agent.agent import Agent
+from edge_agent.agent import Agent, _reload
 from edge_agent.config import parse_config
 from edge_agent.pipeline import Output
 from edge_agent.types import Quality, Readings
 from simulators.imm import ImmSimulator
+from simulators.mold_tcu import MoldTcuSimulator
 from simulators.plant import Plant
 from tests.services import Mosquitto, free_port
 
@@ -284,3 +285,70 @@ async def test_batches_of_a_device_gone_from_the_config_are_dropped_and_counted(
     assert dropped == [
         "device gone is no longer configured: dropping its late readings"
     ]  # once, not per batch
+
+
+async def _good_batches(outputs: list[tuple[str, Output]], seconds: float) -> dict[str, set[int]]:
+    outputs.clear()
+    await asyncio.sleep(seconds)
+    worst: dict[str, set[int]] = defaultdict(set)
+    for device, out in outputs:
+        for _source, raw in out.raw:
+            worst[device].add(int(raw.quality.max()))
+    return dict(worst)
+
+
+async def test_reload_to_every_device_disabled_and_back(tmp_path: Path) -> None:
+    sim = MoldTcuSimulator(speed=20, seed=1)
+    await sim.start("127.0.0.1", 0)
+    enabled = sim.device_config(name="tcu1", poll_interval=0.3)
+    disabled = enabled.replace('name = "tcu1"\n', 'name = "tcu1"\nenabled = false\n', 1)
+    assert disabled != enabled
+    outputs: list[tuple[str, Output]] = []
+    agent = Agent(
+        parse_config(enabled, "a.toml", tmp_path),
+        tmp_path,
+        sinks=False,
+        on_output=lambda d, o: outputs.append((d, o)),
+    )
+    try:
+        await agent.start()
+        await agent.reload(parse_config(disabled, "a.toml", tmp_path))  # a pipeline with no signal
+        idle = (list(agent.pollers), await _good_batches(outputs, 1.0))
+        await agent.reload(parse_config(enabled, "a.toml", tmp_path))
+        back = (list(agent.pollers), await _good_batches(outputs, 1.5))
+    finally:
+        await agent.stop(flush_timeout=0)
+        await sim.stop()
+    assert idle == ([], {})
+    assert back == (["tcu1"], {"tcu1": {Quality.GOOD}})
+
+
+async def test_a_reload_that_cannot_be_applied_keeps_the_running_config(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = MoldTcuSimulator(speed=20, seed=1)
+    await sim.start("127.0.0.1", 0)
+    running = sim.device_config(name="tcu1", poll_interval=0.3)
+    # valid for the config models, but its driver cannot be built: address 0 is below address_base 1
+    unusable = (
+        '[[devices]]\nname = "tcu2"\nprotocol = "modbus"\nprofile = "mold_tcu"\n'
+        f'endpoint = "{sim.endpoint}"\nmodbus = {{ address_base = 1 }}\n'
+        'tags = [{ name = "flow", address = 0 }]\n'
+    )
+    path = tmp_path / "agent.toml"
+    path.write_text(running + "\n" + unusable)
+    config = parse_config(running, str(path), tmp_path)
+    outputs: list[tuple[str, Output]] = []
+    agent = Agent(config, tmp_path, sinks=False, on_output=lambda d, o: outputs.append((d, o)))
+    try:
+        await agent.start()
+        await asyncio.sleep(0.5)
+        await _reload(agent, path)  # what SIGHUP runs; it must return, or serve() skips the flush
+        after = (agent.config is config, list(agent.pollers), await _good_batches(outputs, 1.0))
+    finally:
+        await agent.stop(flush_timeout=0)
+        await sim.stop()
+    assert after == (True, ["tcu1"], {"tcu1": {Quality.GOOD}})
+    failed = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(failed) == 1
+    assert "keeping the running config" in failed[0] and "address 0 is below" in failed[0]

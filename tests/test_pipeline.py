@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_agent.agent import Agent
-from edge_agent.config import load_config, profile_dirs
+from edge_agent.config import load_config, parse_config, profile_dirs
 from edge_agent.pipeline import IndicatorPipeline
 from edge_agent.types import Readings
 
@@ -193,3 +193,30 @@ async def test_a_failing_pipeline_still_publishes_the_raw_values(
         [(source, raw)] = out.raw
         assert source.machine == "dcm1" and raw.value.tolist() == [7.0, 3.0]
     assert "indicator pipeline failed on 2 batches" in caplog.text
+
+
+NOTHING_TO_CHART = {
+    # pump_hours is not a signal of the mold_tcu profile: the device has rows but no SPC row
+    "a tag outside the profile": 'enabled = true\n[[devices.tags]]\nname = "pump_hours"\naddress = 7\n',
+    # no device at all is polled: the signal table is empty
+    "every device disabled": 'enabled = false\n[[devices.tags]]\nname = "flow"\naddress = 7\n',
+}
+
+
+@pytest.mark.parametrize("case", NOTHING_TO_CHART, ids=list(NOTHING_TO_CHART))
+def test_a_config_with_nothing_to_chart_still_builds_a_pipeline(case: str) -> None:
+    text = (
+        '[[devices]]\nname = "tcu9"\nprotocol = "modbus"\nprofile = "mold_tcu"\n'
+        'endpoint = "modbus-tcp://127.0.0.1:1502"\n' + NOTHING_TO_CHART[case]
+    )
+    config = parse_config(text, "agent.toml", REPO / "config")
+    pipeline = IndicatorPipeline(config, profile_dirs(config, REPO / "config"))
+    assert int(pipeline.spc_row.sum()) == 0
+    if case == "every device disabled":
+        assert list(pipeline.devices) == [] and len(pipeline.table) == 0
+        return
+    row = pipeline.rows_of("tcu9")["pump_hours"]
+    out = pipeline.process("tcu9", Readings.of([row], T0, [1234.0]), T0)
+    [(source, raw)] = out.raw
+    assert source.machine == "tcu9" and raw.value.tolist() == [1234.0]
+    assert not out.alarms
