@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -13,8 +14,9 @@ import pytest
 
 from drivers.base import make_driver
 from drivers.modbus import Backoff, ModbusDriver
+from drivers.modbus.connection import DEAD_AFTER_TIMEOUTS
 from edge_agent.config import ModbusDevice, parse_config
-from edge_agent.types import Quality, Readings
+from edge_agent.types import Quality, Readings, quality_from_modbus_exception
 from simulators.die_casting import DieCastingSimulator
 from simulators.modbus_server import RegisterField, RegisterMapServer, render_device_toml
 from simulators.mold_tcu import MoldTcuSimulator
@@ -365,3 +367,114 @@ async def test_closed_driver_stays_closed_even_if_close_ran_during_connect() -> 
     assert driver._conn is None  # neither read() nor connect() reopened it
     assert readings.quality.tolist() == [Quality.BAD_NOT_CONNECTED]
     assert driver.last_error == "driver closed"
+
+
+class BlackHoleProxy:
+    """A loopback TCP proxy whose existing sessions can be made to drop every byte without FIN or RST."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.sessions = 0
+        """TCP connections accepted so far."""
+        self._holed: set[int] = set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        """Listen on a free loopback port and return it."""
+        self._server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def black_hole(self) -> None:
+        """From now on the sessions open so far carry nothing, in either direction; new ones work."""
+        self._holed.update(range(self.sessions))
+
+    async def stop(self) -> None:
+        """Close the listener and every session."""
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _session(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        me = self.sessions
+        self.sessions += 1
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [client_w, server_w]
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await r.read(4096):
+                    if me not in self._holed:
+                        w.write(data)
+                        await w.drain()
+
+        for task in (
+            asyncio.create_task(pipe(client_r, server_w)),
+            asyncio.create_task(pipe(server_r, client_w)),
+        ):
+            self._tasks.add(task)
+
+
+def _via(proxy_port: int, sim: MoldTcuSimulator, timeout: float) -> ModbusDevice:
+    return device_of(sim.device_config(endpoint=f"modbus-tcp://127.0.0.1:{proxy_port}"), timeout=timeout)
+
+
+async def test_silently_dead_session_is_reopened_after_three_timeouts(
+    tcu: MoldTcuSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = BlackHoleProxy(tcu.port)
+    device = _via(await proxy.start(), tcu, timeout=0.2)
+    driver = driver_for(device)
+    seen: list[set[Quality]] = []
+    try:
+        assert set((await poll(driver)).quality.tolist()) == {Quality.GOOD}
+        proxy.black_hole()  # the session dies without a FIN or RST reaching the driver
+        for _ in range(12):
+            seen.append({Quality(q) for q in (await poll(driver)).quality.tolist()})
+            if seen[-1] == {Quality.GOOD}:
+                break
+    finally:
+        await driver.close()
+        await proxy.stop()
+    assert seen == [{Quality.BAD_TIMEOUT}] * DEAD_AFTER_TIMEOUTS + [{Quality.GOOD}]
+    assert proxy.sessions == 2
+    dropped = [r.getMessage() for r in caplog.records if "requests in a row" in r.getMessage()]
+    assert len(dropped) == 1 and f"no answer to {DEAD_AFTER_TIMEOUTS} requests in a row" in dropped[0]
+
+
+async def test_any_answer_resets_the_timeout_count(tcu: MoldTcuSimulator) -> None:
+    proxy = BlackHoleProxy(tcu.port)
+    device = _via(await proxy.start(), tcu, timeout=0.2)
+    driver = driver_for(device)
+    seen: list[Quality] = []
+
+    async def polls(k: int) -> None:
+        for _ in range(k):
+            seen.append(max(Quality(q) for q in (await poll(driver)).quality.tolist()))
+
+    try:
+        for _ in range(2):
+            tcu.set_fault("silent")
+            await polls(DEAD_AFTER_TIMEOUTS - 1)
+            tcu.set_fault("silent", on=False)
+            tcu.set_fault("modbus_exception", code=6)  # an exception is an answer too
+            await polls(1)
+            tcu.set_fault("modbus_exception", on=False)
+        tcu.set_fault("silent")
+        await polls(DEAD_AFTER_TIMEOUTS - 1)
+        tcu.set_fault("silent", on=False)
+        await asyncio.sleep(0.3)  # let the late answers of the silent polls arrive and be dropped
+        await polls(1)
+        sessions = proxy.sessions
+    finally:
+        await driver.close()
+        await proxy.stop()
+    timeouts = [Quality.BAD_TIMEOUT] * (DEAD_AFTER_TIMEOUTS - 1)
+    busy = quality_from_modbus_exception(6)
+    assert seen == [*timeouts, busy, *timeouts, busy, *timeouts, Quality.GOOD]
+    assert sessions == 1  # 3 x 2 timeouts, never 3 in a row: the connection was kept

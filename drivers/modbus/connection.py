@@ -27,6 +27,13 @@ from pymodbus.pdu.register_message import (
 
 log = logging.getLogger("edge_agent.modbus")
 
+#: Consecutive unanswered requests after which a connection counts as dead and is reopened.
+#: A TCP session can die without a FIN or RST ever arriving (NAT or firewall state lost, a gateway
+#: rebooted behind a switch): the socket stays "open" and every request times out, while a new
+#: connection would work at once. Any answer, a Modbus exception included, resets the count, so a
+#: single dead unit behind a live gateway that answers for the others does not trigger it.
+DEAD_AFTER_TIMEOUTS = 3
+
 
 class ModbusExceptionResponse(Exception):
     """The device answered a request with a Modbus exception code."""
@@ -124,6 +131,7 @@ class ModbusConnection:
         connect_timeout: float,
         request_pause: float = 0.0,
         backoff: Backoff | None = None,
+        dead_after_timeouts: int = DEAD_AFTER_TIMEOUTS,
     ) -> None:
         self.host = host
         self.port = port
@@ -131,6 +139,8 @@ class ModbusConnection:
         self.connect_timeout = connect_timeout
         self.request_pause = request_pause
         self.backoff = backoff or Backoff()
+        self.dead_after_timeouts = dead_after_timeouts
+        """Consecutive timeouts that close the connection for a reconnect (see DEAD_AFTER_TIMEOUTS)."""
         self.users: set[str] = set()
         """Names of the devices using the connection (for log lines)."""
         self.last_error: str | None = None
@@ -152,6 +162,8 @@ class ModbusConnection:
         self._connect_lock = asyncio.Lock()
         self._state = "new"  # new -> up <-> down; closed
         self._failures = 0
+        self._timeouts = 0  # consecutive requests without an answer
+        self._silent_drops = 0  # connections closed for silence since the last answer
         self._next_attempt = 0.0
         self._down_since = 0.0
         self._last_request_end = 0.0
@@ -262,9 +274,14 @@ class ModbusConnection:
                 if not self._client.connected:
                     self._mark_down("connection lost")
                     raise NotConnected(self.last_error or "not connected") from None
+                self._timeouts += 1
+                if self._timeouts >= self.dead_after_timeouts:
+                    self._drop_silent()
                 raise TimeoutError(str(exc)) from None
             finally:
                 self._last_request_end = time.monotonic()
+            self._timeouts = 0
+            self._silent_drops = 0
         if response.isError():
             where = f"{self._who()} unit {unit_id} {table} {start}+{count}"
             raise ModbusExceptionResponse(int(getattr(response, "exception_code", 0)), where)
@@ -274,6 +291,20 @@ class ModbusConnection:
             where = f"{self._who()} unit {unit_id} {table} {start}+{count}"
             raise MalformedResponse(f"{where}: {len(payload)} data bytes, expected {expected}")
         return payload
+
+    def _drop_silent(self) -> None:
+        self._mark_down(
+            f"no answer to {self._timeouts} requests in a row; the connection may be dead without "
+            "having been closed, so it is reopened"
+        )
+        self._timeouts = 0
+        self._silent_drops += 1
+        if self._silent_drops > 1:
+            # reopening did not help (a device that accepts connections but never answers): back off
+            # instead of reconnecting after every few timeouts
+            self._next_attempt = time.monotonic() + self.backoff.delay(self._silent_drops - 1, self._rng)
+        # state is "down" already, so the disconnect callback neither logs again nor marks anything
+        self._client.close()
 
     def close(self) -> None:
         """Close the TCP connection; idempotent."""
