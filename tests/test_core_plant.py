@@ -272,3 +272,20 @@ def test_furnace_ramp_rate_ignores_a_sensor_dropping_out() -> None:
         st = mon.update(k * S, temps, 900.0)
     assert st.valid.tolist() == [False, True, True, True]
     assert st.ramp_c_per_min[0] == pytest.approx(5.0, rel=1e-9)
+
+
+def test_furnace_with_two_sensors_keeps_the_one_that_did_not_burn_out() -> None:
+    """Two thermocouples have no majority: the one that jumps away from the furnace's last mean is the invalid one."""
+    from edge_agent.core.furnace import FurnaceMonitor
+
+    mon = FurnaceMonitor([0, 0], tolerance_c=6.0, max_dev_c=50.0)
+    mon.update(0, (850.0, 852.0), 850.0)
+    st = mon.update(1 * S, (1300.0, 851.0), 850.0)  # sensor 0 burns out upscale
+    assert st.valid.tolist() == [False, True] and st.deviation[1] == 1.0
+    st = mon.update(2 * S, (20.0, 851.0), 850.0)  # then reads ambient
+    assert st.valid.tolist() == [False, True]
+    # a fast heat-up with sparse scans moves both together: both stay valid
+    mon = FurnaceMonitor([0, 0], tolerance_c=6.0, max_dev_c=50.0)
+    mon.update(0, (20.0, 22.0), 850.0)
+    st = mon.update(30 * S, (300.0, 305.0), 850.0)
+    assert st.valid.tolist() == [True, True]

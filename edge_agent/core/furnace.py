@@ -81,6 +81,7 @@ class FurnaceMonitor:
         self.slot = np.arange(self.n_sensors) - self.first[sf]
         self.pad_shape = (F, int(self.slot.max()) + 1)
         self.sp = np.full(F, np.nan)
+        self.last_mean = np.full(F, np.nan)  # mean of the valid sensors at the last scan that had one
         self.sp_t = np.zeros(F, np.int64)
         self.last_t = np.full(F, -1, np.int64)
         self.was_in_band = np.zeros(F, bool)
@@ -116,10 +117,20 @@ class FurnaceMonitor:
                 )  # a furnace with no sensor in range: median NaN
                 med = np.nanmedian(pad, axis=1)
             valid = in_range & (np.abs(T - med[f]) <= self.max_dev)
+            # two sensors have no majority: their median is their mean, so when one burns out neither
+            # passes; the one nearer the furnace's previous mean is the one still following it
+            pair = (np.add.reduceat(in_range.astype(np.int64), self.first) == 2) & np.isfinite(self.last_mean)
+            split = pair & ~np.logical_or.reduceat(valid, self.first)
+            if split.any():
+                dist = np.where(in_range, np.abs(T - self.last_mean[f]), np.inf)
+                nearest = dist == np.minimum.reduceat(dist, self.first)[f]
+                alone = np.add.reduceat(nearest.astype(np.int64), self.first) == 1  # a tie decides nothing
+                valid |= split[f] & alone[f] & nearest
         nvalid = np.add.reduceat(valid.astype(np.int64), self.first)
         mean = np.where(
             nvalid > 0, np.add.reduceat(np.where(valid, T, 0.0), self.first) / np.maximum(nvalid, 1), np.nan
         )
+        self.last_mean = np.where(np.isfinite(mean), mean, self.last_mean)
         changed = np.isfinite(sp) & ~(sp == self.sp)
         if changed.any():
             # a new setpoint restarts the soak and the time to temperature; it starts a new approach
