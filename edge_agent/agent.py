@@ -297,6 +297,7 @@ class Agent:
                 kept.append((device, readings))
                 continue
             self.dropped_batches += 1
+            self.metrics.dropped_batches.inc()
             if device not in self._dropped_from:
                 self._dropped_from.add(device)
                 log.warning("device %s is no longer configured: dropping its late readings", device)

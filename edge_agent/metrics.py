@@ -63,6 +63,11 @@ class AgentMetrics:
             ["sink"],
             registry=r,
         )
+        self.dropped_batches = Counter(
+            "edge_agent_dropped_batches",
+            "Batches read from a device that had left the config by the time they arrived (after a reload)",
+            registry=r,
+        )
         self.compute_time = Histogram(
             "edge_agent_indicator_compute_seconds",
             "Time of one indicator-core update",

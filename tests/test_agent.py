@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
+from prometheus_client import generate_latest
 
 from edge_agent.agent import Agent, _reload
 from edge_agent.config import parse_config
@@ -195,6 +196,7 @@ async def test_sigterm_flushes_and_exits_and_sighup_keeps_unchanged_devices(
     assert all(v > 0 for v in reads.values())
     assert 'edge_agent_sink_connected{sink="mqtt"} 1.0' in body.splitlines()
     assert 'edge_agent_sink_restarts_total{sink="mqtt"} 0.0' in body.splitlines()
+    assert "edge_agent_dropped_batches_total 0.0" in body.splitlines()
     # change one device (the furnace moves to another area); the other three keep their connections
     text = cfg.read_text()
     assert text.count('name = "furnace-1"\n') == 1
@@ -281,6 +283,8 @@ async def test_batches_of_a_device_gone_from_the_config_are_dropped_and_counted(
     agent.process_queued()
     assert [(d, o.raw[0][1].value.tolist()) for d, o in outputs] == [("tcu1", [30.0])]
     assert agent.dropped_batches == 2
+    exposed = generate_latest(agent.metrics.registry).decode().splitlines()
+    assert "edge_agent_dropped_batches_total 2.0" in exposed
     dropped = [r.getMessage() for r in caplog.records if "no longer configured" in r.getMessage()]
     assert dropped == [
         "device gone is no longer configured: dropping its late readings"
