@@ -142,7 +142,7 @@ class ModbusOptions(Model):
     unit_id: int = Field(default=1, ge=0, le=255)
     """Default unit (slave) id of the tags."""
     address_base: Literal[0, 1] = 0
-    """1 if the register map counts from 1 (as many manuals do); 0 for protocol addresses."""
+    """1 if the register map counts from 1 (as many manuals do), so every tag address is at least 1; 0 for protocol addresses."""
     byte_order: ByteOrder = "ABCD"
     """Default byte/word order of multi-register values (ABCD = big-endian, Modbus standard)."""
     max_gap: int = Field(default=10, ge=0, le=124)
@@ -713,6 +713,23 @@ def _profile_problems(config: Config, config_dir: Path) -> list[str]:
     return problems
 
 
+def _address_base_problems(config: Config) -> list[str]:
+    # A tag model cannot see its device's address_base, so this is checked on the whole device.
+    problems = []
+    for i, device in enumerate(config.devices):
+        if not isinstance(device, ModbusDevice):
+            continue
+        base = device.modbus.address_base
+        for j, tag in enumerate(device.tags):
+            if tag.address < base:
+                problems.append(
+                    f"devices[{i}].tags[{j}].address: below the device's address_base = {base}, so it "
+                    f"names no register; write the address as the manual counts it (from {base}), or set "
+                    f"modbus.address_base = 0 if the map uses protocol addresses (got {tag.address})"
+                )
+    return problems
+
+
 def profile_dirs(config: Config, config_dir: Path) -> list[Path]:
     """Folders searched for equipment profiles, first match wins."""
     dirs = []
@@ -737,7 +754,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e, data) for e in exc.errors()]) from None
-    problems = _profile_problems(config, base_dir or Path.cwd())
+    problems = _address_base_problems(config) + _profile_problems(config, base_dir or Path.cwd())
     if problems:
         raise ConfigError(source, problems)
     if base_dir is not None and not config.outbox.dir.is_absolute():

@@ -333,11 +333,11 @@ async def test_a_reload_that_cannot_be_applied_keeps_the_running_config(
     sim = MoldTcuSimulator(speed=20, seed=1)
     await sim.start("127.0.0.1", 0)
     running = sim.device_config(name="tcu1", poll_interval=0.3)
-    # valid for the config models, but its driver cannot be built: address 0 is below address_base 1
+    # valid for the config models, but its driver cannot be built: a uint32 at 65535 ends past the map
     unusable = (
         '[[devices]]\nname = "tcu2"\nprotocol = "modbus"\nprofile = "mold_tcu"\n'
-        f'endpoint = "{sim.endpoint}"\nmodbus = {{ address_base = 1 }}\n'
-        'tags = [{ name = "flow", address = 0 }]\n'
+        f'endpoint = "{sim.endpoint}"\n'
+        'tags = [{ name = "flow", address = 65535, type = "uint32" }]\n'
     )
     path = tmp_path / "agent.toml"
     path.write_text(running + "\n" + unusable)
@@ -355,4 +355,4 @@ async def test_a_reload_that_cannot_be_applied_keeps_the_running_config(
     assert after == (True, ["tcu1"], {"tcu1": {Quality.GOOD}})
     failed = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(failed) == 1
-    assert "keeping the running config" in failed[0] and "address 0 is below" in failed[0]
+    assert "keeping the running config" in failed[0] and "ends past address 65535" in failed[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import tomllib
 
 import pytest
 from hypothesis import given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from drivers.base import TagGroup
 from drivers.modbus import ModbusDriver, plan_group
 from drivers.modbus.planner import TagSpan, plan_modbus_requests
-from edge_agent.config import load_config, parse_config
+from edge_agent.config import Config, ConfigError, load_config, parse_config
 
 BIT_TABLES = ("coil", "discrete_input")
 
@@ -133,7 +134,12 @@ type = "uint32"
 name = "fill_time"
 address = 0
 """
-    device = parse_config(text).devices[0]
+    with pytest.raises(
+        ConfigError, match=r"devices\[0\]\.tags\[1\]\.address: below the device's address_base = 1"
+    ):
+        parse_config(text)
+    # the driver keeps its own check for a device that did not come through parse_config
+    device = Config.model_validate(tomllib.loads(text)).devices[0]
     rows = {"shot_counter": 0, "fill_time": 1}
     with pytest.raises(ValueError, match="'fill_time': address 0 is below the device's address_base 1"):
         plan_group(device, TagGroup(1.0, ("shot_counter", "fill_time")), rows)  # type: ignore[arg-type]
