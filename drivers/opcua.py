@@ -623,8 +623,6 @@ class OpcUaDriver:
             req = await self._event_request(client, namespaces, k)
             if req is not None:
                 requests.append(req)
-        if not requests:
-            return
         results = []
         for chunk in _chunks(requests, self._max_items_per_call):
             create = ua.CreateMonitoredItemsParameters()
@@ -632,12 +630,23 @@ class OpcUaDriver:
             create.TimestampsToReturn = ua.TimestampsToReturn.Both
             create.ItemsToCreate = chunk
             results += await client.uaclient.create_monitored_items(create)
-        for req, res in zip(requests, results, strict=True):
-            if not res.StatusCode.is_good():
-                handle = req.RequestedParameters.ClientHandle
-                what = self._subscribed[handle].name if handle < len(self._subscribed) else "an event"
-                log.warning("%s: monitored item for %s refused: %s", self.name, what, res.StatusCode.name)
         bad = [t.name for t, n in zip(self._subscribed, nodes, strict=True) if n is None]
+        for req, res in zip(requests, results, strict=True):
+            if res.StatusCode.is_good():
+                continue
+            # A refused item never notifies: without a bad value of its own the signal would look
+            # fine at its last value. The server keeps refusing it until the config changes.
+            handle = req.RequestedParameters.ClientHandle
+            if handle < len(self._subscribed):
+                signals = [self._subscribed[handle].name]
+            else:
+                signals = list(self.device.events[handle - len(self._subscribed)].fields)
+            why = (
+                f"the server refused its monitored item: {res.StatusCode.name} (0x{res.StatusCode.value:08X})"
+            )
+            for signal in signals:
+                self._bad_config(signal, why)
+            bad += signals
         if bad and self.on_readings is not None:
             rows = np.array([self._rows[b] for b in bad], np.int32)
             self.on_readings(

@@ -206,6 +206,77 @@ async def test_unknown_nodes_mark_only_their_tag(imm: ImmSimulator, caplog: pyte
     assert (batch2.quality == batch.quality).all()
 
 
+async def test_a_monitored_item_the_server_refuses_is_bad_config_after_every_connect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sim = ImmSimulator(speed=20.0, cycle_s=2.0, seed=5)
+    await sim.start()
+    # the machine's object: the node exists (NodeClass reads fine) but has no Value attribute
+    text = sim.device_config() + (
+        f'\n[[devices.tags]]\nname = "machine_object"\nnode = "nsu={SIM_URI};s=IMM_1"\nmode = "subscribe"\n'
+    )
+    device = device_from(text)
+    rows = rows_of(device)
+    refused, zone = rows["machine_object"], rows["barrel_zone_1"]
+    got = Collector()
+    driver = OpcUaDriver(device, rows, config_dir=CONFIG_DIR, on_readings=got, retry_delay=(0.1, 0.5))
+
+    def qualities_of(row: int) -> list[int]:
+        return [int(q) for b in got.batches for q in b.quality[b.signal == row]]
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="drivers.opcua"):
+            await driver.connect()
+            await got.wait_for(lambda: Quality.GOOD in qualities_of(zone))
+            first = qualities_of(refused)
+            await sim.restart(downtime_s=0.5)
+            await got.wait_for(lambda: driver.stats.connects == 2 and driver.connected, 10.0)
+            await got.wait_for(lambda: len(qualities_of(refused)) >= 3)
+            after = qualities_of(refused)
+            values = [v for b in got.batches for v in b.value[b.signal == refused]]
+            items = sim.monitored_item_count()
+    finally:
+        await driver.close()
+        await sim.stop()
+    assert first == [Quality.BAD_CONFIG]
+    # lost (not connected), then refused again by the restarted server
+    assert after == [Quality.BAD_CONFIG, Quality.BAD_NOT_CONNECTED, Quality.BAD_CONFIG]
+    assert all(np.isnan(v) for v in values)
+    assert items == 5  # the four zones and the event item; the refused one is not on the server
+    lines = [r.getMessage() for r in caplog.records if "'machine_object'" in r.getMessage()]
+    assert lines == [
+        f"{device.name}: signal 'machine_object' marked BAD_CONFIG: "
+        "the server refused its monitored item: BadAttributeIdInvalid (0x80350000)"
+    ]  # once per driver, not once per reconnect
+
+
+async def test_a_device_whose_only_subscribed_node_is_unknown_still_reports_it(imm: ImmSimulator) -> None:
+    text = f"""
+[[devices]]
+name = "ghosts"
+protocol = "opcua"
+profile = "injection_molding"
+endpoint = "{imm.endpoint}"
+[devices.opcua]
+security_policy = "None"
+security_mode = "None"
+allow_insecure = true
+[[devices.tags]]
+name = "ghost"
+node = "nsu={SIM_URI};s=IMM_1.NoSuchNode"
+mode = "subscribe"
+"""
+    device = device_from(text)
+    got = Collector()
+    driver = OpcUaDriver(device, rows_of(device), config_dir=CONFIG_DIR, on_readings=got)
+    await driver.connect()
+    try:
+        await got.wait_for(lambda: len(got.batches) >= 1, 2.0)
+    finally:
+        await driver.close()
+    assert [(b.signal.tolist(), b.quality.tolist()) for b in got.batches] == [([0], [Quality.BAD_CONFIG])]
+
+
 async def test_absolute_deadband_filters_small_changes(imm: ImmSimulator) -> None:
     node = "IMM_1.Moulds.Mould_1.TemperatureZones.TemperatureZone_1.LowDeviationTemperature1"
     text = f"""
