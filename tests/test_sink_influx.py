@@ -276,6 +276,96 @@ async def test_lines_refused_with_400_go_to_dead_letter_rest_lands(
     assert victoria.count('{__name__="refused_value"}') == 1000
 
 
+async def test_uncompressed_writes_land(victoria: VictoriaMetrics, tmp_path: Path) -> None:
+    """sinks.influx.gzip = false sends plain bodies (it once sent a None Content-Encoding and nothing went out)."""
+    outbox = Outbox(tmp_path / "influx.db")
+    await outbox.put_async([_lines("plain_body", k * 10, 10) for k in range(5)])
+    writer = InfluxWriter(InfluxSink(url=victoria.url, gzip=False), tmp_path / "dead.jsonl")
+    await _deliver_all(outbox, writer)
+    await writer.stop()
+    outbox.close()
+    assert writer.counters.lines_written == 50
+    assert victoria.count('{__name__="plain_body_value"}') == 50
+
+
+class _PartialWriteServer:
+    """A stand-in for InfluxDB 2.x answering 422 (part of the body refused, the rest taken) for points before 2000.
+
+    VictoriaMetrics never answers 422; InfluxDB does for points outside a bucket's retention,
+    which is what a long outage's backlog meets.
+    """
+
+    def __init__(self) -> None:
+        self.taken: list[bytes] = []
+        self.requests = 0
+
+    async def __aenter__(self) -> str:
+        from aiohttp import web
+
+        async def write(request: web.Request) -> web.Response:
+            self.requests += 1
+            lines = (await request.read()).splitlines(keepends=True)
+            old = [ln for ln in lines if int(ln.rsplit(b" ", 1)[1]) < 946_684_800_000_000_000]
+            self.taken += [ln for ln in lines if ln not in old]
+            if old:
+                body = {"code": "unprocessable entity", "message": "points beyond retention policy dropped=1"}
+                return web.json_response(body, status=422)
+            return web.Response(status=204)
+
+        app = web.Application()
+        app.router.add_post("/api/v2/write", write)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+async def test_points_refused_with_422_go_to_dead_letter_and_the_rest_flows(tmp_path: Path) -> None:
+    """A 422 is a partial write: the refused points are isolated and set aside instead of retried forever."""
+    records = [_lines("partial", k * 10, 10) for k in range(5)]
+    stale = b"partial,machine=m1,signal=s value=1 315532800000000000\n"  # 1980: beyond any retention
+    records[3] = Record(Kind.RAW, "m1", records[3].payload + stale, 11)
+    outbox = Outbox(tmp_path / "influx.db")
+    await outbox.put_async(records)
+    dead = tmp_path / "dead.jsonl"
+    async with _PartialWriteServer() as url:
+        writer = InfluxWriter(InfluxSink(url=url), dead)
+        await _deliver_all(outbox, writer, timeout=10)
+        await writer.stop()
+    outbox.close()
+    letters = [orjson.loads(line) for line in dead.read_bytes().splitlines()]
+    assert [entry["line"].encode() + b"\n" for entry in letters] == [stale]
+    assert "retention" in letters[0]["reason"]
+    assert writer.counters.dead_letter_lines == 1
+
+
+async def test_unwritable_dead_letter_file_keeps_the_lines_in_the_outbox(tmp_path: Path) -> None:
+    """Refused lines leave the outbox only once they are on disk elsewhere: an unwritable dead-letter path is retried."""
+    stale = b"partial,machine=m1,signal=s value=1 315532800000000000\n"
+    outbox = Outbox(tmp_path / "influx.db")
+    await outbox.put_async([Record(Kind.RAW, "m1", stale, 1)])
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the dead-letter folder should be")
+    async with _PartialWriteServer() as url:
+        writer = InfluxWriter(InfluxSink(url=url), blocker / "dead.jsonl")
+        loop = DeliveryLoop(outbox, writer, batch_records=500, batch_values=5000, backoff=FAST)
+        loop.start()
+        await asyncio.sleep(0.5)
+        assert len(outbox) == 1 and writer.counters.dead_letter_lines == 0  # kept, and the loop still runs
+        blocker.unlink()
+        assert await loop.wait_drained(10)
+        await loop.stop()
+        await writer.stop()
+    outbox.close()
+    assert writer.counters.dead_letter_lines == 1
+    assert (blocker / "dead.jsonl").read_bytes().count(b"315532800000000000") == 1
+
+
 def test_retry_after_forms() -> None:
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after(None) is None

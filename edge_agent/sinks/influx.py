@@ -117,7 +117,14 @@ class InfluxWriter:
             lines = body.splitlines(keepends=True)
             bad: list[tuple[bytes, str]] = []
             await self._bisect(lines, exc.reason, bad)
-            await asyncio.to_thread(self._write_dead_letters, bad)
+            try:
+                await asyncio.to_thread(self._write_dead_letters, bad)
+            except OSError as err:
+                # the refused lines stay in the outbox until they can be set aside (disk full, bad path)
+                raise SinkError(
+                    f"influx: cannot write {len(bad)} refused lines to {self.dead_letter} ({err}); "
+                    "free disk space or fix sinks.influx.dead_letter"
+                ) from None
             self.counters.dead_letter_lines += len(bad)
             log.error(
                 "influx: %d lines refused by the server moved to %s (first reason: %s)",
@@ -141,11 +148,13 @@ class InfluxWriter:
     async def _post(self, body: bytes) -> None:
         assert self._service is not None
         cfg = self.config
-        encoding = None
         data = body
+        # no Content-Encoding header at all without gzip: the client would send None as a header
+        # value, which aiohttp refuses before anything goes out
+        encoding: dict[str, str] = {}
         if cfg.gzip:
             data = await asyncio.to_thread(gzip.compress, body, 1)
-            encoding = "gzip"
+            encoding["content_encoding"] = "gzip"
         self.counters.requests += 1
         try:
             await self._service.post_write_async(
@@ -153,8 +162,8 @@ class InfluxWriter:
                 bucket=cfg.bucket,
                 body=data,
                 precision=WritePrecision.NS,
-                content_encoding=encoding,
                 content_type="text/plain; charset=utf-8",
+                **encoding,
             )
         except ApiException as exc:
             status = int(exc.status or 0)
@@ -162,7 +171,9 @@ class InfluxWriter:
             message = (
                 raw_message.decode(errors="replace") if isinstance(raw_message, bytes) else str(raw_message)
             )
-            if status in (400, 413):
+            # 422: InfluxDB 2.x took part of the body and refused the rest (points outside the bucket's
+            # retention after a long outage, a field type conflict): retrying it would block the sink
+            if status in (400, 413, 422):
                 raise _Rejected(status, message.strip()) from None
             if status in (401, 403):
                 raise SinkError(
