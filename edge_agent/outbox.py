@@ -261,7 +261,7 @@ class Outbox:
                 result = body(db)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
         return result
 
@@ -394,7 +394,7 @@ class Outbox:
                 db.executemany("DELETE FROM records WHERE id = ?", [(rid,) for rid, _ in corrupt])
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
         self._bytes -= sum(size for _, size in corrupt)
         self._count -= len(corrupt)
@@ -425,7 +425,7 @@ class Outbox:
                     db.executemany("DELETE FROM records WHERE id BETWEEN ? AND ?", _runs(ids))
                     db.execute("COMMIT")
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    _rollback(db)
                     raise
             for i in ids:
                 size, n = self._inflight.pop(i)
@@ -438,7 +438,15 @@ class Outbox:
                 self._unchecked_bytes = 0
         if checkpoint:
             # outside _lock: a put's bookkeeping must not wait for the checkpoint's fsync
-            self._rdb.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            try:
+                self._rdb.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.OperationalError as exc:
+                # the ack is committed: raising would make the caller ack again (ids no longer in flight);
+                # a failed checkpoint (disk full) only postpones it, to the next ack
+                self._unchecked_bytes = CHECKPOINT_BYTES
+                log.warning(
+                    "outbox %s: WAL checkpoint failed (%s); trying again after the next ack", self.name, exc
+                )
 
     def release(self) -> None:
         """Forget what is in flight: the next take starts again from the oldest stored record."""
@@ -535,6 +543,13 @@ class Outbox:
                 loop.call_soon_threadsafe(event.set)
             except RuntimeError:
                 pass  # that loop is closed; its waiter is gone with it
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already (it does on SQLITE_FULL, SQLITE_IOERR...)."""
+    # a ROLLBACK without a transaction raises "no transaction is active", which would hide the real error
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 def _runs(ids: list[int]) -> list[tuple[int, int]]:

@@ -1,0 +1,101 @@
+"""A full disk under the outbox: the caller sees SQLite's own error, and the outbox works again once there is room."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.outbox import CHECKPOINT_BYTES, Outbox
+from edge_agent.records import Kind, Record
+
+
+class FullDisk:
+    """A connection whose writes fail like SQLite's on a full disk: it rolls the transaction back, then raises."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.full = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+    def _fail(self, sql: str) -> None:
+        if self.full and sql.lstrip().upper().startswith(("INSERT", "DELETE")):
+            self.db.execute("ROLLBACK")  # SQLITE_FULL ends the transaction before the error reaches us
+            raise sqlite3.OperationalError("database or disk is full")
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        self._fail(sql)
+        return self.db.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        self._fail(sql)
+        return self.db.executemany(sql, rows)
+
+
+def _records(first: int, count: int) -> list[Record]:
+    return [Record(Kind.RAW, "m", str(i).encode()) for i in range(first, first + count)]
+
+
+def test_a_put_on_a_full_disk_raises_sqlites_error_and_stores_nothing(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    try:
+        outbox.put(_records(0, 3))
+        used = outbox.bytes_used
+        disk = FullDisk(outbox._db)
+        outbox._db = disk  # type: ignore[assignment]
+        with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+            outbox.put(_records(3, 4))
+        assert (len(outbox), outbox.bytes_used, outbox.counters.put_records) == (3, used, 3)
+        disk.full = False
+        outbox.put(_records(3, 4))
+        assert [int(s.record.payload) for s in outbox.take(100)] == list(range(7))
+        assert outbox.counters.put_records == 7 and outbox.counters.dropped_records == 0
+    finally:
+        outbox._db = getattr(outbox._db, "db", outbox._db)
+        outbox.close()
+
+
+def test_an_ack_on_a_full_disk_raises_sqlites_error_and_can_be_repeated(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    try:
+        outbox.put(_records(0, 5))
+        ids = [s.id for s in outbox.take(5)]
+        disk = FullDisk(outbox._rdb)
+        outbox._rdb = disk  # type: ignore[assignment]
+        with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+            outbox.ack(ids)
+        assert (len(outbox), outbox.in_flight, outbox.counters.acked_records) == (5, 5, 0)
+        disk.full = False
+        outbox.ack(ids)
+        assert (len(outbox), outbox.in_flight, outbox.counters.acked_records) == (0, 0, 5)
+    finally:
+        outbox._rdb = getattr(outbox._rdb, "db", outbox._rdb)
+        outbox.close()
+
+
+class CheckpointFails(FullDisk):
+    """Deletes work, the WAL checkpoint after them fails (the database file cannot grow)."""
+
+    def _fail(self, sql: str) -> None:
+        if self.full and "wal_checkpoint" in sql:
+            raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_an_ack_whose_checkpoint_fails_is_still_acknowledged(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    try:
+        outbox.put(_records(0, 5))
+        outbox._unchecked_bytes = CHECKPOINT_BYTES  # the next ack checkpoints
+        ids = [s.id for s in outbox.take(5)]
+        disk = CheckpointFails(outbox._rdb)
+        outbox._rdb = disk  # type: ignore[assignment]
+        outbox.ack(ids)  # committed: the failed checkpoint must not make it look failed
+        assert (len(outbox), outbox.in_flight, outbox.counters.acked_records) == (0, 0, 5)
+        assert outbox._unchecked_bytes == CHECKPOINT_BYTES  # the next ack tries the checkpoint again
+    finally:
+        outbox._rdb = getattr(outbox._rdb, "db", outbox._rdb)
+        outbox.close()
