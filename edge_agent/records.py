@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import numbers
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -420,11 +421,13 @@ class LineProtocolEncoder:
         """One line `agent_status,tags online=1i|0i,<numeric health fields> t_ns`."""
         fields = [f"online={1 if status.state == 'online' else 0}i"]
         for name, value in status.health.items():
-            if isinstance(value, bool | int):
+            # numpy scalars count as the numbers they are: a field written once as an integer and
+            # once as a string is a type conflict InfluxDB refuses for the rest of the shard
+            if isinstance(value, bool | np.bool_ | numbers.Integral):
                 fields.append(f"{lp_tag(name)}={int(value)}i")
-            elif isinstance(value, float):
+            elif isinstance(value, numbers.Real):
                 if np.isfinite(value):
-                    fields.append(f"{lp_tag(name)}={value!r}")
+                    fields.append(f"{lp_tag(name)}={float(value)!r}")
             else:
                 fields.append(f"{lp_tag(name)}={lp_string(str(value))}")
         line = f"agent_status,{self._tags(source)} {','.join(fields)} {status.t_ns}\n"

@@ -43,3 +43,18 @@ def test_prefixes_follow_rows_in_any_order_and_outside_the_first_span() -> None:
         "press,area=area1,line=line1,machine=other,"
     )
     assert np.array_equal(encoder._row_prefixes(src, "imm", np.empty(0, np.int64)), np.empty(0, dtype=object))
+
+
+def test_status_fields_keep_their_type_for_numpy_scalars() -> None:
+    """Health figures typed as numpy scalars are integer/float fields, never strings (a type conflict in InfluxDB)."""
+    from edge_agent.records import AgentStatus
+
+    encoder = LineProtocolEncoder(SignalTable())
+    health = {
+        "devices": np.int64(3),
+        "ok": np.bool_(True),
+        "load": np.float32(0.5),
+        "lag_s": np.float64(np.nan),
+    }
+    line = encoder.status(Source("edge-1", "agent"), AgentStatus(T, "online", health)).payload.decode()
+    assert line.split(" ")[1] == "online=1i,devices=3i,ok=1i,load=0.5"
