@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+import sqlite3
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+import pytest
 
 from edge_agent.outbox import Outbox
 from edge_agent.records import Kind, Record
@@ -78,3 +82,69 @@ async def test_a_failed_batch_is_resent_with_the_ones_after_it_in_order(tmp_path
     assert sorted(last_copy, key=last_copy.__getitem__) == list(range(50))
     assert loop.counters.failures == 1 and loop.counters.consecutive_failures == 0
     assert outbox.counters.acked_records == 50 and len(outbox) == 0
+
+
+class DiskFullSink(SlowSink):
+    """Fails its first `failures` sends with ENOSPC, as a sink does whose dead-letter file cannot be written."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(delay=0.0)
+        self.failures = failures
+
+    async def send(self, records: Sequence[Record]) -> None:
+        if self.calls < self.failures:
+            self.calls += 1
+            raise OSError(28, "No space left on device")
+        await super().send(records)
+
+
+async def test_an_oserror_from_the_sink_is_retried_with_backoff_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    await outbox.put_async(_records(0, 30))
+    sink = DiskFullSink(failures=3)
+    loop = DeliveryLoop(outbox, sink, batch_records=10, in_flight=1, backoff=Backoff(0.01, 0.05))
+    task = loop.start()
+    try:
+        assert await loop.wait_drained(5.0)
+        assert not task.done()
+    finally:
+        await loop.stop()
+        await outbox.close_async()
+    assert sink.accepted == list(range(30))
+    assert loop.counters.failures == 3 and loop.counters.consecutive_failures == 0
+    assert outbox.counters.acked_records == 30 and len(outbox) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["sink slow: OSError: [Errno 28] No space left on device; retrying with backoff"]
+
+
+class AckOnFullDisk(Outbox):
+    """An outbox whose first `failures` acks fail as SQLite's do on a full disk (nothing deleted)."""
+
+    failures = 0
+
+    def ack(self, ids: Iterable[int]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        super().ack(ids)
+
+
+async def test_an_ack_on_a_full_disk_is_retried_without_sending_again(tmp_path: Path) -> None:
+    outbox = AckOnFullDisk(tmp_path / "o.sqlite")
+    outbox.failures = 4
+    await outbox.put_async(_records(0, 30))
+    sink = SlowSink(delay=0.0)
+    loop = DeliveryLoop(outbox, sink, batch_records=10, in_flight=2, backoff=Backoff(0.01, 0.05))
+    task = loop.start()
+    try:
+        assert await loop.wait_drained(5.0)
+        assert not task.done()
+    finally:
+        await loop.stop()
+        await outbox.close_async()
+    assert sink.accepted == list(range(30))  # each batch sent once: only its ack was repeated
+    assert outbox.counters.acked_records == 30 and len(outbox) == 0
+    assert loop.counters.failures == 4 and loop.counters.consecutive_failures == 0
+    assert loop.counters.last_error == "OperationalError: database or disk is full"

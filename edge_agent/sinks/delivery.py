@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -24,6 +24,11 @@ class SinkError(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+#: Failures a later attempt may not meet: a sink's outage, and the disk under the outbox or the dead-letter
+#: file being full or failing (OSError, SQLite's "database or disk is full"). Anything else is a bug.
+RETRYABLE: tuple[type[Exception], ...] = (SinkError, OSError, sqlite3.OperationalError)
 
 
 class SinkConfigError(Exception):
@@ -113,10 +118,12 @@ class DeliveryLoop:
         if drain_timeout > 0 and self._task is not None:
             await self.wait_drained(drain_timeout)
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            task.cancel()
+            # a loop that died has said why (its supervisor logs it at once): stopping must still release
+            await asyncio.wait((task,))
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("delivery to %s had ended: %r", self.sink.name, task.exception())
         # what was in flight was not acknowledged: it is still in the outbox, offered again on the next start;
         # released on the outbox thread, after a take the cancelled loop may have left queued there
         await self.outbox.release_async()
@@ -180,8 +187,21 @@ class DeliveryLoop:
                 sending.cancel()
 
     async def _acknowledge(self, batch: list[Stored]) -> None:
-        await self.outbox.ack_async([s.id for s in batch])
+        ids = [s.id for s in batch]
+        attempt = 0
+        while True:
+            try:
+                await self.outbox.ack_async(ids)
+                break
+            except (OSError, sqlite3.OperationalError) as exc:
+                # the ack's transaction rolled back, the batch is still in flight: acking it again is safe,
+                # and sending it again would only duplicate it
+                self._count_failure(exc, f"outbox {self.outbox.name}: ack failed")
+                await asyncio.sleep(self.backoff.delay(attempt))
+                attempt += 1
         c = self.counters
+        if attempt:
+            self._recovered()
         c.batches += 1
         c.sent_records += len(batch)
         c.sent_values += sum(s.record.n for s in batch)
@@ -192,7 +212,7 @@ class DeliveryLoop:
         """The oldest send failed: let the later ones finish, then send all of them again in order, acking each."""
         await asyncio.wait([sending for _, sending in window])
         error = window[0][1].exception()
-        if not isinstance(error, SinkError):
+        if not isinstance(error, RETRYABLE):
             raise error  # type: ignore[misc]  # a bug, not an outage: let the task fail loudly
         self._count_failure(error)
         await asyncio.sleep(self._delay(error, 0))
@@ -230,29 +250,35 @@ class DeliveryLoop:
         while True:
             try:
                 await self.sink.send(records)
-            except SinkError as exc:
+            except RETRYABLE as exc:
                 self._count_failure(exc)
                 await asyncio.sleep(self._delay(exc, attempt))
                 attempt += 1
                 continue
             if c.consecutive_failures:
-                log.info(
-                    "sink %s: delivering again after %d failures", self.sink.name, c.consecutive_failures
-                )
-            c.consecutive_failures = 0
+                self._recovered()
             return
 
-    def _count_failure(self, exc: SinkError) -> None:
+    def _recovered(self) -> None:
+        c = self.counters
+        if c.consecutive_failures:
+            log.info("sink %s: delivering again after %d failures", self.sink.name, c.consecutive_failures)
+        c.consecutive_failures = 0
+
+    def _count_failure(self, exc: Exception, what: str | None = None) -> None:
         c = self.counters
         c.failures += 1
         c.consecutive_failures += 1
-        c.last_error = str(exc)
+        # an OSError's text alone ("[Errno 28] No space left on device") does not say what failed
+        reason = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__}: {exc}"
+        c.last_error = reason
         # the first failure of an outage is worth a line; the rest are counted, not logged
         if c.consecutive_failures == 1:
-            log.warning("sink %s: %s; retrying with backoff", self.sink.name, exc)
+            log.warning("%s: %s; retrying with backoff", what or f"sink {self.sink.name}", reason)
 
-    def _delay(self, exc: SinkError, attempt: int) -> float:
+    def _delay(self, exc: Exception, attempt: int) -> float:
         delay = self.backoff.delay(attempt)
-        if exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)
+        retry_after = exc.retry_after if isinstance(exc, SinkError) else None
+        if retry_after is not None:
+            delay = max(delay, retry_after)
         return delay
