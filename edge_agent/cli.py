@@ -47,6 +47,17 @@ def _read(args: argparse.Namespace) -> int:
     return int(_delegate("edge_agent.commissioning", "read_command")(args))  # type: ignore[operator]
 
 
+class _CertsHelp(argparse.Action):
+    """`edge-agent certs --help`: the options are parsed by edge_agent.certs, so its parser prints the help."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=0, help="show this help message and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        """Print the certs command's own help and exit."""
+        _delegate("edge_agent.certs")(["--help"])  # type: ignore[operator]
+
+
 def _certs(args: argparse.Namespace) -> int:
     return int(_delegate("edge_agent.certs")(args.args))  # type: ignore[operator]
 
@@ -82,12 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", action="append", help="only this device (repeatable)")
     p.set_defaults(func=_read)
 
-    p = sub.add_parser("simulate", help="run a simulated machine until Ctrl-C", add_help=False)
+    p = sub.add_parser("simulate", help="run a simulated machine until Ctrl-C")
     p.add_argument("machine", choices=sorted(SIMULATORS), help="which machine")
     p.add_argument("args", nargs=argparse.REMAINDER, help="simulator options (see MACHINE --help)")
     p.set_defaults(func=_simulate)
 
+    # the catch-all argument cannot take a leading --help, and certs' own parser knows the actions
     p = sub.add_parser("certs", help="make OPC UA application certificates", add_help=False)
+    p.add_argument("-h", "--help", action=_CertsHelp)
     p.add_argument("args", nargs=argparse.REMAINDER, help="see `edge-agent certs --help`")
     p.set_defaults(func=_certs)
 

@@ -147,3 +147,26 @@ def test_configuration_reference_is_current() -> None:
 
     doc = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert doc == render(), "regenerate: python -m edge_agent.config_reference > docs/configuration.md"
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage", "listed"),
+    [
+        (["certs", "--help"], "usage: edge-agent certs [-h] ACTION ...", ["create", "show"]),
+        (["certs", "-h"], "usage: edge-agent certs [-h] ACTION ...", ["create", "show"]),
+        (["simulate", "--help"], "usage: edge-agent simulate [-h] {die-casting,furnace,imm,mold-tcu}", []),
+        (["simulate", "imm", "--help"], "usage: edge-agent simulate imm [-h]", ["--secure PKI_DIR"]),
+    ],
+)
+def test_command_help_prints_the_commands_own_help(
+    argv: list[str], usage: str, listed: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out = capsys.readouterr()
+    assert info.value.code == 0, out.err
+    assert out.out.startswith(usage)
+    for word in listed:
+        assert word in out.out
