@@ -328,6 +328,11 @@ class Outbox:
             found = None
         return None if found is None else (found[0], found[1], found[2], found[3])
 
+    def count_dropped(self, records: Sequence[Record]) -> None:
+        """Count records dropped before they reached the outbox (the disk could not take them)."""
+        with self._lock:
+            self._count_drops([(int(r.kind), r.n) for r in records])
+
     def _count_drops(self, dropped: list[tuple[int, int]]) -> None:
         if not dropped:
             return

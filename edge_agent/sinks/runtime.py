@@ -7,15 +7,16 @@ import contextlib
 import functools
 import logging
 import socket
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_agent.config import Config
 from edge_agent.metrics import AgentMetrics
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import Outbox, stored_size
 from edge_agent.pipeline import Output
 from edge_agent.records import AgentStatus, LineProtocolEncoder, MqttEncoder, Record, Source
-from edge_agent.sinks.delivery import DeliveryLoop, Sink
+from edge_agent.sinks.delivery import Backoff, DeliveryLoop, Sink
 from edge_agent.types import SignalTable
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ MQTT_BATCHES_IN_FLIGHT = 2
 #: InfluxDB writes in flight at once: the next body is compressed and sent while the server stores the last
 #: (bench_sinks: 1 in flight 261k points/s, 2 286k, 3 304k)
 INFLUX_WRITES_IN_FLIGHT = 3
+#: Bytes of records (counted as the outbox counts them) a sink keeps in memory while its outbox cannot store
+#: them (disk full or failing); the outbox's own cap applies if it is smaller. Past it, records are dropped
+#: by the outbox's policy and counted as its drops. The outbox's cap is sized for a disk, not for RAM.
+PENDING_MAX_BYTES = 64 * 1024 * 1024
 
 
 def encode_output(encoder: MqttEncoder | LineProtocolEncoder, out: Output) -> list[Record]:
@@ -53,9 +58,15 @@ class SinkChannel:
     loop: DeliveryLoop
     encode_status: Callable[[AgentStatus], Record] | None = None
     pending: list[Record] = field(default_factory=list)
+    pending_bytes: int = 0
+    pending_max_bytes: int = PENDING_MAX_BYTES
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     writer: asyncio.Task[None] | None = None
+    supervisor: asyncio.Task[None] | None = None
     closing: bool = False
+    give_up: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set at stop once the drain time is over: a put that fails then is not retried, its records are counted lost."""
+    delivery_restarts: int = 0
     published_sent: int = 0
     published_dropped: int = 0
     published_retries: int = 0
@@ -79,6 +90,8 @@ class SinkSet:
             else None
         )
         self._metrics_task: asyncio.Task[None] | None = None
+        #: pauses between failed outbox writes and between restarts of a delivery loop that died
+        self.backoff = Backoff()
 
     def _outbox(self, name: str) -> Outbox:
         ob = self.config.outbox
@@ -153,38 +166,106 @@ class SinkSet:
             batch_values=batch_values,
             linger=linger,
             in_flight=in_flight,
+            backoff=self.backoff,
         )
         channel = SinkChannel(name, encode, outbox, sink, loop, encode_status=status)
+        channel.pending_max_bytes = min(PENDING_MAX_BYTES, outbox.max_bytes)
         channel.writer = asyncio.create_task(self._write(channel), name=f"outbox-writer-{name}")
         loop.start()
+        channel.supervisor = asyncio.create_task(self._supervise(channel), name=f"delivery-supervisor-{name}")
         self.channels.append(channel)
 
     def publish_status(self, status: AgentStatus) -> None:
         """Queue the agent's health for every sink (retained on MQTT, `agent_status` in InfluxDB)."""
         for channel in self.channels:
             if channel.encode_status is not None:
-                channel.pending.append(channel.encode_status(status))
-                channel.wake.set()
+                self._queue(channel, [channel.encode_status(status)])
 
     def publish(self, out: Output) -> None:
         """Encode one batch of output for every sink and queue it for that sink's outbox writer."""
         for channel in self.channels:
             records = channel.encode(out)
             if records:
-                channel.pending.extend(records)
-                channel.wake.set()
+                self._queue(channel, records)
+
+    def _queue(self, channel: SinkChannel, records: list[Record]) -> None:
+        channel.pending.extend(records)
+        channel.pending_bytes += sum(stored_size(r) for r in records)
+        if channel.pending_bytes > channel.pending_max_bytes:
+            _shed(channel)
+        channel.wake.set()
 
     async def _write(self, channel: SinkChannel) -> None:
         # batches that arrived while the previous put was on disk go in one transaction together;
         # the task is never cancelled mid-put (that could lose the batch), it returns once closing
+        failures = 0
         while True:
             await channel.wake.wait()
             channel.wake.clear()
             records, channel.pending = channel.pending, []
+            size, channel.pending_bytes = channel.pending_bytes, 0
             if records:
-                await channel.outbox.put_async(records)
+                try:
+                    await channel.outbox.put_async(records)
+                except Exception as exc:
+                    # a put is one transaction: none of these records was stored. They go back to the
+                    # head of the queue, in order, and wait (bounded by pending_max_bytes) for room on disk
+                    channel.pending[:0] = records
+                    channel.pending_bytes += size
+                    if channel.pending_bytes > channel.pending_max_bytes:
+                        _shed(channel)
+                    if failures == 0:
+                        log.error(
+                            "outbox %s: cannot store records (%s: %s); keeping up to %d bytes of them in "
+                            "memory and retrying with backoff",
+                            channel.name,
+                            type(exc).__name__,
+                            exc,
+                            channel.pending_max_bytes,
+                            # a full or failing disk says enough; anything else is a bug: show where
+                            exc_info=not isinstance(exc, sqlite3.Error | OSError),
+                        )
+                    failures += 1
+                    if channel.give_up.is_set():
+                        _abandon(channel, exc)
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(channel.give_up.wait(), self.backoff.delay(failures - 1))
+                    channel.wake.set()
+                    continue
+                if failures:
+                    log.info(
+                        "outbox %s: storing records again after %d failed writes", channel.name, failures
+                    )
+                    failures = 0
             if channel.closing and not channel.pending:
                 return
+
+    async def _supervise(self, channel: SinkChannel) -> None:
+        # the loop retries outages itself; if it dies all the same (a bug, an error nobody expected) the
+        # sink would stay silent until the agent restarts, with its records waiting on disk: say so, go on
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            task = channel.loop.start()
+            began = loop.time()
+            await asyncio.wait((task,))
+            if task.cancelled() or task.exception() is None:
+                return
+            if loop.time() - began > self.backoff.maximum:
+                attempt = 0  # it had worked for a while: this is a new failure, not the same one again
+            delay = self.backoff.delay(attempt)
+            attempt += 1
+            channel.delivery_restarts += 1
+            log.error(
+                "delivery to %s stopped with an error; restarting it in %.1f s",
+                channel.name,
+                delay,
+                exc_info=task.exception(),
+            )
+            await asyncio.sleep(delay)
+            # the dead loop's batches are still in flight in the outbox: offer them again from the oldest
+            await channel.outbox.release_async()
 
     async def _export_metrics(self) -> None:
         while True:
@@ -207,9 +288,10 @@ class SinkSet:
             connected = getattr(ch.sink, "connected", None)  # the MQTT publisher's; HTTP has no connection
             if connected is not None:
                 m.sink_connected.labels(ch.name).set(int(connected))
-                restarts = getattr(ch.sink, "restarts", 0)
-                m.sink_restarts.labels(ch.name).inc(restarts - ch.published_restarts)
-                ch.published_restarts = restarts
+            # the MQTT publisher's own restarts, and the delivery loop's after it died (any sink)
+            restarts = getattr(ch.sink, "restarts", 0) + ch.delivery_restarts
+            m.sink_restarts.labels(ch.name).inc(restarts - ch.published_restarts)
+            ch.published_restarts = restarts
 
     async def stop(self, drain_s: float, status: AgentStatus | None = None) -> None:
         """Queue the final status, write what is queued, deliver for up to `drain_s` s, close; the rest waits on disk."""
@@ -220,14 +302,42 @@ class SinkSet:
             self._metrics_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._metrics_task
+        clock = asyncio.get_running_loop()
+        deadline = clock.time() + drain_s
         for channel in self.channels:
             channel.closing = True
             channel.wake.set()
-            if channel.writer is not None:
-                await channel.writer
+        writers = [ch.writer for ch in self.channels if ch.writer is not None]
+        if writers:
+            # a writer that cannot store (disk full) retries until the drain time is over, then once more
+            await asyncio.wait(writers, timeout=drain_s)
+            for channel in self.channels:
+                channel.give_up.set()
+            await asyncio.wait(writers)
+            for channel in self.channels:
+                if (
+                    channel.writer is not None
+                    and not channel.writer.cancelled()
+                    and channel.writer.exception()
+                ):
+                    log.error("outbox writer %s failed", channel.name, exc_info=channel.writer.exception())
         reporter = asyncio.create_task(self._report_flush(drain_s), name="outbox-flush-progress")
         try:
-            await asyncio.gather(*(ch.loop.stop(drain_timeout=drain_s) for ch in self.channels))
+            remaining = max(0.0, deadline - clock.time())
+            if remaining > 0:
+                # the supervisors still restart a loop that dies while it drains
+                await asyncio.gather(*(ch.loop.wait_drained(remaining) for ch in self.channels))
+            for channel in self.channels:
+                if channel.supervisor is not None:
+                    channel.supervisor.cancel()
+            await asyncio.gather(
+                *(ch.supervisor for ch in self.channels if ch.supervisor is not None), return_exceptions=True
+            )
+            for result in await asyncio.gather(
+                *(ch.loop.stop() for ch in self.channels), return_exceptions=True
+            ):
+                if isinstance(result, Exception):
+                    log.error("stopping a delivery loop failed", exc_info=result)
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -242,7 +352,11 @@ class SinkSet:
                     await channel.sink.stop(publish_offline=False)  # type: ignore[attr-defined]
                 else:
                     await channel.sink.stop()  # type: ignore[attr-defined]
-            await channel.outbox.close_async()
+            try:
+                await channel.outbox.close_async()
+            except Exception:
+                # what is stored is committed; only the closing checkpoint failed (disk full): close the others
+                log.exception("closing outbox %s failed", channel.name)
         self.channels.clear()
 
     async def _report_flush(self, drain_s: float, every_s: float = 1.0) -> None:
@@ -269,3 +383,38 @@ class SinkSet:
     def depth(self) -> dict[str, int]:
         """Records waiting per sink."""
         return {ch.name: len(ch.outbox) for ch in self.channels}
+
+
+def _shed(channel: SinkChannel) -> None:
+    """Drop queued records by the outbox's policy down to 90 % of the memory cap, counted as the outbox's drops."""
+    ob = channel.outbox
+    pending = channel.pending
+    newest_first = ob.when_full == "drop_newest"
+
+    def victim_order(i: int) -> tuple[int, int]:
+        return (pending[i].kind.drop_rank if ob.keep_priority else 0, -i if newest_first else i)
+
+    # down to 90 %, not to the cap: a full queue is then sorted once per 10 % of growth, not at every publish
+    excess = channel.pending_bytes - channel.pending_max_bytes * 9 // 10
+    victims: set[int] = set()
+    for i in sorted(range(len(pending)), key=victim_order):
+        if excess <= 0:
+            break
+        victims.add(i)
+        excess -= stored_size(pending[i])
+    dropped = [r for i, r in enumerate(pending) if i in victims]
+    channel.pending = [r for i, r in enumerate(pending) if i not in victims]
+    channel.pending_bytes -= sum(stored_size(r) for r in dropped)
+    ob.count_dropped(dropped)
+
+
+def _abandon(channel: SinkChannel, error: Exception) -> None:
+    """At exit, count the records the outbox could not store as dropped (they are lost with the process)."""
+    lost, channel.pending, channel.pending_bytes = channel.pending, [], 0
+    channel.outbox.count_dropped(lost)
+    log.error(
+        "outbox %s: %d records could not be stored before exit (%s) and are lost",
+        channel.name,
+        len(lost),
+        error,
+    )
