@@ -59,7 +59,7 @@ class AgentMetrics:
         )
         self.sink_restarts = Counter(
             "edge_agent_sink_restarts",
-            "MQTT publisher processes (or in-agent sessions) started again after one failed",
+            "Restarts after a failure: a sink's delivery loop, the MQTT publisher process or session",
             ["sink"],
             registry=r,
         )
