@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
+import shutil
 import signal
 import sys
 import tempfile
@@ -196,36 +198,82 @@ def demo_config(
     )
 
 
+class DemoStartError(Exception):
+    """The demo cannot start for a reason the user can fix; the message says how."""
+
+
 async def _embedded_broker(port: int = 0) -> tuple[object, str]:
     """An amqtt broker on loopback (MQTT 3.1.1), on `port` or a free one."""
     from amqtt.broker import Broker
+    from amqtt.errors import BrokerError
 
     from simulators.opcua_server import free_port
 
-    port = port or free_port()
+    chosen = port or free_port()
     broker = Broker(
         {
-            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{chosen}"}},
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
     )
-    await broker.start()
-    return broker, f"mqtt://127.0.0.1:{port}"
+    # amqtt logs the failed bind with its traceback before raising; the one line below says it all
+    broker_log = logging.getLogger("amqtt.broker")
+    level = broker_log.level
+    broker_log.setLevel(logging.CRITICAL)
+    try:
+        await broker.start()
+    except BrokerError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+            reason = "the port is already in use"
+        else:
+            reason = str(cause or exc)
+        if port:
+            raise DemoStartError(
+                f"--broker-port {port}: the embedded MQTT broker cannot listen on 127.0.0.1:{port}, "
+                f"{reason}; pass another --broker-port, or leave it out to use a free port"
+            ) from exc
+        raise DemoStartError(f"the embedded MQTT broker cannot start: {reason}") from exc
+    finally:
+        broker_log.setLevel(level)
+    return broker, f"mqtt://127.0.0.1:{chosen}"
 
 
 async def run_demo(args: argparse.Namespace) -> int:
     """Start everything, show the view until Ctrl-C or --duration, stop everything."""
+    faults = _parse_faults(args.fault)
+    workdir = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
+    keep = bool(getattr(args, "keep", False))
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            view = await _run_plant(args, faults, workdir, stack)
+    finally:
+        if keep:
+            print(f"demo files kept in {workdir}", flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"demo stopped: {view.records} indicator records, {view.alarm_count} alarms", flush=True)
+    return 0
+
+
+async def _run_plant(
+    args: argparse.Namespace,
+    faults: dict[str, list[str]],
+    workdir: Path,
+    stack: contextlib.AsyncExitStack,
+) -> DemoView:
     from edge_agent.agent import Agent
     from simulators.plant import Plant
 
-    plant = Plant(speed=args.speed, faults=_parse_faults(args.fault))
-    await plant.start()
-    broker = None
     mqtt_url, protocol = args.mqtt_url, "5"
     if mqtt_url is None:
+        # the broker first: a taken --broker-port fails before the plant has started
         broker, mqtt_url = await _embedded_broker(args.broker_port)
+        stack.push_async_callback(broker.shutdown)  # type: ignore[attr-defined]
         protocol = "3.1.1"  # amqtt speaks MQTT 3.1.1
-    workdir = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
+    plant = Plant(speed=args.speed, faults=faults)
+    stack.push_async_callback(plant.stop)
+    await plant.start()
     text = demo_config(plant.devices_toml(), mqtt_url, protocol, args.influx_url, workdir / "outbox")
     (workdir / "agent.toml").write_text(text, encoding="utf-8")
     config = parse_config(text, str(workdir / "agent.toml"), workdir)
@@ -243,27 +291,21 @@ async def run_demo(args: argparse.Namespace) -> int:
         + f" · speed x{args.speed:g} · config {workdir / 'agent.toml'} · Ctrl-C stops"
     )
     await agent.start()
+    stack.push_async_callback(agent.stop, flush_timeout=5.0)
     deadline = time.monotonic() + args.duration if args.duration else None
-    try:
-        if args.plain or not console.is_terminal:
-            print(header, flush=True)
+    if args.plain or not console.is_terminal:
+        print(header, flush=True)
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=min(5.0, _left(deadline)))
+            print(view.plain(), flush=True)
+    else:
+        with Live(view.render(header), console=console, refresh_per_second=4) as live:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=min(5.0, _left(deadline)))
-                print(view.plain(), flush=True)
-        else:
-            with Live(view.render(header), console=console, refresh_per_second=4) as live:
-                while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=min(0.5, _left(deadline)))
-                    live.update(view.render(header))
-    finally:
-        await agent.stop(flush_timeout=5.0)
-        await plant.stop()
-        if broker is not None:
-            await broker.shutdown()  # type: ignore[attr-defined]
-    print(f"demo stopped: {view.records} indicator records, {view.alarm_count} alarms", flush=True)
-    return 0
+                    await asyncio.wait_for(stop.wait(), timeout=min(0.5, _left(deadline)))
+                live.update(view.render(header))
+    return view
 
 
 def _left(deadline: float | None) -> float:
@@ -275,6 +317,6 @@ def demo_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return asyncio.run(run_demo(args))
-    except ValueError as exc:
+    except (ValueError, DemoStartError) as exc:
         print(f"edge-agent demo: {exc}", file=sys.stderr)
         return 2

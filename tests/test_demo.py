@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -11,17 +14,24 @@ from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
+import pytest
 
+from edge_agent.cli import build_parser
+from edge_agent.demo import demo_command
 from tests.services import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_demo_runs_the_plant_through_its_embedded_broker() -> None:
+def _env_with_tmpdir(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "TMPDIR": str(tmp)}
+
+
+def test_demo_runs_the_plant_through_its_embedded_broker(tmp_path: Path) -> None:
     port = free_port()
     demo = subprocess.Popen(
         [sys.executable, "-m", "edge_agent.cli", "demo", "--plain", "--duration", "14", "--broker-port", str(port)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env_with_tmpdir(tmp_path),
     )  # fmt: skip
     kinds: Counter[tuple[str, str]] = Counter()
     lock = threading.Lock()
@@ -47,6 +57,10 @@ def test_demo_runs_the_plant_through_its_embedded_broker() -> None:
     assert demo.returncode == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("edge-agent demo · MQTT mqtt://127.0.0.1:")
+    config = Path(lines[0].split(" · config ")[1].split(" · ")[0])
+    assert config.parent.parent == tmp_path and config.name == "agent.toml"
+    # the demo's config and outbox are removed on exit (--keep keeps them)
+    assert list(tmp_path.iterdir()) == []
     assert lines[-1].startswith("demo stopped:")
     last = {line.split(":")[0]: line for line in lines if " polls=" in line}
     assert set(last) == {"imm-1", "dcm1", "tcu1", "furnace-1"}
@@ -56,3 +70,36 @@ def test_demo_runs_the_plant_through_its_embedded_broker() -> None:
         assert kinds[(machine, "raw")] >= 3, kinds
         assert kinds[(machine, "kpi")] >= 3, kinds
     assert kinds[("demo-agent", "status")] >= 1
+
+
+def test_demo_names_a_taken_broker_port_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        demo = subprocess.run(
+            [sys.executable, "-m", "edge_agent.cli", "demo", "--plain", "--duration", "5", "--broker-port", str(port)],
+            cwd=REPO, capture_output=True, text=True, timeout=60, env=_env_with_tmpdir(tmp_path),
+        )  # fmt: skip
+    assert demo.returncode == 2, demo.stderr
+    assert demo.stdout == ""
+    assert demo.stderr.splitlines() == [
+        f"edge-agent demo: --broker-port {port}: the embedded MQTT broker cannot listen on "
+        f"127.0.0.1:{port}, the port is already in use; pass another --broker-port, "
+        "or leave it out to use a free port"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_keep_leaves_its_config_and_outbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    args = build_parser().parse_args(["demo", "--plain", "--duration", "1"])
+    args.keep = True
+    assert demo_command(args) == 0
+    (workdir,) = tmp_path.iterdir()
+    assert workdir.name.startswith("edge-agent-demo-")
+    assert (workdir / "agent.toml").read_text(encoding="utf-8").startswith('[agent]\nname = "demo-agent"')
+    assert (workdir / "outbox").is_dir()
+    assert f"demo files kept in {workdir}\n" in capsys.readouterr().out
