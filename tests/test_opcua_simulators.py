@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -148,3 +149,24 @@ async def test_imm_faults_change_the_cycle_values() -> None:
     run_model(heater, 0.2, step_s=5.0)
     assert heater.barrel[1] < heater.barrel_setpoints[1] - 20.0
     assert abs(heater.barrel[0] - heater.barrel_setpoints[0]) < 2.0
+
+
+async def test_simulate_command_logs_its_own_start_not_every_asyncua_node() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge_agent.cli", "simulate", "imm", "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while not lines or "Ctrl-C to stop" not in lines[-1]:
+                line = await proc.stdout.readline()
+                assert line, f"the simulator ended before serving: {lines}"
+                lines.append(line.decode())
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert [line for line in lines if " asyncua." in line] == []
+    assert len(lines) == 2, lines
+    assert " INFO simulators.opcua_server: imm simulator serving opc.tcp://" in lines[0]
