@@ -23,9 +23,11 @@ import orjson
 from drivers.base import Driver, TagGroup, make_driver
 from edge_agent.config import Config, ConfigError, ModbusDevice, OpcUaDevice, load_config, profile_dirs
 from edge_agent.metrics import AgentMetrics
+from edge_agent.outbox import OutboxError
 from edge_agent.pipeline import IndicatorPipeline, Output
 from edge_agent.records import AgentStatus, MqttEncoder, Record, Source
 from edge_agent.scheduler import DevicePoller
+from edge_agent.sinks.delivery import SinkConfigError
 from edge_agent.types import BAD_THRESHOLD, Readings
 
 if TYPE_CHECKING:
@@ -356,7 +358,12 @@ async def serve(config_path: Path, config: Config) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
-    await agent.start()
+    try:
+        await agent.start()
+    except (OutboxError, SinkConfigError) as exc:
+        # the sinks come first at start: nothing has been read yet, so nothing is lost by stopping here
+        log.error("cannot start: %s", exc)
+        return 2
     log.info("agent %s running: %s", config.agent.name, config.summary())
     while not stop.is_set():
         waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(reload.wait())]

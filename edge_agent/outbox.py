@@ -26,7 +26,9 @@ transaction: its victims must not be taken meanwhile (I4).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -81,6 +83,35 @@ _KINDS: dict[int, Kind] = {int(k): k for k in Kind}
 
 def _crc(key: str, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(key.encode()))
+
+
+class OutboxError(RuntimeError):
+    """The outbox cannot be opened as configured (in use by another agent, unreadable, read-only); the message says what to do."""
+
+
+# SQLite errors that mean the file itself is damaged (set aside and salvaged), not that it is unreachable
+_DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+
+def _claim(path: Path) -> int:
+    """Take the outbox's lock file for this process, or raise OutboxError naming the process that holds it.
+
+    Two agents on one outbox would each take and deliver the same records; SQLite would let them.
+    """
+    lock = Path(f"{path}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise OutboxError(
+            f"outbox {path} is in use by another process (pid {holder}); two agents must not share an "
+            "outbox: stop the other one, or give this one its own sinks.outbox.dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 @dataclass
@@ -148,7 +179,12 @@ class Outbox:
         # a separate lock: the event loop must never wait behind an fsync held under _lock
         self._waiters_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = self._open()  # puts
+        self._lock_fd = _claim(self.path)
+        try:
+            self._db = self._open()  # puts
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self._rdb = self._connect(self.path)  # takes, acks, corrupt-record deletes, checkpoints
         # SQLite checkpoints in the commit that crosses 1000 WAL pages: copying 16 MB to the database
         # file and its fsync then land on one put (tens of ms). The reader thread checkpoints instead,
@@ -191,6 +227,13 @@ class Outbox:
         except sqlite3.DatabaseError as exc:
             if db is not None:
                 db.close()
+            # only a damaged file is set aside; a locked, unreadable or read-only one is not the
+            # file's fault, and moving it would strand its backlog
+            if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorname not in _DAMAGED:
+                raise OutboxError(
+                    f"outbox {self.name}: cannot open {self.path} ({exc}); check that the folder is "
+                    "writable by the agent's user and the disk is not full"
+                ) from exc
             return self._salvage(exc)
 
     def _salvage(self, error: sqlite3.DatabaseError) -> sqlite3.Connection:
@@ -488,6 +531,7 @@ class Outbox:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._db.close()
+                os.close(self._lock_fd)
 
     # ------------------------------------------------------------------ asyncio side
 

@@ -160,6 +160,27 @@ async def test_agent_publishes_every_record_in_order_to_mosquitto(
     assert heat and 3.0 < heat[-1]["indicators"]["heat_kw"][0] < 15.0
 
 
+async def test_a_second_agent_on_the_same_outbox_stops_with_one_line(
+    plant: Plant, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """`edge-agent run` on an outbox another agent holds exits 2 at once, naming the holder and the fix."""
+    from edge_agent.outbox import Outbox
+
+    sinks = f'[sinks.mqtt]\nurl = "{mosquitto.url}"\ntopic_prefix = "second"\n[outbox]\ndir = "outbox"\n'
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(_config(plant, sinks))
+    held = Outbox(tmp_path / "outbox" / "mqtt.sqlite")
+    try:
+        proc = await _edge_agent("run", "-c", str(cfg))
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        held.close()
+    assert proc.returncode == 2
+    errors = [line for line in err.decode().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"in use by another process (pid {os.getpid()})" in errors[0]
+    assert "Traceback" not in err.decode()
+
+
 async def test_sigterm_flushes_and_exits_and_sighup_keeps_unchanged_devices(
     plant: Plant, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:

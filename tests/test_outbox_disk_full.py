@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,34 @@ def test_an_ack_whose_checkpoint_fails_is_still_acknowledged(tmp_path: Path) -> 
     finally:
         outbox._rdb = getattr(outbox._rdb, "db", outbox._rdb)
         outbox.close()
+
+
+def test_a_second_outbox_on_the_same_file_is_refused_with_the_holder(tmp_path: Path) -> None:
+    """Two agents on one outbox would both deliver every record: the second open names the holder and the fix."""
+    from edge_agent.outbox import OutboxError
+
+    first = Outbox(tmp_path / "mqtt.sqlite")
+    first.put(_records(0, 3))
+    with pytest.raises(
+        OutboxError, match=rf"in use by another process \(pid {os.getpid()}\).*sinks.outbox.dir"
+    ):
+        Outbox(tmp_path / "mqtt.sqlite")
+    first.close()
+    again = Outbox(tmp_path / "mqtt.sqlite")  # released at close
+    assert len(again) == 3
+    again.close()
+
+
+def test_an_outbox_that_cannot_be_opened_is_not_set_aside_as_damaged(tmp_path: Path) -> None:
+    """Only a damaged file is moved aside and salvaged; one SQLite cannot open (here a folder) stays where it is."""
+    from edge_agent.outbox import OutboxError
+
+    path = tmp_path / "mqtt.sqlite"
+    path.mkdir()
+    (path / "keep").write_text("not ours to move")
+    with pytest.raises(OutboxError, match=r"cannot open .*check that the folder is writable"):
+        Outbox(path)
+    assert (path / "keep").exists() and not list(tmp_path.glob("*.damaged-*"))
+    # the failed open released its lock: trying again meets the same problem, not "in use"
+    with pytest.raises(OutboxError, match="cannot open"):
+        Outbox(path)
