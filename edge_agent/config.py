@@ -521,7 +521,7 @@ class InfluxSink(Model):
     timeout: Seconds = 10.0
     """Seconds to wait for one write."""
     dead_letter: Path | None = None
-    """File for lines the server rejected (HTTP 400); default `<outbox dir>/influx.deadletter`."""
+    """File for lines the server rejected (HTTP 400, 413 or 422); default `<outbox dir>/influx.deadletter`."""
 
     @field_validator("url")
     @classmethod
@@ -730,6 +730,38 @@ def _address_base_problems(config: Config) -> list[str]:
     return problems
 
 
+#: OPC UA option -> (must be a folder, what makes or fills it)
+_SECURITY_FILES = {
+    "certificate": (False, "make the client certificate and key with `edge-agent certs create --out DIR`"),
+    "private_key": (False, "make the client certificate and key with `edge-agent certs create --out DIR`"),
+    "server_certificate": (False, "copy the server's certificate there, or trust it through `trust_store`"),
+    "trust_store": (True, "create the folder and copy the server's certificate into it"),
+    "user_certificate": (False, "give the certificate of the X.509 user login"),
+    "user_private_key": (False, "give the private key of the X.509 user login"),
+}
+
+
+def _security_file_problems(config: Config, config_dir: Path) -> list[str]:
+    # Resolved like the driver resolves them, so a missing file is caught here and not at connect.
+    problems = []
+    for i, device in enumerate(config.devices):
+        if not isinstance(device, OpcUaDevice):
+            continue
+        secure = device.opcua.security_policy != "None"
+        for field, (folder, fix) in _SECURITY_FILES.items():
+            path: Path | None = getattr(device.opcua, field)
+            if path is None or (not secure and not field.startswith("user_")):
+                continue
+            where = path if path.is_absolute() else config_dir / path
+            kind = "folder" if folder else "file"
+            if where.is_dir() if folder else where.is_file():
+                continue
+            state = "does not exist" if not where.exists() else f"is not a {kind}"
+            relative = "" if path.is_absolute() else " (relative to the config file's folder)"
+            problems.append(f"devices[{i}].opcua.{field}: {kind} '{path}'{relative} {state}; {fix}")
+    return problems
+
+
 def profile_dirs(config: Config, config_dir: Path) -> list[Path]:
     """Folders searched for equipment profiles, first match wins."""
     dirs = []
@@ -754,7 +786,12 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e, data) for e in exc.errors()]) from None
-    problems = _address_base_problems(config) + _profile_problems(config, base_dir or Path.cwd())
+    config_dir = base_dir or Path.cwd()
+    problems = (
+        _address_base_problems(config)
+        + _profile_problems(config, config_dir)
+        + _security_file_problems(config, config_dir)
+    )
     if problems:
         raise ConfigError(source, problems)
     if base_dir is not None and not config.outbox.dir.is_absolute():

@@ -34,11 +34,38 @@ def test_golden_case(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert info.value.source == str(case / "config.toml")
 
 
+def with_pki(example: Path, folder: Path) -> Path:
+    """A copy of a shipped config in `folder`, next to the pki/ files that docs/opcua.md has the user make."""
+    from edge_agent import certs
+
+    certs.create_certificate(folder / "pki" / "client-cert.der", folder / "pki" / "client-key.pem")
+    (folder / "pki" / "trusted").mkdir()
+    copy = folder / example.name
+    copy.write_text(example.read_text(encoding="utf-8"), encoding="utf-8")
+    return copy
+
+
 @pytest.mark.parametrize("example", sorted(REPO.glob("config/*.toml")), ids=lambda p: p.name)
-def test_shipped_configs_are_valid(example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shipped_configs_are_valid(example: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("INFLUX_TOKEN", "t")
-    config = load_config(example)
+    config = load_config(with_pki(example, tmp_path))
     assert config.devices, f"{example.name} configures no device"
+
+
+def test_security_file_of_the_wrong_kind_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFLUX_TOKEN", "t")
+    config = with_pki(REPO / "config" / "example.toml", tmp_path)
+    (tmp_path / "pki" / "trusted").rmdir()
+    (tmp_path / "pki" / "trusted").write_text("not a folder")
+    (tmp_path / "pki" / "client-key.pem").unlink()
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert info.value.problems == [
+        "devices[1].opcua.private_key: file 'pki/client-key.pem' (relative to the config file's folder) "
+        "does not exist; make the client certificate and key with `edge-agent certs create --out DIR`",
+        "devices[1].opcua.trust_store: folder 'pki/trusted' (relative to the config file's folder) "
+        "is not a folder; create the folder and copy the server's certificate into it",
+    ]
 
 
 def test_secret_is_resolved_from_env_and_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,12 +145,11 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
-def test_check_config_command_ok() -> None:
-    done = _cli("check-config", "config/example.toml", env={"INFLUX_TOKEN": "t"})
+def test_check_config_command_ok(tmp_path: Path) -> None:
+    config = with_pki(REPO / "config" / "example.toml", tmp_path)
+    done = _cli("check-config", str(config), env={"INFLUX_TOKEN": "t"})
     assert done.returncode == 0, done.stderr
-    assert (
-        done.stdout == "OK config/example.toml: 2 devices (modbus, opcua), 8 tags, 2 sinks (mqtt, influx)\n"
-    )
+    assert done.stdout == f"OK {config}: 2 devices (modbus, opcua), 8 tags, 2 sinks (mqtt, influx)\n"
 
 
 def test_check_config_command_reports_problems_with_exit_2() -> None:
