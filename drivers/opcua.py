@@ -8,7 +8,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +27,7 @@ from edge_agent.config import OpcUaDevice, OpcUaOptions, OpcUaTag
 from edge_agent.types import Quality, Readings, quality_from_opcua_status
 
 log = logging.getLogger(__name__)
+_TRUSTSTORE_LOG = logging.getLogger("asyncuagds.validate")  # asyncua.crypto.truststore's logger
 
 _POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
     "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
@@ -189,6 +190,17 @@ class DriverStats:
     events: int = 0
     overflows: int = 0
     missed_publishes: int = 0
+
+
+@contextlib.contextmanager
+def _silenced(logger: logging.Logger) -> Iterator[None]:
+    """Drop every record of `logger` inside the block."""
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was
 
 
 def _abs(base: Path, path: Path | None) -> Path | None:
@@ -483,17 +495,25 @@ class OpcUaDriver:
         if store is not None:
             if not store.is_dir():
                 raise OpcUaRefused(f"trust_store {store} is not a folder")
+            trusted = 0
             for path in sorted(store.iterdir()):
                 if path.suffix.lower() in (".der", ".pem", ".crt", ".cer") and path.is_file():
                     with contextlib.suppress(Exception):
                         cert = await uacrypto.load_certificate(str(path))
+                        trusted += path.suffix.lower() in (".der", ".pem")  # what TrustStore loads
                         if uacrypto.der_from_x509(cert) == server_der:
                             return
-            trust = TrustStore([store], [])
-            await trust.load()
-            leaf = x509.load_der_x509_certificate(server_der)
-            if trust.is_trusted(leaf) and not trust.is_revoked(leaf):
-                return
+            # an empty store trusts nobody (asyncua's TrustStore cannot even be built from it)
+            if trusted:
+                trust = TrustStore([store], [])
+                await trust.load()
+                leaf = x509.load_der_x509_certificate(server_der)
+                # asyncua logs a refused chain as an error with a traceback; the refusal below says it
+                # all. No await inside, so no other task's records are dropped.
+                with _silenced(_TRUSTSTORE_LOG):
+                    chained = trust.is_trusted(leaf)
+                if chained and not trust.is_revoked(leaf):
+                    return
         leaf = x509.load_der_x509_certificate(server_der)
         where = (
             f"pin it with server_certificate or copy it into trust_store {store}"

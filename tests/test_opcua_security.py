@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -119,7 +120,9 @@ async def test_sign_only_with_user_certificate(secure_imm: tuple[ImmSimulator, P
     assert await read_mode(device, pki) == 1.0
 
 
-async def test_untrusted_server_is_refused(secure_imm: tuple[ImmSimulator, Pki], tmp_path: Path) -> None:
+async def test_untrusted_server_is_refused(
+    secure_imm: tuple[ImmSimulator, Pki], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     sim, pki = secure_imm
     other = tmp_path / "trusted"
     make_self_signed(other / "someone-else.der", tmp_path / "k.pem", "urn:other", server=True)
@@ -130,10 +133,14 @@ async def test_untrusted_server_is_refused(secure_imm: tuple[ImmSimulator, Pki],
         user_certificate=str(pki.user_cert),
         user_private_key=str(pki.user_key),
     )
+    caplog.set_level(logging.DEBUG)
     with pytest.raises(
         OpcUaRefused, match=r"server certificate is not trusted .*thumbprint [0-9a-f]{40}.*trust_store"
     ):
         await read_mode(device, pki)
+    # the refusal is the one message; asyncua's own verification traceback would only confuse
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("asyncua") and r.levelno >= 30] == []
+    assert not any(r.exc_info for r in caplog.records)
     pinned_wrong = secure_device(
         sim,
         pki,
@@ -144,6 +151,24 @@ async def test_untrusted_server_is_refused(secure_imm: tuple[ImmSimulator, Pki],
     )
     with pytest.raises(OpcUaRefused, match="not trusted"):
         await read_mode(pinned_wrong, pki)
+
+
+async def test_empty_trust_store_is_refused_with_the_way_out(
+    secure_imm: tuple[ImmSimulator, Pki], tmp_path: Path
+) -> None:
+    sim, pki = secure_imm
+    empty = tmp_path / "trusted"
+    empty.mkdir()
+    device = secure_device(sim, pki, trust_store=str(empty))
+    server_cert = certs.load_certificate(pki.server_cert)
+    with pytest.raises(OpcUaRefused) as info:
+        await read_mode(device, pki)
+    thumbprint = certs.describe(server_cert).rsplit(" ", 1)[-1]
+    assert str(info.value) == (
+        f"the server certificate is not trusted (subject {server_cert.subject.rfc4514_string()}, "
+        f"SHA-1 thumbprint {thumbprint}); if this is the right server, pin it with server_certificate "
+        f"or copy it into trust_store {empty}"
+    )
 
 
 async def test_anonymous_refused_where_credentials_are_required(secure_imm: tuple[ImmSimulator, Pki]) -> None:
