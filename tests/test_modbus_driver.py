@@ -300,6 +300,23 @@ async def test_unreachable_device_is_not_connected_without_raising() -> None:
     assert driver.last_error is not None and "no connection" in driver.last_error
 
 
+async def test_unresolvable_host_name_is_named_as_such() -> None:
+    fields = [RegisterField("x", "holding_register", 0)]
+    device = device_of(
+        render_device_toml(
+            fields, name="typo", profile="mold_tcu", endpoint="modbus-tcp://nosuchhost.invalid:502"
+        )
+    )
+    driver = driver_for(device)
+    await driver.connect()
+    readings = await poll(driver)
+    await driver.close()
+    assert readings.quality.tolist() == [Quality.BAD_NOT_CONNECTED]
+    assert driver.last_error is not None
+    assert driver.last_error.startswith("cannot resolve the host name 'nosuchhost.invalid' (")
+    assert driver.last_error.endswith("); check the endpoint's spelling and the DNS or /etc/hosts")
+
+
 async def test_silent_device_does_not_slow_the_others() -> None:
     interval, window = 0.05, 1.0
     sims = [MoldTcuSimulator(speed=0, seed=i) for i in range(3)]

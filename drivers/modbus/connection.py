@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 import weakref
 from dataclasses import dataclass
@@ -237,10 +238,27 @@ class ModbusConnection:
                 self._failures = 0
                 self.last_error = None
                 return True
-            self._mark_down(f"no connection within {self.connect_timeout:g} s (refused or unreachable)")
+            self._mark_down(await self._connect_failure())
             self._failures += 1
             self._next_attempt = time.monotonic() + self.backoff.delay(self._failures, self._rng)
             return False
+
+    async def _connect_failure(self) -> str:
+        """Why a connect attempt failed; a host name that does not resolve is told apart from no answer."""
+        # pymodbus's connect() swallows the resolver's error, so the name is looked up again here
+        try:
+            await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM),
+                self.connect_timeout,
+            )
+        except socket.gaierror as exc:
+            return (
+                f"cannot resolve the host name {self.host!r} ({exc.strerror}); check the endpoint's "
+                "spelling and the DNS or /etc/hosts"
+            )
+        except (OSError, TimeoutError):
+            pass  # the resolver is slow or broken: say what the connect attempt saw
+        return f"no connection within {self.connect_timeout:g} s (refused or unreachable)"
 
     async def read(self, table: str, unit_id: int, start: int, count: int, response_timeout: float) -> bytes:
         """Read one block, its data bytes as sent (registers big-endian, bits packed LSB first).
