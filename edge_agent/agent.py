@@ -104,6 +104,7 @@ class Agent:
         self._status_task: asyncio.Task[None] | None = None
         self._devices = {d.name: d for d in config.devices if d.enabled}
         self._queued: list[tuple[str, Readings]] = []
+        self._holding = False  # a sink swap is under way: queued batches wait for it
         self.dropped_batches = 0
         """Batches dropped because their device left the config before they were processed."""
         self._dropped_from: set[str] = set()
@@ -152,6 +153,33 @@ class Agent:
         await self.pollers.pop(name).stop()
         await self.drivers.pop(name).close()
 
+    async def _swap_sinks(self, new: Config, pipeline: IndicatorPipeline) -> None:
+        """Close the sinks and open the new config's; if those cannot start, open the old ones again and raise.
+
+        Old and new share the outbox files (one process may hold them at a time), so the old set
+        closes first. Batches read meanwhile wait in the queue: a set being closed or opened takes
+        no records.
+        """
+        assert self.sinks is not None
+        self._holding = True
+        try:
+            await self.sinks.stop(0)
+            fresh = _sink_set(new, pipeline, self.metrics)
+            try:
+                await fresh.start(self.status("online"))
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await fresh.stop(0)
+                self.sinks = _sink_set(self.config, self.pipeline, self.metrics)
+                await self.sinks.start(self.status("online"))
+                raise
+            self.sinks = fresh
+        finally:
+            self._holding = False
+            if self._queued:
+                # new batches only schedule a run when the queue was empty: this one is owed
+                asyncio.get_running_loop().call_soon(self.process_queued)
+
     async def _connect_then_poll(self, name: str, driver: Driver, poller: DevicePoller) -> None:
         try:
             await driver.connect()
@@ -192,16 +220,18 @@ class Agent:
         new_devices = {d.name: d for d in new.devices if d.enabled}
         keep = {n for n, d in new_devices.items() if n in old_devices and old_devices[n] == d}
         started = {n: self._make_driver(pipeline, n, new_devices[n]) for n in new_devices.keys() - keep}
+        if self.sinks is not None and new.sinks != self.config.sinks:
+            try:
+                await self._swap_sinks(new, pipeline)
+            except Exception:
+                await asyncio.gather(*(d.close() for d in started.values()), return_exceptions=True)
+                raise
         self._dropped_from.clear()
         for name in set(old_devices) - keep:
             await self._stop_device(name)
         # what is queued goes through the pipeline it was read for (no await until the swap)
         self.process_queued()
         self.pipeline = pipeline
-        if self.sinks is not None and new.sinks != self.config.sinks:
-            await self.sinks.stop(0)
-            self.sinks = _sink_set(new, self.pipeline, self.metrics)
-            await self.sinks.start(self.status("online"))
         self.config = new
         self._devices = new_devices
         for name, driver in started.items():
@@ -267,6 +297,8 @@ class Agent:
 
     def process_queued(self) -> None:
         """Run the queued batches through the pipeline and hand the results to the sinks."""
+        if self._holding:
+            return  # the sink swap schedules the run when it ends
         batches, self._queued = self._queued, []
         known = self.pipeline.devices
         if any(device not in known for device, _ in batches):

@@ -377,3 +377,43 @@ async def test_a_reload_that_cannot_be_applied_keeps_the_running_config(
     failed = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(failed) == 1
     assert "keeping the running config" in failed[0] and "ends past address 65535" in failed[0]
+
+
+async def test_a_reload_whose_sinks_cannot_start_keeps_the_old_sinks_and_devices(
+    mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """New sinks that fail to start (an unreadable CA file) leave the running sinks, devices and data flow as they were."""
+    sim = MoldTcuSimulator(speed=20, seed=2)
+    await sim.start("127.0.0.1", 0)
+    prefix = f"swap{free_port()}"
+    devices = sim.device_config(name="tcu1", poll_interval=0.3)
+    good = f'[sinks.mqtt]\nurl = "{mosquitto.url}"\ntopic_prefix = "{prefix}"\n[outbox]\ndir = "outbox"\n'
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    bad = (
+        f'[sinks.mqtt]\nurl = "mqtts://127.0.0.1:{mosquitto.port}"\ntopic_prefix = "{prefix}"\n'
+        f'[sinks.mqtt.tls]\nca_file = "{tmp_path / "ca.pem"}"\n[outbox]\ndir = "outbox"\n'
+    )
+    path = tmp_path / "agent.toml"
+    config = parse_config(good + devices, str(path), tmp_path)
+    path.write_text(bad + devices)
+    collector = Collector(mosquitto, prefix)
+    agent = Agent(config, tmp_path)
+    try:
+        await agent.start()
+        await asyncio.sleep(1.0)
+        await _reload(agent, path)
+        before = sum(len(b) for t, b in collector.messages.items() if t.endswith("/raw"))
+        await asyncio.sleep(1.5)
+        after = sum(len(b) for t, b in collector.messages.items() if t.endswith("/raw"))
+        state = (agent.config is config, list(agent.pollers))
+    finally:
+        await agent.stop(flush_timeout=5)
+        await sim.stop()
+        collector.close()
+    assert state == (True, ["tcu1"])
+    assert after > before > 0  # the old sinks deliver on after the failed reload
+    # the restored sinks said online again and, at the stop, offline
+    status = [b["state"] for b in collector.messages[f"{prefix}/plant1/area1/line1/edge-agent/status"]]
+    assert status[-2:] == ["online", "offline"]
+    failed = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "reload" in r.getMessage()]
+    assert len(failed) == 1 and "keeping the running config" in failed[0]

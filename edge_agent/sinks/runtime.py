@@ -115,7 +115,7 @@ class SinkSet:
             client_id = cfg.mqtt.client_id or f"edge-agent-{self.config.agent.name}-{socket.gethostname()}"
             publisher = MqttPublisher(cfg.mqtt, client_id=client_id, online=online, will=will)
             outbox = self._outbox("mqtt")
-            await publisher.start()
+            await self._start_sink(publisher, outbox)
             mqtt_encoder = self.mqtt_encoder
             self._add(
                 "mqtt",
@@ -132,7 +132,7 @@ class SinkSet:
             dead_letter = cfg.influx.dead_letter or self.config.outbox.dir / "influx.deadletter"
             writer = InfluxWriter(cfg.influx, dead_letter=dead_letter)
             outbox = self._outbox("influx")
-            await writer.start()
+            await self._start_sink(writer, outbox)
             line_encoder = LineProtocolEncoder(self.table)
             self._add(
                 "influx",
@@ -146,6 +146,17 @@ class SinkSet:
                 status=lambda st: line_encoder.status(self.source, st),
             )
         self._metrics_task = asyncio.create_task(self._export_metrics(), name="sink-metrics")
+
+    @staticmethod
+    async def _start_sink(sink: Sink, outbox: Outbox) -> None:
+        """Start `sink`; if it cannot start, close its outbox (and its lock) before raising, so a later set can open it."""
+        try:
+            await sink.start()  # type: ignore[attr-defined]
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await sink.stop()  # type: ignore[attr-defined]
+            await outbox.close_async()
+            raise
 
     def _add(
         self,
