@@ -170,11 +170,14 @@ async def test_a_second_agent_on_the_same_outbox_stops_with_one_line(
     cfg = tmp_path / "agent.toml"
     cfg.write_text(_config(plant, sinks))
     held = Outbox(tmp_path / "outbox" / "mqtt.sqlite")
+    proc = await _edge_agent("run", "-c", str(cfg))
     try:
-        proc = await _edge_agent("run", "-c", str(cfg))
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         held.close()
+        if proc.returncode is None:  # it did not stop: leave no agent behind
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 2
     errors = [line for line in err.decode().splitlines() if " ERROR " in line]
     assert len(errors) == 1 and f"in use by another process (pid {os.getpid()})" in errors[0]
