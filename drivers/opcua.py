@@ -320,6 +320,62 @@ class OpcUaDriver:
         out_t[plan.readable] = good.t_ns
         return Readings.of(plan.rows, out_t, out_val, out_q)
 
+    async def read_subscribed(self) -> Readings:
+        """One Read of the subscribed tags' current values, for `edge-agent read` (the agent gets notifications)."""
+        rows = self._sub_rows
+        now_ns = time.time_ns()
+        client = self._client
+        if not self._subscribed:
+            return Readings.empty()
+        if client is None or not self._connected:
+            return Readings.of(rows, now_ns, np.full(len(rows), np.nan), Quality.BAD_NOT_CONNECTED)
+        try:
+            namespaces = await client.get_namespace_array()
+            nodes = await self._resolve_tags(client, self._subscribed, namespaces)
+            readable = np.array([i for i, n in enumerate(nodes) if n is not None], np.intp)
+            ids = [ua.ReadValueId(NodeId=nodes[i], AttributeId=ua.AttributeIds.Value) for i in readable]
+            values = []
+            for chunk in _chunks(ids, self._max_nodes_per_read):
+                values += await self._read_chunk(client, chunk)
+        except (TimeoutError, ua.UaStatusCodeError) as exc:
+            code = exc.code if isinstance(exc, ua.UaStatusCodeError) else ua.StatusCodes.BadTimeout
+            return Readings.of(rows, now_ns, np.full(len(rows), np.nan), quality_from_opcua_status(code))
+        except (ConnectionError, OSError, ua.UaError):
+            return Readings.of(rows, now_ns, np.full(len(rows), np.nan), Quality.BAD_NOT_CONNECTED)
+        good = datavalues_to_readings(rows[readable], values, now_ns)
+        out_val = np.full(len(rows), np.nan)
+        out_q = np.full(len(rows), Quality.BAD_CONFIG, np.uint8)
+        out_t = np.full(len(rows), now_ns, np.int64)
+        out_val[readable] = good.value
+        out_q[readable] = good.quality
+        out_t[readable] = good.t_ns
+        return Readings.of(rows, out_t, out_val, out_q)
+
+    async def check_events(self) -> dict[str, str | None]:
+        """Per event field signal: None if its event type has the field, else why not (for `edge-agent read`)."""
+        client = self._client
+        signals = [s for e in self.device.events for s in e.fields]
+        if client is None or not self._connected:
+            return dict.fromkeys(signals, "not connected")
+        namespaces = await client.get_namespace_array()
+        out: dict[str, str | None] = {}
+        for event in self.device.events:
+            type_id = parse_node_id(event.event_type).resolve(namespaces)
+            source = parse_node_id(event.source).resolve(namespaces)
+            unknown = f"event type {event.event_type} or source {event.source} is unknown to the server"
+            if type_id is None or source is None:
+                out.update(dict.fromkeys(event.fields, unknown))
+                continue
+            try:
+                paths = await self._resolve_event_fields(client, type_id, list(event.fields.values()))
+            except ua.UaStatusCodeError:
+                out.update(dict.fromkeys(event.fields, unknown))
+                continue
+            for signal, path in zip(event.fields, paths, strict=True):
+                missing = f"field {event.fields[signal]} is not in event type {event.event_type}"
+                out[signal] = None if path is not None else missing
+        return out
+
     async def close(self) -> None:
         """Stop reconnecting and close the session; idempotent."""
         self._closing = True

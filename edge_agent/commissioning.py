@@ -6,17 +6,21 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import orjson
 
 from edge_agent.config import Config, ConfigError, ModbusDevice, OpcUaDevice, load_config
-from edge_agent.types import Quality, SignalTable
+from edge_agent.types import Quality, Readings, SignalTable
+
+if TYPE_CHECKING:
+    from drivers.opcua import OpcUaDriver
 
 #: Qualities that mean "the device did not answer" (as opposed to answering with an error).
 NO_ANSWER = frozenset({Quality.BAD_NOT_CONNECTED, Quality.BAD_TIMEOUT})
@@ -30,6 +34,8 @@ class DeviceResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     """Why the device did not answer (None if it did)."""
+    notes: list[str] = field(default_factory=list)
+    """What the read could not show, and why (printed to stderr)."""
 
 
 def _iso(t_ns: int) -> str:
@@ -59,31 +65,40 @@ async def read_device(
         return result
     units = _units(device)
     answered = False
+
+    def add(readings: Readings) -> None:
+        nonlocal answered
+        for row, t, v, q in zip(
+            readings.signal.tolist(),
+            readings.t_ns.tolist(),
+            readings.value.tolist(),
+            readings.quality.tolist(),
+            strict=True,
+        ):
+            quality = Quality(q)
+            answered = answered or quality not in NO_ANSWER
+            tag = table.tags[row]
+            result.records.append(
+                {
+                    "device": device.name,
+                    "tag": tag,
+                    "value": None if np.isnan(v) else v,
+                    "unit": units.get(tag, ""),
+                    "quality": quality.name,
+                    "timestamp": _iso(t),
+                }
+            )
+
     try:
         async with asyncio.timeout(timeout_s):
             await driver.connect()
             for group in driver.groups():
-                readings = await driver.read(group)
-                for row, t, v, q in zip(
-                    readings.signal.tolist(),
-                    readings.t_ns.tolist(),
-                    readings.value.tolist(),
-                    readings.quality.tolist(),
-                    strict=True,
-                ):
-                    quality = Quality(q)
-                    answered = answered or quality not in NO_ANSWER
-                    tag = table.tags[row]
-                    result.records.append(
-                        {
-                            "device": device.name,
-                            "tag": tag,
-                            "value": None if np.isnan(v) else v,
-                            "unit": units.get(tag, ""),
-                            "quality": quality.name,
-                            "timestamp": _iso(t),
-                        }
-                    )
+                add(await driver.read(group))
+            if isinstance(device, OpcUaDevice):
+                # the agent gets these by notification; one Read shows their current values
+                opcua = cast("OpcUaDriver", driver)
+                add(await opcua.read_subscribed())
+                await _check_events(opcua, result)
             # text tags (Modbus strings) are not numbers, so the driver keeps them aside
             texts: dict[str, tuple[str, Quality]] = getattr(driver, "last_strings", {})
             for tag, (text, quality) in texts.items():
@@ -107,10 +122,29 @@ async def read_device(
             await driver.close()
         except Exception as exc:
             result.error = result.error or f"{where}: close failed: {exc}"
+    order = {name: i for i, name in enumerate(device.signal_names())}
+    result.records.sort(key=lambda r: order.get(r["tag"], len(order)))
     if result.error is None and not answered:
         reason = getattr(driver, "last_error", None) or "every value is bad (not connected or timed out)"
         result.error = f"{where}: no answer: {reason}"
     return result
+
+
+async def _check_events(driver: OpcUaDriver, result: DeviceResult) -> None:
+    """Event fields have no value until an event comes: check them against the event type, note the rest."""
+    problems = await driver.check_events()
+    now = _iso(time.time_ns())
+    for tag, why in problems.items():
+        if why is not None:
+            record = {"device": driver.name, "tag": tag, "value": None, "unit": "", "quality": "BAD_CONFIG"}
+            result.records.append({**record, "timestamp": now, "problem": why})
+    for event in driver.device.events:
+        ok = [s for s in event.fields if problems.get(s, "") is None]
+        if ok:
+            result.notes.append(
+                f"device {driver.name}: event {event.name!r}: {len(ok)} field(s) ({', '.join(ok)}) are in "
+                "its event type but not shown: their values arrive only with an event (run the agent)"
+            )
 
 
 async def read_devices(
@@ -153,6 +187,9 @@ def read_command(args: argparse.Namespace) -> int:
         for record in result.records:
             out.write(orjson.dumps(record) + b"\n")
     out.flush()
+    for result in results:
+        for note in result.notes:
+            print(note, file=sys.stderr)
     failed = [r for r in results if r.error is not None]
     for r in failed:
         print(r.error, file=sys.stderr)

@@ -443,3 +443,35 @@ async def test_simulator_command_prints_a_valid_config(
         device = device_from(text[text.index("#") :])
         assert device.endpoint.startswith("opc.tcp://127.0.0.1:") and not device.endpoint.endswith(":0")
     assert (tmp_path / "server-cert.der").is_file() and (tmp_path / "server-key.pem").is_file()
+
+
+async def test_commissioning_read_covers_subscribed_tags_and_checks_event_fields(imm: ImmSimulator) -> None:
+    from edge_agent.commissioning import read_devices
+
+    text = imm.device_config().replace(
+        'fields.cycle_time = "CycleTime"', 'fields.cycle_time = "CycleTime"\nfields.typo = "NoSuchField"'
+    )
+    config = parse_config(text, base_dir=CONFIG_DIR)
+    device = config.devices[0]
+    assert isinstance(device, OpcUaDevice)
+    (result,) = await read_devices(config, CONFIG_DIR)
+    assert result.error is None
+    tags = [t.name for t in device.tags]
+    by_tag = {r["tag"]: r for r in result.records}
+    # every tag, polled or subscribed, in file order, then the event field the event type lacks
+    assert [r["tag"] for r in result.records] == [*tags, "typo"]
+    subscribed = [t.name for t in device.tags if t.mode == "subscribe"]
+    assert subscribed == ["barrel_zone_1", "barrel_zone_2", "barrel_zone_3", "mould_zone_1"]
+    for name in subscribed:
+        assert by_tag[name]["quality"] == "GOOD"
+        assert 20.0 < by_tag[name]["value"] < 400.0
+        assert by_tag[name]["unit"] == "°C"
+    assert by_tag["typo"]["quality"] == "BAD_CONFIG"
+    assert by_tag["typo"]["problem"] == (
+        "field NoSuchField is not in event type nsu=http://opcfoundation.org/UA/IMM2MES/;i=1006"
+    )
+    assert result.notes == [
+        "device imm-1: event 'cycle': 6 field(s) (cushion, injection_time, dosing_time, peak_pressure, "
+        "vp_position, cycle_time) are in its event type but not shown: their values arrive only with an "
+        "event (run the agent)"
+    ]
