@@ -30,6 +30,41 @@ EUROMAP77_SIGNALS: dict[tuple[str, ...], str] = {
 }
 
 
+#: EUROMAP 77 temperature zones: (unit folder, zone variable) -> the profile's signal name pattern.
+EUROMAP77_ZONES: dict[tuple[str, str], str] = {
+    ("InjectionUnit_1", "ActualTemperature"): "barrel_zone_{zone}",
+    ("InjectionUnit_1", "NominalTemperature"): "barrel_zone_{zone}_setpoint",
+    ("Mould_1", "ActualTemperature"): "mould_zone_{zone}",
+    ("Mould_1", "NominalTemperature"): "mould_zone_{zone}_setpoint",
+}
+
+#: Extra lines of a mapped zone tag, as in config/imm.toml: actual values change often and are
+#: subscribed with a deadband, set points change seldom and are polled slowly.
+_ZONE_TAG_LINES = {
+    "ActualTemperature": ['mode = "subscribe"', "interval = 1.0", "deadband = 0.2", 'unit = "°C"'],
+    "NominalTemperature": ["interval = 10.0", 'unit = "°C"'],
+}
+
+#: CycleParametersEventType field paths -> the injection_molding profile's per-cycle signal names.
+CYCLE_EVENT_FIELDS: dict[str, str] = {
+    "cushion": "InjectionUnitCycleParameters_1/CushionVolume",
+    "injection_time": "InjectionUnitCycleParameters_1/InjectionTime",
+    "dosing_time": "InjectionUnitCycleParameters_1/DosingTime",
+    "peak_pressure": "InjectionUnitCycleParameters_1/SpecificPressureMaximum",
+    "vp_position": "InjectionUnitCycleParameters_1/VPChangeOverPosition",
+    "cycle_time": "CycleTime",
+}
+
+
+def _zone_signal(path: tuple[str, ...]) -> str | None:
+    """The profile's name of a EUROMAP 77 zone variable (.../UNIT/TemperatureZones/TemperatureZone_N/VAR)."""
+    if len(path) < 4 or path[-3] != "TemperatureZones":
+        return None
+    match = re.fullmatch(r"TemperatureZone_(\d+)", path[-2])
+    pattern = EUROMAP77_ZONES.get((path[-4], path[-1]))
+    return pattern.format(zone=match.group(1)) if match and pattern else None
+
+
 def _progress() -> Progress:
     return Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True, console=None
@@ -59,10 +94,63 @@ class FoundVariable:
     data_type: str
 
 
-async def browse_opcua(
-    url: str, max_depth: int = 8, max_nodes: int = 5000
-) -> tuple[list[FoundVariable], bool]:
-    """Browse Objects breadth-first; return the variables and whether a EUROMAP 77 machine was seen."""
+@dataclass(frozen=True)
+class FoundEvent:
+    """An event type the profile knows, found in the server's type tree, with the fields it has."""
+
+    name: str
+    event_type: str
+    fields: dict[str, str]
+
+
+@dataclass
+class Browsed:
+    """What browsing a server found."""
+
+    variables: list[FoundVariable]
+    euromap: bool
+    events: list[FoundEvent]
+
+
+async def _cycle_event(client: Any, namespaces: list[str]) -> FoundEvent | None:
+    """The EUROMAP 77 CycleParametersEventType, if the server defines it, with the profile's fields it has."""
+    from asyncua import ua
+
+    if IMM2MES_URI not in namespaces:
+        return None
+    imm = namespaces.index(IMM2MES_URI)
+    frontier = [client.get_node(ua.ObjectIds.BaseEventType)]
+    for _depth in range(6):  # event type trees are shallow
+        next_frontier = []
+        for node in frontier:
+            for ref in await node.get_children_descriptions(refs=ua.ObjectIds.HasSubtype):
+                qn = ref.BrowseName
+                if qn.Name == "CycleParametersEventType" and qn.NamespaceIndex == imm:
+                    have = await _member_paths(client.get_node(ref.NodeId))
+                    fields = {s: p for s, p in CYCLE_EVENT_FIELDS.items() if p in have}
+                    nid = ref.NodeId.to_string().split(";", 1)[-1]
+                    return FoundEvent("cycle", f"nsu={IMM2MES_URI};{nid}", fields)
+                next_frontier.append(client.get_node(ref.NodeId))
+        frontier = next_frontier
+    return None
+
+
+async def _member_paths(event_type: Any) -> set[str]:
+    """Browse-name paths (A or A/B) of an event type's members, one level of nesting deep."""
+    from asyncua import Node, ua
+
+    paths: set[str] = set()
+    for ref in await event_type.get_children_descriptions(refs=ua.ObjectIds.HierarchicalReferences):
+        paths.add(ref.BrowseName.Name)
+        if ref.NodeClass == ua.NodeClass.Object:
+            member = Node(event_type.session, ref.NodeId)
+            for inner in await member.get_children_descriptions(refs=ua.ObjectIds.HierarchicalReferences):
+                paths.add(f"{ref.BrowseName.Name}/{inner.BrowseName.Name}")
+    return paths
+
+
+async def browse_opcua(url: str, max_depth: int = 8, max_nodes: int = 5000) -> Browsed:
+    """Browse Objects breadth-first: the variables, whether a EUROMAP 77 machine was seen, its cycle event."""
     from asyncua import Client, ua
 
     found: list[FoundVariable] = []
@@ -70,6 +158,8 @@ async def browse_opcua(
     async with Client(url, timeout=10) as client:
         namespaces = await client.get_namespace_array()
         euromap = IMM2MES_URI in namespaces
+        cycle = await _cycle_event(client, namespaces)
+        events = [cycle] if cycle is not None else []
         objects = client.nodes.objects
         frontier: list[tuple[Any, tuple[str, ...]]] = [(objects, ())]
         seen = 0
@@ -101,11 +191,11 @@ async def browse_opcua(
                             task, description=f"browsing {url}: {seen} nodes, {len(found)} variables"
                         )
                         if seen >= max_nodes:
-                            return found, euromap
+                            return Browsed(found, euromap, events)
                 frontier = next_frontier
                 if not frontier:
                     break
-    return found, euromap
+    return Browsed(found, euromap, events)
 
 
 def opcua_skeleton(
@@ -114,8 +204,9 @@ def opcua_skeleton(
     euromap: bool,
     name: str = "machine-1",
     profile: str | None = None,
+    events: Iterable[FoundEvent] = (),
 ) -> str:
-    """A device config for the browsed server: EUROMAP 77 signals by their profile names, the rest commented."""
+    """A device config for the browsed server: EUROMAP 77 signals and events by their profile names, the rest commented."""
     profile = profile or ("injection_molding" if euromap else "CHOOSE_A_PROFILE")
     lines = [
         f"# discovered from {url}: {len(variables)} variables"
@@ -139,24 +230,49 @@ def opcua_skeleton(
     for var in variables:
         signal = next(
             (s for suffix, s in EUROMAP77_SIGNALS.items() if var.path[-len(suffix) :] == suffix), None
-        )
+        ) or _zone_signal(var.path)
         if euromap and signal and signal not in used:
             used.add(signal)
             mapped.append((signal, var))
         else:
             others.append(var)
     for signal, var in mapped:
-        lines += ["[[devices.tags]]", f'name = "{signal}"', f"node = {_toml_str(var.node)}", ""]
+        extra = _ZONE_TAG_LINES.get(var.path[-1], []) if _zone_signal(var.path) else []
+        lines += ["[[devices.tags]]", f'name = "{signal}"', f"node = {_toml_str(var.node)}", *extra, ""]
+    for event in events if euromap else ():
+        lines += [
+            "# one event per machine cycle: the per-cycle values arrive as one batch",
+            "[[devices.events]]",
+            f'name = "{event.name}"',
+            f"event_type = {_toml_str(event.event_type)}",
+            *(f"fields.{signal} = {_toml_str(path)}" for signal, path in event.fields.items()),
+            "",
+        ]
+        used.update(event.fields)
     if others:
         lines.append("# other variables: uncomment what the profile should see")
     for var in others:
-        name = _tag_name(var.path[-2:])
+        name = _unique_name(var.path, used)
         lines += [
             f"# [[devices.tags]]  # {'/'.join(var.path)}",
             f'# name = "{name}"',
             f"# node = {_toml_str(var.node)}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _unique_name(path: tuple[str, ...], used: set[str]) -> str:
+    """A tag name from the end of `path`, taking more of the path (then a number) until it is unused."""
+    name = _tag_name(path[-2:])
+    for depth in range(3, len(path) + 1):
+        if name not in used:
+            break
+        name = _tag_name(path[-depth:])
+    base, n = name, 2
+    while name in used:
+        name, n = f"{base}_{n}", n + 1
+    used.add(name)
+    return name
 
 
 # --------------------------------------------------------------------------- Modbus
@@ -279,8 +395,12 @@ def discover_command(args: argparse.Namespace) -> int:
             if not args.target.startswith("opc.tcp://"):
                 print(f"discover opcua: {args.target!r} is not an opc.tcp:// URL", file=sys.stderr)
                 return 2
-            variables, euromap = asyncio.run(browse_opcua(args.target, max_nodes=args.max_nodes))
-            sys.stdout.write(opcua_skeleton(args.target, variables, euromap, args.name, args.profile))
+            found = asyncio.run(browse_opcua(args.target, max_nodes=args.max_nodes))
+            sys.stdout.write(
+                opcua_skeleton(
+                    args.target, found.variables, found.euromap, args.name, args.profile, found.events
+                )
+            )
             return 0
         host, _, port_text = args.target.rpartition(":")
         if not host or not port_text.isdigit():

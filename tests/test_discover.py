@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from edge_agent.config import parse_config
+from edge_agent.config import OpcUaDevice, parse_config
 from edge_agent.discover import browse_opcua, modbus_skeleton, opcua_skeleton, probe_modbus
 from simulators.die_casting import DieCastingSimulator
 from simulators.imm import ImmSimulator
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 async def test_opcua_discovery_recognises_euromap77_and_prints_a_valid_config(tmp_path: Path) -> None:
     sim = ImmSimulator(speed=20.0)
     endpoint = await sim.start("127.0.0.1", 0)
     try:
-        variables, euromap = await browse_opcua(endpoint)
+        found = await browse_opcua(endpoint)
     finally:
         await sim.stop()
-    assert euromap
-    text = opcua_skeleton(endpoint, variables, euromap, name="imm-9")
+    assert found.euromap
+    text = opcua_skeleton(endpoint, found.variables, found.euromap, name="imm-9", events=found.events)
     config = parse_config(text, "discovered", tmp_path)
     device = config.devices[0]
     assert device.profile == "injection_molding"
@@ -27,6 +30,19 @@ async def test_opcua_discovery_recognises_euromap77_and_prints_a_valid_config(tm
     # namespace-URI NodeIds: they survive a server that renumbers its namespaces
     assert all(t.node is not None and t.node.startswith("nsu=") for t in device.tags)
     assert "ActualTemperature" in text  # the other variables are listed, commented out
+    # the skeleton has the signals of the shipped config: job counters, barrel and mould zones, cycle event
+    shipped = parse_config(sim.device_config(), "imm.toml", REPO / "config").devices[0]
+    assert isinstance(shipped, OpcUaDevice) and isinstance(device, OpcUaDevice)
+    assert sorted(device.signal_names()) == sorted(shipped.signal_names())
+    assert {
+        t.name: (t.node, t.mode, t.interval, t.deadband, t.unit) for t in device.tags if "zone" in t.name
+    } == {t.name: (t.node, t.mode, t.interval, t.deadband, t.unit) for t in shipped.tags if "zone" in t.name}
+    assert [(e.name, e.event_type, e.fields) for e in device.events] == [
+        (e.name, e.event_type, e.fields) for e in shipped.events
+    ]
+    commented = re.findall(r'(?m)^# name = "(.*)"$', text)
+    assert len(commented) == len(set(commented)), "commented tag names must be unique"
+    assert not set(commented) & set(device.signal_names())
 
 
 async def test_modbus_discovery_finds_the_unit_and_its_readable_ranges(tmp_path: Path) -> None:
