@@ -40,6 +40,9 @@ HEADLINES = [
     ("mold", "delta_t", "ΔT K", "{:.2f}"),
 ]
 
+#: Indicators that set control limits from a baseline (phase I).
+CHARTS = {"imr", "xbar_r", "xbar_s"}
+
 
 @dataclass
 class MachineView:
@@ -55,6 +58,29 @@ class MachineView:
     polls: int = 0
     last_ns: int = 0
     baseline: int = 50
+    charted: set[str] = field(default_factory=set)
+    """Signals with control limits (the ones that show `baseline n/N` until the limits are set)."""
+    per_cycle: set[str] = field(default_factory=set)
+    """Signals sampled once per machine cycle."""
+    counter: str | None = None
+    """The machine's cycle counter signal, if it works in cycles."""
+    cycles: int = 0
+    """Cycles counted since the demo started (counter increments seen in the raw values)."""
+    _last_count: float | None = None
+
+    def count_cycles(self, counter: float) -> None:
+        """Count the cycles the counter advanced since its previous value (a reset restarts from it)."""
+        if self._last_count is not None and counter > self._last_count:
+            self.cycles += int(counter - self._last_count)
+        self._last_count = counter
+
+    def baseline_progress(self, name: str, spc: dict[str, float]) -> int:
+        """Samples towards the control limits so far: cycles seen for per-cycle signals, else the chart's count."""
+        if name in self.per_cycle and self.counter is not None:
+            # the pre-whitener holds per-cycle samples back until its estimate is complete, so the
+            # chart reports nothing during phase I; the cycle counter shows how far it has got
+            return min(self.cycles, self.baseline)
+        return min(int(spc.get("n", 0)), self.baseline)
 
 
 class DemoView:
@@ -69,7 +95,13 @@ class DemoView:
                 key=lambda s: not ({"capability", "band"} & set(s.indicators)),
             )
             self.machines[name] = MachineView(
-                name, profile.kind, [s.name for s in ranked[:4]], baseline=profile.baseline_samples
+                name,
+                profile.kind,
+                [s.name for s in ranked[:4]],
+                baseline=profile.baseline_samples,
+                charted={s.name for s in profile.signals if CHARTS & set(s.indicators)},
+                per_cycle={s.name for s in profile.signals if s.sampling == "per_cycle"},
+                counter=profile.cycle.counter if profile.cycle else None,
             )
         self.names = names
         self.events: deque[str] = deque(maxlen=8)
@@ -87,6 +119,8 @@ class DemoView:
             for name, value in zip(names, readings.value.tolist(), strict=True):
                 if name in view.signals and np.isfinite(value):
                     view.values[name] = value
+                if name == view.counter and np.isfinite(value):
+                    view.count_cycles(value)
         for _src, batch in out.kpi:
             self.records += 1
             if batch.family == "spc":
@@ -128,9 +162,9 @@ class DemoView:
             for i, name in enumerate(view.signals or ["-"]):
                 spc = view.spc.get(name, {})
                 cl = _fmt(spc.get("cl"))
-                if cl == "–" and spc:
+                if cl == "–" and name in view.charted:
                     # phase I: the limits are being estimated from the first samples
-                    cl = f"[dim]baseline {int(spc.get('n', 0))}/{view.baseline}[/dim]"
+                    cl = f"[dim]baseline {view.baseline_progress(name, spc)}/{view.baseline}[/dim]"
                 table.add_row(
                     f"{view.name} ({view.kind})" if i == 0 else "",
                     name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -12,12 +13,19 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
+from rich.console import Console
 
 from edge_agent.cli import build_parser
-from edge_agent.demo import demo_command
+from edge_agent.config import BUILTIN_PROFILES_DIR
+from edge_agent.demo import DemoView, demo_command
+from edge_agent.pipeline import Output
+from edge_agent.profiles import find_profile
+from edge_agent.records import Source
+from edge_agent.types import Readings
 from tests.services import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,3 +111,32 @@ def test_demo_keep_leaves_its_config_and_outbox(
     assert (workdir / "agent.toml").read_text(encoding="utf-8").startswith('[agent]\nname = "demo-agent"')
     assert (workdir / "outbox").is_dir()
     assert f"demo files kept in {workdir}\n" in capsys.readouterr().out
+
+
+def _rendered(view: DemoView) -> str:
+    console = Console(width=250, record=True, file=io.StringIO())
+    console.print(view.render("demo"))
+    return console.export_text()
+
+
+def test_live_view_counts_the_baseline_cycles_the_prewhitener_holds_back() -> None:
+    profile = find_profile("injection_molding", [BUILTIN_PROFILES_DIR])
+    names = ["job_cycle_counter", "cushion", "barrel_zone_1"]
+    view = DemoView({"imm-1": profile}, names)
+    source = Source("imm-1")
+    # the agent starts at counter 600 (the plant ran before) and sees 17 cycles; no spc record yet
+    for counter in range(600, 618):
+        raw = Readings.of(np.array([0, 1], np.int32), np.full(2, counter, np.int64), np.array([counter, 5.0]))
+        view.update("imm-1", Output(raw=[(source, raw)]))
+    cushion = next(line for line in _rendered(view).splitlines() if " cushion " in line)
+    assert "baseline 17/50" in cushion
+    # past the baseline the count stops at 50 until the limits arrive
+    for counter in range(618, 700):
+        raw = Readings.of(np.array([0], np.int32), np.array([counter], np.int64), np.array([counter]))
+        view.update("imm-1", Output(raw=[(source, raw)]))
+    assert view.machines["imm-1"].cycles == 99
+    cushion = next(line for line in _rendered(view).splitlines() if " cushion " in line)
+    assert "baseline 50/50" in cushion
+    # a signal without control limits never shows a baseline
+    zone = next(line for line in _rendered(view).splitlines() if " barrel_zone_1 " in line)
+    assert "baseline" not in zone
