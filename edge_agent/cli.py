@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=20.0, help="simulated time per wall-clock second")
     p.add_argument("--fault", action="append", default=[], help="inject a fault, e.g. imm:check_ring_wear")
     p.add_argument("--plain", action="store_true", help="print summary lines instead of the live view")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the demo's temporary folder (agent.toml, outbox) after it stops",
+    )
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("discover", help="browse a machine and print a config skeleton")

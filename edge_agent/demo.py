@@ -277,7 +277,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     """Start everything, show the view until Ctrl-C or --duration, stop everything."""
     faults = _parse_faults(args.fault)
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
-    keep = bool(getattr(args, "keep", False))
+    keep = bool(args.keep)
     try:
         async with contextlib.AsyncExitStack() as stack:
             view = await _run_plant(args, faults, workdir, stack)

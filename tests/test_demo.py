@@ -103,8 +103,7 @@ def test_demo_keep_leaves_its_config_and_outbox(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    args = build_parser().parse_args(["demo", "--plain", "--duration", "1"])
-    args.keep = True
+    args = build_parser().parse_args(["demo", "--plain", "--duration", "1", "--keep"])
     assert demo_command(args) == 0
     (workdir,) = tmp_path.iterdir()
     assert workdir.name.startswith("edge-agent-demo-")
