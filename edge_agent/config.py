@@ -429,7 +429,7 @@ class TlsOptions(Model):
     """TLS towards a broker."""
 
     ca_file: Path
-    """CA certificate(s) that signed the broker's certificate."""
+    """CA certificate(s) that signed the broker's certificate (relative paths are relative to the config file)."""
     cert_file: Path | None = None
     """Client certificate, for brokers that require one."""
     key_file: Path | None = None
@@ -521,7 +521,8 @@ class InfluxSink(Model):
     timeout: Seconds = 10.0
     """Seconds to wait for one write."""
     dead_letter: Path | None = None
-    """File for lines the server rejected (HTTP 400, 413 or 422); default `<outbox dir>/influx.deadletter`."""
+    """File for lines the server rejected (HTTP 400, 413 or 422); default `<outbox dir>/influx.deadletter`;
+    relative to the config file."""
 
     @field_validator("url")
     @classmethod
@@ -794,11 +795,38 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     )
     if problems:
         raise ConfigError(source, problems)
-    if base_dir is not None and not config.outbox.dir.is_absolute():
-        config = config.model_copy(
-            update={"outbox": config.outbox.model_copy(update={"dir": base_dir / config.outbox.dir})}
-        )
+    if base_dir is not None:
+        config = _relative_to(config, base_dir)
     return config
+
+
+def _relative_to(config: Config, base_dir: Path) -> Config:
+    """The config with its relative file paths (outbox, MQTT TLS files, dead letters) made relative to `base_dir`.
+
+    The config file's folder, as for device certificates: a service runs from / and must find
+    the same files as `edge-agent run` started in the config's folder.
+    """
+
+    def at(path: Path) -> Path:
+        return path if path.is_absolute() else base_dir / path
+
+    update: dict[str, object] = {"outbox": config.outbox.model_copy(update={"dir": at(config.outbox.dir)})}
+    sinks: dict[str, object] = {}
+    mqtt = config.sinks.mqtt
+    if mqtt is not None and mqtt.tls is not None:
+        tls = mqtt.tls
+        files = {"ca_file": at(tls.ca_file)}
+        for name in ("cert_file", "key_file"):
+            value = getattr(tls, name)
+            if value is not None:
+                files[name] = at(value)
+        sinks["mqtt"] = mqtt.model_copy(update={"tls": tls.model_copy(update=files)})
+    influx = config.sinks.influx
+    if influx is not None and influx.dead_letter is not None:
+        sinks["influx"] = influx.model_copy(update={"dead_letter": at(influx.dead_letter)})
+    if sinks:
+        update["sinks"] = config.sinks.model_copy(update=sinks)
+    return config.model_copy(update=update)
 
 
 def load_config(path: str | Path) -> Config:

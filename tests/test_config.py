@@ -196,3 +196,24 @@ def test_command_help_prints_the_commands_own_help(
     assert out.out.startswith(usage)
     for word in listed:
         assert word in out.out
+
+
+def test_sink_file_paths_are_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MQTT TLS files and the dead-letter file resolve like the outbox and device certificates: from the config's folder."""
+    text = (
+        '[sinks.mqtt]\nurl = "mqtts://broker:8883"\n[sinks.mqtt.tls]\nca_file = "pki/ca.pem"\n'
+        'cert_file = "pki/me.pem"\nkey_file = "/etc/edge/me.key"\n'
+        '[sinks.influx]\nurl = "http://tsdb:8086"\ntoken = "${EDGE_TEST_TOKEN}"\ndead_letter = "var/dead.jsonl"\n'
+    )
+    monkeypatch.setenv("EDGE_TEST_TOKEN", "t")
+    config = parse_config(text, "agent.toml", tmp_path)
+    tls = config.sinks.mqtt.tls  # type: ignore[union-attr]
+    assert (tls.ca_file, tls.cert_file, tls.key_file) == (
+        tmp_path / "pki/ca.pem",
+        tmp_path / "pki/me.pem",
+        Path("/etc/edge/me.key"),
+    )
+    assert config.sinks.influx.dead_letter == tmp_path / "var/dead.jsonl"  # type: ignore[union-attr]
+    assert config.outbox.dir == tmp_path / "var/outbox"
