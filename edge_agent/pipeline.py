@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.config import Config, ModbusDevice, OpcUaDevice
+from edge_agent.core._batch import last_occurrences
 from edge_agent.core.alarms import AlarmEvents, AlarmTracker, band_conditions
 from edge_agent.core.autocorr import Prewhitener
 from edge_agent.core.cycles import CycleLatch
@@ -373,9 +374,12 @@ class IndicatorPipeline:
 
     def _stage(self, info: DeviceInfo, readings: Readings) -> _Staged:
         """Last values, the cycle latch, and what the device sends on to SPC."""
-        good = readings.good
         sig = readings.signal.astype(np.int64)
-        self.last_value[sig[good]] = readings.value[good]
+        # a row's last reading in the batch decides its last value: a bad one (disconnected, failed
+        # sensor) makes it unknown, so device-level indicators stop using the value from before
+        last = last_occurrences(sig)
+        rows_now = sig[last]
+        self.last_value[rows_now] = np.where(readings.good[last], readings.value[last], np.nan)
         self.last_t[sig] = readings.t_ns
         # SPC: continuous and event-fed signals directly, polled per-cycle signals through the latch
         direct = readings.take(self.spc_row[sig] & ~self.latched_row[sig])
@@ -386,7 +390,9 @@ class IndicatorPipeline:
             latched = batch.readings
             cycle_moved = bool((batch.events.cycles > 0).any())
             if len(latched):
-                self.last_value[latched.signal] = latched.value
+                # a cycle's latched value does not bring back a row whose newest reading is bad
+                keep = ~np.isin(latched.signal, rows_now[~readings.good[last]])
+                self.last_value[latched.signal[keep]] = latched.value[keep]
         return _Staged(info, readings, Readings.concat([direct, latched]), cycle_moved)
 
     def _finish(self, st: _Staged, spc_events: AlarmEvents, spec_events: AlarmEvents, now_ns: int) -> Output:
@@ -447,7 +453,8 @@ class IndicatorPipeline:
     ) -> AlarmEvents:
         t = int(readings.t_ns.max()) if len(readings) else now_ns
         values: dict[str, dict[str, float]] = {}
-        conditions: dict[str, tuple[bool, float, float]] = {}
+        # condition -> (raised, value, limit, known); an unknown condition neither raises nor clears
+        conditions: dict[str, tuple[bool, float, float, bool]] = {}
         lv = self.last_value
         if self.oee is not None and info.name in self.oee_index and info.profile.oee:
             spec = info.profile.oee
@@ -480,12 +487,20 @@ class IndicatorPipeline:
             with np.errstate(all="ignore"):
                 # "at temperature": the furnace's median sensor is in band, whatever one zone does
                 at_temp = bool(np.abs(np.nanmedian(st.deviation)) <= tol) if st.valid.any() else False
-            conditions["overshoot"] = (bool(st.overshoot_c[0] > tol), float(st.overshoot_c[0]), tol)
+            # with no valid sensor at all (a disconnected furnace) nothing is known about it: its alarms
+            # hold; the bad raw values say why
+            known = bool(st.valid.any())
+            conditions["overshoot"] = (bool(st.overshoot_c[0] > tol), float(st.overshoot_c[0]), tol, known)
             # once the furnace reached temperature, any sensor leaving the band interrupts the soak
             # (a failed zone heater, a burnt-out thermocouple); the spread tells how far apart they are
-            conditions["uniformity"] = (at_temp and not bool(st.all_in_band[0]), float(st.spread[0]), tol)
+            conditions["uniformity"] = (
+                at_temp and not bool(st.all_in_band[0]),
+                float(st.spread[0]),
+                tol,
+                known,
+            )
             n_invalid = float((~st.valid).sum())
-            conditions["tc_invalid"] = (n_invalid > 0, n_invalid, 0.0)
+            conditions["tc_invalid"] = (n_invalid > 0, n_invalid, 0.0, known)
             self._quench(info, readings, values)
         if info.profile.mold is not None and self.maintenance is not None:
             spec_m = info.profile.mold
@@ -494,7 +509,12 @@ class IndicatorPipeline:
             ret = lv[info.rows[spec_m.return_]] if spec_m.return_ in info.rows else np.nan
             kw, dt = heat_removed_kw(flow, supply, ret)
             values["heat_removal"] = {"heat_kw": float(kw), "delta_t": float(dt), "flow": float(flow)}
-            conditions["heat_removal"] = (bool(dt > spec_m.max_delta_t), float(dt), spec_m.max_delta_t)
+            conditions["heat_removal"] = (
+                bool(dt > spec_m.max_delta_t),
+                float(dt),
+                spec_m.max_delta_t,
+                bool(np.isfinite(dt)),
+            )
             if spec_m.shot_counter and spec_m.shot_counter in info.rows:
                 mi = self.mold_index[info.name]
                 ms = self.maintenance.update([mi], [lv[info.rows[spec_m.shot_counter]]])
@@ -522,9 +542,11 @@ class IndicatorPipeline:
             [info.index * len(self.device_conditions) + self.device_conditions.index(c) for c in names],
             np.int64,
         )
-        raised = np.array([conditions[c][0] for c in names])
+        judged = np.array([conditions[c][3] for c in names])
+        raised = np.array([conditions[c][0] for c in names]) & judged
+        cleared = ~raised & judged
         ev = self.device_alarms.update(
-            ch, t, raised, None, [conditions[c][1] for c in names], [conditions[c][2] for c in names]
+            ch, t, raised, cleared, [conditions[c][1] for c in names], [conditions[c][2] for c in names]
         )
         kind = ev.row % len(self.device_conditions)
         pseudo_row = info.rows["uniformity" if info.furnace is not None else "heat_removal"]

@@ -11,7 +11,7 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.config import load_config, parse_config, profile_dirs
 from edge_agent.pipeline import IndicatorPipeline
-from edge_agent.types import Readings
+from edge_agent.types import Quality, Readings
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_790_000_000_000_000_000
@@ -220,3 +220,82 @@ def test_a_config_with_nothing_to_chart_still_builds_a_pipeline(case: str) -> No
     [(source, raw)] = out.raw
     assert source.machine == "tcu9" and raw.value.tolist() == [1234.0]
     assert not out.alarms
+
+
+S_NS = 1_000_000_000
+ZONES = ["zone_1_temp", "zone_2_temp", "zone_3_temp", "zone_4_temp"]
+
+
+def _furnace_run(bad_from: int, bad: list[int], quality: Quality, polls: int) -> tuple[list, list]:
+    """Uniformity records at every poll and alarms of furnace-1 at 860 °C; the `bad` zones read `quality` from `bad_from` on."""
+    config = load_config(REPO / "config" / "furnace.toml")
+    pipeline = IndicatorPipeline(config, profile_dirs(config, REPO / "config"))
+    rows = pipeline.rows_of("furnace-1")
+    names = [*ZONES, "temp_setpoint"]
+    uni, alarms = [], []
+    for k in range(polls):
+        t = T0 + k * S_NS
+        q = [int(quality) if k >= bad_from and i in bad else 0 for i in range(5)]
+        # the setpoint is sent once: a quiet subscription keeps its last value
+        sent = names if k == 0 else ZONES
+        values = [860.0, 861.0, 859.0, 860.5, 860.0][: len(sent)]
+        out = pipeline.process(
+            "furnace-1", Readings.of([rows[n] for n in sent], t, values, q[: len(sent)]), t
+        )
+        uni += [
+            {f: float(v[0]) for f, v in b.values.items()}
+            for _, b in out.kpi
+            if b.family == "furnace_uniformity"
+        ]
+        alarms += [(k, a.rule, a.state) for _, a in out.alarms]
+    return uni, alarms
+
+
+def test_a_failed_thermocouple_is_invalid_and_stops_the_soak() -> None:
+    uni, alarms = _furnace_run(bad_from=300, bad=[2], quality=Quality.BAD_SENSOR_FAILURE, polls=600)
+    assert uni[299]["valid_sensors"] == 4 and uni[299]["soak_s"] == 299.0
+    assert uni[599]["valid_sensors"] == 3 and uni[599]["all_in_band"] == 0.0
+    assert uni[599]["soak_s"] == 299.0
+    # after the 5 s alarm delay: the furnace at temperature has a zone it cannot see
+    assert sorted(alarms) == [(305, "tc_invalid", "start"), (305, "uniformity", "start")]
+
+
+def test_a_disconnected_furnace_is_unknown_not_soaking_and_its_alarms_hold() -> None:
+    uni, alarms = _furnace_run(
+        bad_from=300, bad=[0, 1, 2, 3, 4], quality=Quality.BAD_NOT_CONNECTED, polls=900
+    )
+    assert uni[899]["valid_sensors"] == 0 and uni[899]["soak_s"] == 299.0
+    assert np.isnan(uni[899]["spread"])
+    assert alarms == []  # no data decides nothing: not four burnt-out thermocouples
+
+
+def test_a_disconnected_tcu_publishes_no_heat_removal_and_keeps_its_alarm() -> None:
+    config = load_config(REPO / "config" / "mold-tcu.toml")
+    pipeline = IndicatorPipeline(config, profile_dirs(config, REPO / "config"))
+    rows = pipeline.rows_of("tcu1")
+    names = ["supply_temp", "return_temp", "flow", "setpoint"]
+    heat, alarms = [], []
+    for k in range(120):
+        t = T0 + k * S_NS
+        q = int(Quality.BAD_NOT_CONNECTED) if k >= 60 else 0
+        # return 9 K above supply: poor heat removal, alarmed before the TCU goes away
+        out = pipeline.process(
+            "tcu1", Readings.of([rows[n] for n in names], t, [60.0, 69.0, 20.0, 60.0], q), t
+        )
+        heat += [float(b.values["heat_kw"][0]) for _, b in out.kpi if "heat_kw" in b.values]
+        alarms += [(k, a.rule, a.state) for _, a in out.alarms if a.rule == "heat_removal"]
+    assert heat[59] > 0 and np.isnan(heat[60]) and np.isnan(heat[119])
+    assert alarms == [(5, "heat_removal", "start")]
+
+
+def test_the_last_reading_of_a_row_in_a_batch_decides_its_last_value() -> None:
+    config = load_config(REPO / "config" / "mold-tcu.toml")
+    pipeline = IndicatorPipeline(config, profile_dirs(config, REPO / "config"))
+    rows = pipeline.rows_of("tcu1")
+    flow, supply = rows["flow"], rows["supply_temp"]
+    bad, unsure = int(Quality.BAD_NOT_CONNECTED), int(Quality.UNCERTAIN_LAST_USABLE)
+    pipeline.process("tcu1", Readings.of([flow, flow, supply], T0, [20.0, 21.0, 60.0], [0, bad, 0]), T0)
+    assert np.isnan(pipeline.last_value[flow]) and pipeline.last_value[supply] == 60.0
+    pipeline.process("tcu1", Readings.of([flow, flow], T0 + S_NS, [20.0, 22.0], [bad, unsure]), T0 + S_NS)
+    assert pipeline.last_value[flow] == 22.0  # uncertain is usable
+    assert pipeline.last_value[supply] == 60.0  # not in the batch: a quiet subscription keeps its value
