@@ -162,6 +162,9 @@ class Outbox:
         self.sync = sync
         self.counters = OutboxCounters()
         self._lock = threading.Lock()
+        # the drop counters and their log throttle: held only while counting, so the event loop can count
+        # records it dropped itself without waiting behind SQLite (order: _lock, then _counters_lock)
+        self._counters_lock = threading.Lock()
         self._put_lock = threading.Lock()  # one put at a time: its "fits" decision holds until it commits
         # Serializes the two connections' write transactions. SQLite would too, but its busy handler
         # sleeps 1, 2, 5... ms between tries; a lock hands over the moment the other commit ends.
@@ -372,13 +375,17 @@ class Outbox:
         return None if found is None else (found[0], found[1], found[2], found[3])
 
     def count_dropped(self, records: Sequence[Record]) -> None:
-        """Count records dropped before they reached the outbox (the disk could not take them)."""
-        with self._lock:
-            self._count_drops([(int(r.kind), r.n) for r in records])
+        """Count records dropped before they reached the outbox (the disk could not take them); never waits on SQLite."""
+        # called on the event loop: only the counters' own lock, never _lock (a take or an ack holds it)
+        self._count_drops([(int(r.kind), r.n) for r in records])
 
     def _count_drops(self, dropped: list[tuple[int, int]]) -> None:
         if not dropped:
             return
+        with self._counters_lock:
+            self._count_drops_locked(dropped)
+
+    def _count_drops_locked(self, dropped: list[tuple[int, int]]) -> None:
         c = self.counters
         for kind, n in dropped:
             c.dropped_records += 1

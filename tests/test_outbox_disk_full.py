@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,15 @@ def test_an_outbox_that_cannot_be_opened_is_not_set_aside_as_damaged(tmp_path: P
     # the failed open released its lock: trying again meets the same problem, not "in use"
     with pytest.raises(OutboxError, match="cannot open"):
         Outbox(path)
+
+
+def test_counting_drops_never_waits_behind_a_take_or_an_ack(tmp_path: Path) -> None:
+    """The event loop counts records it had to drop itself: that must not wait for the lock a take or an ack holds."""
+    outbox = Outbox(tmp_path / "mqtt.sqlite")
+    counting = threading.Thread(target=outbox.count_dropped, args=(_records(0, 3),))
+    with outbox._lock:  # as the reader thread holds it through a take's SELECT or an ack's commit
+        counting.start()
+        counting.join(timeout=5)
+        assert not counting.is_alive()
+    assert outbox.counters.dropped_records == 3 and outbox.counters.dropped_by_kind == {"raw": 3}
+    outbox.close()
