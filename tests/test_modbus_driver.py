@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import struct
 import time
 from collections.abc import AsyncIterator
 
@@ -495,3 +496,63 @@ async def test_any_answer_resets_the_timeout_count(tcu: MoldTcuSimulator) -> Non
     busy = quality_from_modbus_exception(6)
     assert seen == [*timeouts, busy, *timeouts, busy, *timeouts, Quality.GOOD]
     assert sessions == 1  # 3 x 2 timeouts, never 3 in a row: the connection was kept
+
+
+class _GatewayWithADeadUnit:
+    """A Modbus TCP gateway on loopback that answers every unit id with zeros except unit 1, which it never answers."""
+
+    def __init__(self) -> None:
+        self.sessions = 0
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.sessions += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                tid, _, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+                pdu = await reader.readexactly(length - 1)
+                if unit == 1:
+                    continue
+                function, _, count = struct.unpack(">BHH", pdu[:5])
+                body = bytes([function, 2 * count]) + bytes(2 * count)
+                writer.write(struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+                await writer.drain()
+        writer.close()
+
+
+async def test_a_dead_unit_behind_a_gateway_does_not_reopen_the_shared_connection() -> None:
+    """Timeouts of a unit that never answered on the session are that unit's BAD_TIMEOUT, not a dead connection."""
+    gateway = _GatewayWithADeadUnit()
+    port = await gateway.start()
+
+    def unit(name: str, unit_id: int) -> ModbusDriver:
+        return driver_for(
+            device_of(
+                f'[[devices]]\nname = "{name}"\nprotocol = "modbus"\nprofile = "mold_tcu"\n'
+                f'endpoint = "modbus-tcp://127.0.0.1:{port}"\n'
+                f"[devices.modbus]\nunit_id = {unit_id}\naddress_base = 0\ntimeout = 0.1\n"
+                '[[devices.tags]]\nname = "x"\ntable = "holding_register"\naddress = 0\ntype = "uint16"\n'
+            )
+        )
+
+    dead, healthy = unit("dead", 1), unit("healthy", 2)
+    try:
+        await dead.connect()
+        await healthy.connect()
+        first = set((await poll(healthy)).quality.tolist())
+        dead_polls = [set((await poll(dead)).quality.tolist()) for _ in range(2 * DEAD_AFTER_TIMEOUTS)]
+        after = set((await poll(healthy)).quality.tolist())
+    finally:
+        await dead.close()
+        await healthy.close()
+        await gateway.stop()
+    assert first == after == {Quality.GOOD}
+    assert dead_polls == [{Quality.BAD_TIMEOUT}] * (2 * DEAD_AFTER_TIMEOUTS)
+    assert gateway.sessions == 1

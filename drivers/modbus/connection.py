@@ -31,8 +31,9 @@ log = logging.getLogger("edge_agent.modbus")
 #: Consecutive unanswered requests after which a connection counts as dead and is reopened.
 #: A TCP session can die without a FIN or RST ever arriving (NAT or firewall state lost, a gateway
 #: rebooted behind a switch): the socket stays "open" and every request times out, while a new
-#: connection would work at once. Any answer, a Modbus exception included, resets the count, so a
-#: single dead unit behind a live gateway that answers for the others does not trigger it.
+#: connection would work at once. Any answer, a Modbus exception included, resets the count, and
+#: only units that have answered on this session count: a dead unit behind a live gateway (it never
+#: answered) cannot condemn the connection that the gateway's other units share.
 DEAD_AFTER_TIMEOUTS = 3
 
 
@@ -163,7 +164,8 @@ class ModbusConnection:
         self._connect_lock = asyncio.Lock()
         self._state = "new"  # new -> up <-> down; closed
         self._failures = 0
-        self._timeouts = 0  # consecutive requests without an answer
+        self._timeouts = 0  # consecutive requests without an answer, from units in _answered
+        self._answered: set[int] = set()  # unit ids that answered on the current TCP session
         self._silent_drops = 0  # connections closed for silence since the last answer
         self._next_attempt = 0.0
         self._down_since = 0.0
@@ -236,6 +238,7 @@ class ModbusConnection:
                     log.info("%s: connected", self._who())
                 self._state = "up"
                 self._failures = 0
+                self._answered.clear()
                 self.last_error = None
                 return True
             self._mark_down(await self._connect_failure())
@@ -292,14 +295,16 @@ class ModbusConnection:
                 if not self._client.connected:
                     self._mark_down("connection lost")
                     raise NotConnected(self.last_error or "not connected") from None
-                self._timeouts += 1
-                if self._timeouts >= self.dead_after_timeouts:
-                    self._drop_silent()
+                if unit_id in self._answered:
+                    self._timeouts += 1
+                    if self._timeouts >= self.dead_after_timeouts:
+                        self._drop_silent()
                 raise TimeoutError(str(exc)) from None
             finally:
                 self._last_request_end = time.monotonic()
             self._timeouts = 0
             self._silent_drops = 0
+            self._answered.add(unit_id)
         if response.isError():
             where = f"{self._who()} unit {unit_id} {table} {start}+{count}"
             raise ModbusExceptionResponse(int(getattr(response, "exception_code", 0)), where)
