@@ -185,20 +185,27 @@ class Outbox:
         self._lock_fd = _claim(self.path)
         try:
             self._db = self._open()  # puts
+            self._rdb = self._connect(self.path)  # takes, acks, corrupt-record deletes, checkpoints
+            # SQLite checkpoints in the commit that crosses 1000 WAL pages: copying 16 MB to the database
+            # file and its fsync then land on one put (tens of ms). The reader thread checkpoints instead,
+            # after an ack, while puts go on (a passive checkpoint does not take the write lock).
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
+            self._rdb.execute("PRAGMA wal_autocheckpoint=0")
+            if self.sync == "full":
+                # A lost ack only means a duplicate delivery after a crash (I6), never a lost record, so
+                # acks commit without their own fsync; the next put's fsync of the WAL covers them.
+                self._rdb.execute("PRAGMA synchronous=NORMAL")
         except BaseException:
+            # a half-opened outbox must not keep its lock: a retry (or a reload) would find it "in use"
+            for name in ("_rdb", "_db"):
+                db = getattr(self, name, None)
+                if db is not None:
+                    db.close()
             os.close(self._lock_fd)
+            self._writer.shutdown(wait=False)
+            self._reader.shutdown(wait=False)
             raise
-        self._rdb = self._connect(self.path)  # takes, acks, corrupt-record deletes, checkpoints
-        # SQLite checkpoints in the commit that crosses 1000 WAL pages: copying 16 MB to the database
-        # file and its fsync then land on one put (tens of ms). The reader thread checkpoints instead,
-        # after an ack, while puts go on (a passive checkpoint does not take the write lock).
-        self._db.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
-        self._rdb.execute("PRAGMA wal_autocheckpoint=0")
         self._unchecked_bytes = 0
-        if self.sync == "full":
-            # A lost ack only means a duplicate delivery after a crash (I6), never a lost record, so
-            # acks commit without their own fsync; the next put's fsync of the WAL covers them.
-            self._rdb.execute("PRAGMA synchronous=NORMAL")
 
     # ------------------------------------------------------------------ opening and salvage
 

@@ -144,3 +144,24 @@ def test_counting_drops_never_waits_behind_a_take_or_an_ack(tmp_path: Path) -> N
         assert not counting.is_alive()
     assert outbox.counters.dropped_records == 3 and outbox.counters.dropped_by_kind == {"raw": 3}
     outbox.close()
+
+
+def test_a_half_opened_outbox_releases_its_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the second connection cannot be made, the failed open lets go of the lock: the next open works."""
+    real = Outbox._connect
+    calls = []
+
+    def second_fails(self: Outbox, path: Path) -> sqlite3.Connection:
+        calls.append(path)
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("unable to open database file")
+        return real(self, path)
+
+    monkeypatch.setattr(Outbox, "_connect", second_fails)
+    with pytest.raises(sqlite3.OperationalError):
+        Outbox(tmp_path / "mqtt.sqlite")
+    monkeypatch.setattr(Outbox, "_connect", real)
+    outbox = Outbox(tmp_path / "mqtt.sqlite")
+    outbox.put(_records(0, 2))
+    assert len(outbox) == 2
+    outbox.close()
