@@ -98,13 +98,8 @@ class DiskFullSink(SlowSink):
         await super().send(records)
 
 
-async def test_an_oserror_from_the_sink_is_retried_with_backoff_and_logged_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite")
-    await outbox.put_async(_records(0, 30))
-    sink = DiskFullSink(failures=3)
-    loop = DeliveryLoop(outbox, sink, batch_records=10, in_flight=1, backoff=Backoff(0.01, 0.05))
+async def _drain_alive(loop: DeliveryLoop, outbox: Outbox) -> None:
+    """Run `loop` until the outbox is empty, checking that it is still running then; stop it and close the outbox."""
     task = loop.start()
     try:
         assert await loop.wait_drained(5.0)
@@ -112,6 +107,16 @@ async def test_an_oserror_from_the_sink_is_retried_with_backoff_and_logged_once(
     finally:
         await loop.stop()
         await outbox.close_async()
+
+
+async def test_an_oserror_from_the_sink_is_retried_with_backoff_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    await outbox.put_async(_records(0, 30))
+    sink = DiskFullSink(failures=3)
+    loop = DeliveryLoop(outbox, sink, batch_records=10, in_flight=1, backoff=Backoff(0.01, 0.05))
+    await _drain_alive(loop, outbox)
     assert sink.accepted == list(range(30))
     assert loop.counters.failures == 3 and loop.counters.consecutive_failures == 0
     assert outbox.counters.acked_records == 30 and len(outbox) == 0
@@ -137,13 +142,7 @@ async def test_an_ack_on_a_full_disk_is_retried_without_sending_again(tmp_path: 
     await outbox.put_async(_records(0, 30))
     sink = SlowSink(delay=0.0)
     loop = DeliveryLoop(outbox, sink, batch_records=10, in_flight=2, backoff=Backoff(0.01, 0.05))
-    task = loop.start()
-    try:
-        assert await loop.wait_drained(5.0)
-        assert not task.done()
-    finally:
-        await loop.stop()
-        await outbox.close_async()
+    await _drain_alive(loop, outbox)
     assert sink.accepted == list(range(30))  # each batch sent once: only its ack was repeated
     assert outbox.counters.acked_records == 30 and len(outbox) == 0
     assert loop.counters.failures == 4 and loop.counters.consecutive_failures == 0

@@ -88,6 +88,14 @@ def _sink_set(tmp_path: Path, outbox: Outbox, sink: RecordingSink) -> SinkSet:
     return sinks
 
 
+def _on_a_full_disk(tmp_path: Path) -> tuple[DiskFullOutbox, RecordingSink, SinkSet]:
+    """A sink set of one recording sink whose outbox refuses every put as a full disk does."""
+    outbox = DiskFullOutbox(tmp_path / "rec.sqlite")
+    outbox.full = True
+    sink = RecordingSink()
+    return outbox, sink, _sink_set(tmp_path, outbox, sink)
+
+
 async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     began = time.monotonic()
     while not condition():
@@ -103,10 +111,7 @@ def _metric(sinks: SinkSet, name: str) -> float | None:
 async def test_the_outbox_writer_keeps_records_while_the_disk_is_full_and_stores_them_once_there_is_room(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    outbox = DiskFullOutbox(tmp_path / "rec.sqlite")
-    outbox.full = True
-    sink = RecordingSink()
-    sinks = _sink_set(tmp_path, outbox, sink)
+    outbox, sink, sinks = _on_a_full_disk(tmp_path)
     channel = sinks.channels[0]
     for k in range(5):
         sinks.publish(_records(k * 10, 10))  # type: ignore[arg-type]
@@ -134,10 +139,7 @@ async def test_the_outbox_writer_keeps_records_while_the_disk_is_full_and_stores
 async def test_records_past_the_memory_cap_are_dropped_oldest_first_and_counted_and_stop_still_closes(
     tmp_path: Path,
 ) -> None:
-    outbox = DiskFullOutbox(tmp_path / "rec.sqlite")
-    outbox.full = True
-    sink = RecordingSink()
-    sinks = _sink_set(tmp_path, outbox, sink)
+    outbox, sink, sinks = _on_a_full_disk(tmp_path)
     channel = sinks.channels[0]
     channel.pending_max_bytes = 20 * stored_size(_records(0, 1)[0])  # room for 20 records
     for k in range(10):
