@@ -714,6 +714,48 @@ def _profile_problems(config: Config, config_dir: Path) -> list[str]:
     return problems
 
 
+def _profile_binding_problems(config: Config, config_dir: Path) -> list[str]:
+    """What the pipeline could not do with a device and its profile: per-cycle signals without the cycle counter."""
+    # imported here: profiles.py builds on this module's Model and ConfigError
+    from edge_agent.profiles import Profile, find_profile
+
+    dirs = profile_dirs(config, config_dir)
+    profiles: dict[str, Profile] = {}
+    problems = []
+    for i, device in enumerate(config.devices):
+        if device.profile not in profiles:
+            try:
+                profiles[device.profile] = find_profile(device.profile, dirs)
+            except ConfigError as exc:
+                problems += [f"devices[{i}].profile: {exc.source}: {p}" for p in exc.problems]
+                continue
+        profile = profiles[device.profile]
+        names = set(device.signal_names())
+        from_events = (
+            {s for e in device.events for s in e.fields} if isinstance(device, OpcUaDevice) else set()
+        )
+        # a per-cycle value polled without the counter would be charted once per poll: the same
+        # shot's value over and over, a sigma of ~0 and alarms on every shot
+        polled = [
+            s.name
+            for s in profile.signals
+            if s.sampling == "per_cycle" and s.name in names and s.name not in from_events
+        ]
+        counter = profile.cycle.counter if profile.cycle else None
+        if polled and (counter is None or counter not in names):
+            need = (
+                f"the cycle counter {counter!r} of profile {device.profile!r} to be latched once per "
+                f"cycle; add a tag named {counter!r}"
+                if counter
+                else f"a cycle counter to be latched once per cycle, and profile {device.profile!r} has none"
+            )
+            events = " or read them from a cycle event" if isinstance(device, OpcUaDevice) else ""
+            problems.append(
+                f"devices[{i}] ({device.name}): per-cycle signals {', '.join(polled)} need {need}{events}"
+            )
+    return problems
+
+
 def _address_base_problems(config: Config) -> list[str]:
     # A tag model cannot see its device's address_base, so this is checked on the whole device.
     problems = []
@@ -776,7 +818,12 @@ def profile_dirs(config: Config, config_dir: Path) -> list[Path]:
 
 
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
-    """Parse and validate TOML text; raises ConfigError with one line per problem."""
+    """Parse and validate TOML text; raises ConfigError with one line per problem.
+
+    With `base_dir` (the config file's folder, as load_config gives it) the devices are also
+    checked against the contents of their profiles; without it a relative `profiles_dir`
+    has no folder to be relative to, so only the profiles' existence is checked.
+    """
     if not text.strip():
         raise ConfigError(source, ["the file is empty; start from config/demo.toml"])
     try:
@@ -793,6 +840,9 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         + _profile_problems(config, config_dir)
         + _security_file_problems(config, config_dir)
     )
+    if not problems and base_dir is not None:
+        # only once every profile exists: this reads them
+        problems = _profile_binding_problems(config, config_dir)
     if problems:
         raise ConfigError(source, problems)
     if base_dir is not None:

@@ -230,15 +230,19 @@ class IndicatorPipeline:
 
     def _build_cycles(self, n: int) -> None:
         counters, latched, nominal, modulus, devices = [], [], [], [], []
+        # polled per-cycle rows reach SPC only through the latch: without their device's counter
+        # (check-config reports it) they would be charted on every poll, the same value many times
+        self.polled_per_cycle_row = np.zeros(n, bool)
         for info in self.devices.values():
-            cyc = info.profile.cycle
-            if cyc is None or cyc.counter not in info.rows:
-                continue
             per_cycle = [
                 info.rows[s.name]
                 for s in info.profile.signals
                 if s.sampling == "per_cycle" and s.name in info.rows and not self._from_event(info, s.name)
             ]
+            self.polled_per_cycle_row[per_cycle] = True
+            cyc = info.profile.cycle
+            if cyc is None or cyc.counter not in info.rows:
+                continue
             counters.append(info.rows[cyc.counter])
             latched.append(per_cycle)
             nominal.append(info.nominal_cycle_s)
@@ -382,7 +386,7 @@ class IndicatorPipeline:
         self.last_value[rows_now] = np.where(readings.good[last], readings.value[last], np.nan)
         self.last_t[sig] = readings.t_ns
         # SPC: continuous and event-fed signals directly, polled per-cycle signals through the latch
-        direct = readings.take(self.spc_row[sig] & ~self.latched_row[sig])
+        direct = readings.take(self.spc_row[sig] & ~self.polled_per_cycle_row[sig])
         latched = Readings.empty()
         cycle_moved = False
         if self.latch is not None and (self.counter_row[sig].any() or self.latched_row[sig].any()):

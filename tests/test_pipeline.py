@@ -299,3 +299,24 @@ def test_the_last_reading_of_a_row_in_a_batch_decides_its_last_value() -> None:
     pipeline.process("tcu1", Readings.of([flow, flow], T0 + S_NS, [20.0, 22.0], [bad, unsure]), T0 + S_NS)
     assert pipeline.last_value[flow] == 22.0  # uncertain is usable
     assert pipeline.last_value[supply] == 60.0  # not in the batch: a quiet subscription keeps its value
+
+
+def test_per_cycle_values_without_the_cycle_counter_are_not_charted_per_poll() -> None:
+    # check-config refuses this device (tests/cases/per_cycle_without_counter); a config built
+    # in code reaches the pipeline anyway and must not chart the same shot's value at every poll
+    config = load_config(REPO / "config" / "die-casting.toml")
+    first = config.devices[0]
+    tags = [t for t in first.tags if t.name != "shot_counter"]
+    config = config.model_copy(update={"devices": [first.model_copy(update={"tags": tags})]})
+    pipeline = IndicatorPipeline(config, profile_dirs(config, REPO / "config"))
+    rows = pipeline.rows_of("dcm1")
+    r = rows["biscuit_length"]
+    alarms = []
+    for k in range(600):
+        t = T0 + k * S_NS
+        biscuit = 27.5 + 0.1 * (k // 60)  # the register holds the last shot's value for 60 polls
+        out = pipeline.process("dcm1", Readings.of([rows["machine_state"], r], t, [3.0, biscuit]), t)
+        alarms += [a for _, a in out.alarms if a.signal == r]
+    assert pipeline.spc.snapshot([r])["n"][0] + pipeline.whitener.n[r] == 0
+    assert alarms == []
+    assert pipeline.last_value[r] == pytest.approx(28.4)  # still published as a raw value
