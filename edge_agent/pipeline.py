@@ -22,7 +22,7 @@ from edge_agent.core.cycles import CycleLatch
 from edge_agent.core.furnace import FurnaceMonitor, ams2750_tolerance
 from edge_agent.core.mold import MoldMaintenance, heat_removed_kw
 from edge_agent.core.oee import OeeAccumulator
-from edge_agent.core.spc import ALARM_KIND_NAMES, Rule, SpcEngine, SpcParams
+from edge_agent.core.spc import ALARM_KIND_NAMES, Rule, RuleHits, SpcEngine, SpcParams
 from edge_agent.profiles import Profile, find_profile
 from edge_agent.records import AlarmEvent, IndicatorBatch, Source
 from edge_agent.schema import MAINTENANCE_FIELDS, OEE_FIELDS, SPC_FIELDS
@@ -39,6 +39,9 @@ _KIND_NEEDS = {
 MAX_SENSOR_DEVIATION_C = 200.0
 #: A per-cycle alarm clears only after its condition stayed away this many nominal cycles.
 CLEAR_AFTER_CYCLES = 5
+#: The engine's beyond-3σ bits, filed under its `rules` kind with the run rules.
+_BEYOND_3SIGMA = int(Rule.WE1 | Rule.N1)
+_RULES_KIND = next(k for k, name in ALARM_KIND_NAMES.items() if name == "rules")
 _SPC_INDICATORS = {"rolling", "imr", "xbar_r", "xbar_s", "capability", "rules", "ewma", "cusum"}
 _RULE_NAMES = [(int(r.value), str(r.name)) for r in Rule]
 
@@ -188,6 +191,9 @@ class IndicatorPipeline:
         off_delay = np.zeros(capacity, np.int64)
         self.spec_lsl = np.full(n, np.nan)
         self.spec_usl = np.full(n, np.nan)
+        # `imr` without `rules`: a point beyond the I-chart limits alarms, the run rules do not; the
+        # engine files both under one alarm kind, so the pipeline tracks these rows' 3σ points itself
+        self.limits_only_row = np.zeros(capacity, bool)
         for i, (info, name) in enumerate(owners):
             ps = info.profile.signal(name)
             assert ps is not None
@@ -206,6 +212,7 @@ class IndicatorPipeline:
                 # the engine sees whitened values; specification limits are judged on the raw ones (_spec)
                 self.alarm_allowed[row, kind] = bool(wanted & needs) if needs else False
             self.spec_lsl[row], self.spec_usl[row] = lsl[i], usl[i]
+            self.limits_only_row[row] = "imr" in wanted and "rules" not in wanted
             if ps.sampling == "continuous":
                 delay[row] = int(info.profile.alarm_delay_s * 1e9)
             elif info.nominal_cycle_s:
@@ -227,6 +234,7 @@ class IndicatorPipeline:
         self.whitener = Prewhitener(capacity, rows[per_cycle], phase1[per_cycle])
         self.spec_row = np.isfinite(self.spec_lsl) | np.isfinite(self.spec_usl)
         self.spec_alarms = AlarmTracker(capacity, delay, np.maximum(delay, off_delay))
+        self.limit_alarms = AlarmTracker(capacity, delay, np.maximum(delay, off_delay))
 
     def _build_cycles(self, n: int) -> None:
         counters, latched, nominal, modulus, devices = [], [], [], [], []
@@ -359,6 +367,9 @@ class IndicatorPipeline:
             ev = update.events
             if len(ev):
                 spc_events = _take(ev, self.alarm_allowed[ev.row, ev.kind])
+            beyond = self._beyond_limits(spc_in, update.hits)
+            if len(beyond):
+                spc_events = AlarmEvents.concat([spc_events, beyond])
         if len(staged) == 1:
             return [self._finish(staged[0], spc_events, spec_events, now_ns)]
         # each device's events go with its first batch here (two scan classes of one device can
@@ -413,6 +424,30 @@ class IndicatorPipeline:
             self._kpi(info, now_ns, out)
             info.kpi_due_ns = now_ns + int(info.profile.kpi_interval_s * 1e9)
         return out
+
+    def _beyond_limits(self, r: Readings, hits: RuleHits) -> AlarmEvents:
+        """I-chart alarms (a point beyond CL ± 3σ, as the engine judged it) of the signals with `imr` but not `rules`."""
+        sig = r.signal.astype(np.int64)
+        use = self.limits_only_row[sig] & r.good
+        if not use.any():
+            return AlarmEvents.empty()
+        rows, t, x = sig[use], r.t_ns[use], r.value[use]
+        hit = ((hits.mask & _BEYOND_3SIGMA) != 0) & self.limits_only_row[hits.row]
+        raised = np.zeros(rows.shape, bool)
+        if hit.any():
+            # the engine reports hits per sample without their position in the batch: a sample is
+            # known by its row, time and value
+            mine = _sample_keys(rows, t, x)
+            raised = np.isin(mine, _sample_keys(hits.row[hit], hits.t_ns[hit], hits.value[hit]))
+        ev = self.limit_alarms.update(rows, t, raised, None, x)
+        if not len(ev):
+            return ev
+        snap = self.spc.snapshot(ev.row)  # O(window) per row, for the rare transitions only
+        cl, sigma = snap["cl"], snap["sigma"]
+        limit = cl + np.copysign(3.0 * sigma, ev.value - cl)
+        mask = np.where(ev.start, _BEYOND_3SIGMA, 0).astype(np.uint32)
+        kind = np.full(len(ev), _RULES_KIND, np.int16)
+        return AlarmEvents(ev.row, kind, ev.t_ns, ev.start, ev.value, limit, mask)
 
     def _spec(self, r: Readings) -> AlarmEvents:
         """Specification limits on the raw values (one per cycle for per-cycle signals)."""
@@ -677,6 +712,14 @@ def _unit(device: ModbusDevice | OpcUaDevice, name: str) -> str:
         if tag.name == name:
             return tag.unit
     return ""
+
+
+def _sample_keys(
+    row: NDArray[np.integer], t_ns: NDArray[np.int64], value: NDArray[np.float64]
+) -> NDArray[np.void]:
+    """One comparable key per sample: its row, time and value bits."""
+    cols = [row.astype(np.int64), t_ns.astype(np.int64), value.astype(np.float64).view(np.int64)]
+    return np.ascontiguousarray(np.column_stack(cols)).view(np.dtype((np.void, 24))).ravel()
 
 
 def _take(ev: AlarmEvents, keep: NDArray[np.bool_]) -> AlarmEvents:

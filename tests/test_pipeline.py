@@ -10,6 +10,7 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config, parse_config, profile_dirs
+from edge_agent.core.spc import Rule
 from edge_agent.pipeline import IndicatorPipeline
 from edge_agent.types import Quality, Readings
 
@@ -320,3 +321,28 @@ def test_per_cycle_values_without_the_cycle_counter_are_not_charted_per_poll() -
     assert pipeline.spc.snapshot([r])["n"][0] + pipeline.whitener.n[r] == 0
     assert alarms == []
     assert pipeline.last_value[r] == pytest.approx(28.4)  # still published as a raw value
+
+
+def test_an_imr_signal_alarms_on_a_point_beyond_its_i_chart_limits_but_not_on_run_rules() -> None:
+    pipeline, rows, tags = _pipeline()
+    r = rows["switchover_position"]  # die_casting profile: imr and capability, no rules
+    rng = np.random.default_rng(5)
+    starts, beyond, run_rule_only = [], [], []
+    for k in range(1, 200):
+        readings = _shot(rows, tags, k, 27.5, rng)
+        # in control, then a 1σ shift (run rules: 8 in a row, 4 of 5 beyond 1σ), then a drift
+        shift = 1.0 if 100 < k <= 140 else 1.0 + 0.25 * (k - 140) if k > 140 else 0.0
+        readings.value[readings.signal == r] = 400.0 + rng.normal(0, 1.0) + shift
+        out = pipeline.process("dcm1", readings, T0 + k * SHOT_NS)
+        starts += [
+            (k, a) for _, a in out.alarms if a.signal == r and a.rule == "rules" and a.state == "start"
+        ]
+        mask = int(pipeline.spc.snapshot([r])["rule_mask"][0])
+        if mask & int(Rule.WE1):
+            beyond.append(k)
+        elif mask & 0xFFF:
+            run_rule_only.append(k)
+    assert run_rule_only and beyond and min(run_rule_only) < min(beyond)
+    assert starts and {k for k, _ in starts} <= set(beyond) and starts[0][0] == min(beyond)
+    first = starts[0][1]
+    assert first.message == "rules alarm (WE1+N1)" and first.value > first.limit
