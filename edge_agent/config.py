@@ -327,7 +327,7 @@ class DeviceBase(Model):
     poll_interval: Seconds = 1.0
     """Default poll interval of the tags, seconds."""
     enabled: bool = True
-    """Set false to keep a device in the file without polling it."""
+    """Set false to keep a device in the file without polling it (nor checking its certificate files)."""
     nominal_cycle_s: float | None = Field(default=None, gt=0)
     """Nominal cycle time of this machine in seconds; overrides the profile's (stop detection)."""
     ideal_cycle_s: float | None = Field(default=None, gt=0)
@@ -788,7 +788,8 @@ def _security_file_problems(config: Config, config_dir: Path) -> list[str]:
     # Resolved like the driver resolves them, so a missing file is caught here and not at connect.
     problems = []
     for i, device in enumerate(config.devices):
-        if not isinstance(device, OpcUaDevice):
+        # a disabled device is never connected: its certificates may not exist yet
+        if not isinstance(device, OpcUaDevice) or not device.enabled:
             continue
         secure = device.opcua.security_policy != "None"
         for field, (folder, fix) in _SECURITY_FILES.items():
