@@ -333,7 +333,8 @@ class DeviceBase(Model):
     ideal_cycle_s: float | None = Field(default=None, gt=0)
     """Ideal cycle time per part in seconds for OEE performance; overrides the profile's."""
     limits: dict[str, SpecLimits] = Field(default_factory=dict)
-    """Specification limits per signal, `limits.cushion = {lsl = 3.0, usl = 7.0}`; override the profile's."""
+    """Specification limits per signal, `limits.cushion = {lsl = 3.0, usl = 7.0}`. An entry replaces both
+    of the profile's limits of that signal: give one limit for a one-sided specification."""
 
 
 def _check_unique(items: Iterable[Any], what: str) -> None:
@@ -715,7 +716,7 @@ def _profile_problems(config: Config, config_dir: Path) -> list[str]:
 
 
 def _profile_binding_problems(config: Config, config_dir: Path) -> list[str]:
-    """What the pipeline could not do with a device and its profile: per-cycle signals without the cycle counter."""
+    """What the pipeline could not do with a device and its profile: reversed spec limits, per-cycle signals without the cycle counter."""
     # imported here: profiles.py builds on this module's Model and ConfigError
     from edge_agent.profiles import Profile, find_profile
 
@@ -741,6 +742,15 @@ def _profile_binding_problems(config: Config, config_dir: Path) -> list[str]:
             for s in profile.signals
             if s.sampling == "per_cycle" and s.name in names and s.name not in from_events
         ]
+        for s in profile.signals:
+            # a device's entry replaces the profile's limits, and SpecLimits checks its own order
+            given = s.name in names and s.name not in device.limits
+            if given and s.lsl is not None and s.usl is not None and s.lsl >= s.usl:
+                problems.append(
+                    f"devices[{i}] ({device.name}): signal {s.name} gets lsl ({s.lsl}) >= usl ({s.usl}) "
+                    f"from profile {device.profile!r}; correct the profile, or give the device "
+                    f"`limits.{s.name} = {{ lsl = ..., usl = ... }}`, which replaces the profile's limits"
+                )
         counter = profile.cycle.counter if profile.cycle else None
         if polled and (counter is None or counter not in names):
             need = (

@@ -198,8 +198,9 @@ class IndicatorPipeline:
             ps = info.profile.signal(name)
             assert ps is not None
             spec = limits.get(info.name, {}).get(name)
-            lo = spec.lsl if spec and spec.lsl is not None else ps.lsl
-            hi = spec.usl if spec and spec.usl is not None else ps.usl
+            # a device's entry replaces both profile limits: merged one by one, a device LSL above the
+            # profile's USL would make a reversed pair, and one limit given means a one-sided spec
+            lo, hi = (spec.lsl, spec.usl) if spec else (ps.lsl, ps.usl)
             lsl[i] = np.nan if lo is None else lo
             usl[i] = np.nan if hi is None else hi
             window[i] = info.profile.window

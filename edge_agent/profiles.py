@@ -26,7 +26,7 @@ class ProfileSignal(Model):
     indicators: list[Indicator] = Field(default_factory=list)
     """Indicators computed for this signal."""
     lsl: float | None = None
-    """Default lower specification limit (a device's `limits` overrides it)."""
+    """Default lower specification limit (a device's `limits` entry for the signal replaces both)."""
     usl: float | None = None
     """Default upper specification limit."""
     band: float | None = None

@@ -346,3 +346,27 @@ def test_an_imr_signal_alarms_on_a_point_beyond_its_i_chart_limits_but_not_on_ru
     assert starts and {k for k, _ in starts} <= set(beyond) and starts[0][0] == min(beyond)
     first = starts[0][1]
     assert first.message == "rules alarm (WE1+N1)" and first.value > first.limit
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("{ lsl = 50.0 }", (50.0, np.nan)),
+        ("{ usl = 60.0 }", (np.nan, 60.0)),
+        ("{ lsl = 20.0, usl = 40.0 }", (20.0, 40.0)),
+    ],
+)
+def test_a_device_limits_entry_replaces_both_profile_limits(
+    entry: str, expected: tuple[float, float]
+) -> None:
+    # die_casting profile: fill_time 15-45 ms; merged field by field, lsl 50 with usl 45 broke construction
+    text = (
+        '[[devices]]\nname = "dcm9"\nprotocol = "modbus"\nprofile = "die_casting"\n'
+        'endpoint = "modbus-tcp://127.0.0.1:5020"\n'
+        f"limits.fill_time = {entry}\n"
+        'tags = [{ name = "shot_counter", address = 0 }, { name = "fill_time", address = 1 }]\n'
+    )
+    config = parse_config(text, "agent.toml", REPO / "config")
+    pipeline = IndicatorPipeline(config, profile_dirs(config, REPO / "config"))
+    r = pipeline.rows_of("dcm9")["fill_time"]
+    np.testing.assert_array_equal([pipeline.spec_lsl[r], pipeline.spec_usl[r]], expected)
