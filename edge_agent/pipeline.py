@@ -7,6 +7,7 @@ only Python loops are per device (furnaces, TCUs, KPI timers), never per value.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from edge_agent.profiles import Profile, find_profile
 from edge_agent.records import AlarmEvent, IndicatorBatch, Source
 from edge_agent.schema import MAINTENANCE_FIELDS, OEE_FIELDS, SPC_FIELDS
 from edge_agent.types import Readings, SignalTable
+
+log = logging.getLogger(__name__)
 
 # Which profile indicators allow each SPC alarm kind (ALARM_KIND_NAMES: rules, chart, ewma, cusum, spec).
 _KIND_NEEDS = {
@@ -330,17 +333,37 @@ class IndicatorPipeline:
         )
         for info in self.devices.values():
             spec = info.profile.furnace
-            if spec is None or not all(s in info.rows for s in [*spec.sensors, spec.setpoint]):
+            if spec is None:
                 continue
+            # the furnace is monitored on the sensors it has: a furnace with one thermocouple fewer
+            # than its profile still needs its soak timed and its overshoot seen
+            sensors = [s for s in spec.sensors if s in info.rows]
+            missing = [s for s in spec.sensors if s not in info.rows]
+            if not sensors or spec.setpoint not in info.rows:
+                need = [s for s in [spec.setpoint] if s not in info.rows] + (missing if not sensors else [])
+                log.warning(
+                    "%s: no furnace monitoring: it needs the setpoint and at least one sensor; not configured: %s",
+                    info.name,
+                    ", ".join(need),
+                )
+                continue
+            if missing:
+                log.warning(
+                    "%s: furnace monitoring on %d of the profile's %d sensors; not configured: %s",
+                    info.name,
+                    len(sensors),
+                    len(spec.sensors),
+                    ", ".join(missing),
+                )
             info.furnace = FurnaceMonitor(
-                np.zeros(len(spec.sensors), np.int64),
+                np.zeros(len(sensors), np.int64),
                 ams2750_tolerance(spec.furnace_class),
                 soak_policy=spec.soak_policy,
                 # a burnt-out thermocouple reads upscale or ambient, hundreds of degrees off; a zone whose
                 # heater fails drifts tens of degrees: that is a uniformity problem, not an invalid sensor
                 max_dev_c=MAX_SENSOR_DEVIATION_C,
             )
-            info.furnace_rows = np.array([info.rows[s] for s in spec.sensors], np.int64)
+            info.furnace_rows = np.array([info.rows[s] for s in sensors], np.int64)
 
     # ------------------------------------------------------------------ run time
     def rows_of(self, device: str) -> Mapping[str, int]:

@@ -370,3 +370,35 @@ def test_a_device_limits_entry_replaces_both_profile_limits(
     pipeline = IndicatorPipeline(config, profile_dirs(config, REPO / "config"))
     r = pipeline.rows_of("dcm9")["fill_time"]
     np.testing.assert_array_equal([pipeline.spec_lsl[r], pipeline.spec_usl[r]], expected)
+
+
+def test_a_furnace_with_some_of_its_profiles_thermocouples_is_monitored_on_those(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = load_config(REPO / "config" / "furnace.toml")
+    first = config.devices[0]
+    tags = [t for t in first.tags if t.name != "zone_4_temp"]
+    config = config.model_copy(update={"devices": [first.model_copy(update={"tags": tags})]})
+    with caplog.at_level("WARNING", logger="edge_agent.pipeline"):
+        pipeline = IndicatorPipeline(config, profile_dirs(config, REPO / "config"))
+    rows = pipeline.rows_of("furnace-1")
+    names = [*ZONES[:3], "temp_setpoint"]
+    uni, alarms = [], []
+    for k in range(300):
+        t = T0 + k * S_NS
+        zone_1 = 880.0 if k >= 200 else 860.0  # a zone heater runs away once the furnace soaks
+        out = pipeline.process(
+            "furnace-1", Readings.of([rows[n] for n in names], t, [zone_1, 861.0, 859.0, 860.0]), t
+        )
+        uni += [
+            {f: float(v[0]) for f, v in b.values.items()}
+            for _, b in out.kpi
+            if b.family == "furnace_uniformity"
+        ]
+        alarms += [(k, a.rule, a.state) for _, a in out.alarms]
+    assert uni[199]["valid_sensors"] == 3 and uni[199]["spread"] == 2.0 and uni[199]["soak_s"] == 199.0
+    assert uni[299]["all_in_band"] == 0.0 and uni[299]["soak_s"] == 199.0 and uni[299]["overshoot_c"] == 20.0
+    assert sorted(alarms) == [(205, "overshoot", "start"), (205, "uniformity", "start")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "furnace-1: furnace monitoring on 3 of the profile's 4 sensors; not configured: zone_4_temp"
+    ]
