@@ -313,6 +313,9 @@ class IndicatorPipeline:
             if oee_devices
             else None
         )
+        # per OEE machine: time of its latest update, and whether its state was known then
+        self.oee_prev_t = np.full(len(oee_devices), -1, np.int64)
+        self.oee_state_known = np.zeros(len(oee_devices), bool)
         mold_devices = [d for d in self.devices.values() if d.profile.mold is not None]
         self.mold_devices = mold_devices
         self.mold_index = {d.name: i for i, d in enumerate(mold_devices)}
@@ -526,11 +529,13 @@ class IndicatorPipeline:
             producing = bool(np.isin(state, spec.producing_states))
             parts = lv[info.rows[spec.parts_counter]] if spec.parts_counter in info.rows else np.nan
             good = lv[info.rows[spec.good_counter]] if spec.good_counter in info.rows else np.nan
+            self._oee_unknown_time(m, t)
+            self.oee_state_known[m] = bool(np.isfinite(state))
             self.oee.update([m], [t], [producing], [parts], [good])
             res = self.oee.result(t, [m])
             if not np.isfinite(res["pot_s"][0]) or res["pot_s"][0] >= spec.period_s:
                 self.oee.roll_period([m], t)  # at the machine's next cycle boundary
-            values["oee"] = {k: float(res[k][0]) for k in OEE_FIELDS}
+            values["oee"] = self._oee_values(m, res)
         if info.furnace is not None and info.profile.furnace:
             spec_f = info.profile.furnace
             temps = lv[info.furnace_rows]
@@ -622,6 +627,31 @@ class IndicatorPipeline:
             ev.limit,
             ev.mask,
         )
+
+    def _oee_unknown_time(self, m: int, t: int) -> None:
+        """Take the interval since machine m's previous update out of its period's PBT if its state was unknown then."""
+        assert self.oee is not None
+        prev = int(self.oee_prev_t[m])
+        if t < prev:
+            return  # a late batch: the accumulator ignores it too
+        self.oee_prev_t[m] = t
+        start = max(prev, int(self.oee.period_start[m]))
+        # not producing would count the time as lost availability: a machine not configured, not read
+        # yet or disconnected is no data, so the time leaves the availability denominator instead
+        if prev >= 0 and self.oee.period_start[m] >= 0 and not self.oee_state_known[m] and t > start:
+            self.oee.add_planned_downtime([m], (t - start) / 1e9)
+
+    def _oee_values(self, m: int, res: Mapping[str, NDArray[np.float64]]) -> dict[str, float]:
+        """The published OEE fields of machine m: NaN (no data, not 0) for what its inputs cannot tell."""
+        assert self.oee is not None
+        v = {k: float(res[k][0]) for k in OEE_FIELDS}
+        if not res["pbt_s"][0] > 0:
+            v["apt_s"] = np.nan  # the state was never known in this period
+        if np.isnan(self.oee.last_parts[m]):
+            v.update(performance=np.nan, quality=np.nan, oee=np.nan, pq=np.nan)
+        if np.isnan(self.oee.last_good[m]):
+            v.update(quality=np.nan, oee=np.nan, gq=np.nan)
+        return v
 
     def _quench(self, info: DeviceInfo, readings: Readings, values: dict[str, dict[str, float]]) -> None:
         assert info.furnace is not None

@@ -402,3 +402,56 @@ def test_a_furnace_with_some_of_its_profiles_thermocouples_is_monitored_on_those
     assert [r.getMessage() for r in caplog.records] == [
         "furnace-1: furnace monitoring on 3 of the profile's 4 sensors; not configured: zone_4_temp"
     ]
+
+
+def _oee_of(tags: list[str], polls: int, bad_from: int | None = None) -> dict[str, float]:
+    """The last OEE record of a die-casting cell with only `tags`, shooting every 55 s and polled every 5 s; BAD_NOT_CONNECTED from poll `bad_from` on."""
+    text = '[[devices]]\nname = "dcm9"\nprotocol = "modbus"\nprofile = "die_casting"\nendpoint = "modbus-tcp://127.0.0.1:5020"\n'
+    text += "".join(f'[[devices.tags]]\nname = "{n}"\naddress = {i}\n' for i, n in enumerate(tags))
+    config = parse_config(text, "agent.toml", REPO / "config")
+    pipeline = IndicatorPipeline(config, profile_dirs(config, REPO / "config"))
+    rows = pipeline.rows_of("dcm9")
+    last: dict[str, float] = {}
+    for k in range(polls):
+        t = T0 + k * 5 * S_NS
+        shots = k * 5 // 55
+        values = {"machine_state": 3.0, "shot_counter": shots, "good_parts": shots}
+        q = int(Quality.BAD_NOT_CONNECTED) if bad_from is not None and k >= bad_from else 0
+        out = pipeline.process(
+            "dcm9", Readings.of([rows[n] for n in tags], t, [values[n] for n in tags], q), t
+        )
+        last = next(
+            ({f: float(v[0]) for f, v in b.values.items()} for _, b in out.kpi if b.family == "oee"), last
+        )
+    return last
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        # 40 min: 43 shots seen, the first starts the period; 42 parts in 2340 s of production
+        (["machine_state", "shot_counter", "good_parts"], (1.0, 0.987, 1.0, 0.987, 2340.0, 42.0, 42.0)),
+        # no state: nothing is known of availability, so neither of performance
+        (["shot_counter", "good_parts"], (NAN, NAN, 1.0, NAN, NAN, 43.0, 43.0)),
+        (["machine_state", "shot_counter"], (1.0, 0.987, NAN, NAN, 2340.0, 42.0, NAN)),
+        (["machine_state", "good_parts"], (1.0, NAN, NAN, NAN, 2395.0, NAN, 43.0)),
+    ],
+    ids=["all inputs", "no state", "no good counter", "no parts counter"],
+)
+def test_oee_is_no_data_not_zero_for_an_input_that_is_not_configured(
+    tags: list[str], expected: tuple[float, ...]
+) -> None:
+    got = _oee_of(tags, polls=480)
+    fields = ("availability", "performance", "quality", "oee", "apt_s", "pq", "gq")
+    np.testing.assert_allclose([got[f] for f in fields], expected, atol=5e-4)
+
+
+def test_oee_leaves_the_time_a_machine_was_disconnected_out_of_availability() -> None:
+    # 20 min producing, then 20 min disconnected: unknown, not 20 min of lost availability
+    got = _oee_of(["machine_state", "shot_counter", "good_parts"], polls=480, bad_from=240)
+    # the period starts after the first part (at 55 s); the last good poll (1195 s) opens a producing interval
+    assert got["availability"] == 1.0 and got["apt_s"] == 1145.0
+    assert got["pq"] == 20.0 and got["quality"] == 1.0
