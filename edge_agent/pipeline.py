@@ -525,12 +525,17 @@ class IndicatorPipeline:
         if self.oee is not None and info.name in self.oee_index and info.profile.oee:
             spec = info.profile.oee
             m = self.oee_index[info.name]
-            state = lv[info.rows[spec.state]] if spec.state in info.rows else np.nan
-            producing = bool(np.isin(state, spec.producing_states))
+            producing, known = _producing(info, spec.state, spec.producing_states, lv)
+            if spec.production_status is not None:
+                # DOMAIN.md §5: an IMM produces in AUTOMATIC *and* PRODUCTION; either one known to be
+                # off is enough to know it is not producing
+                status, status_known = _producing(info, spec.production_status, spec.producing_statuses, lv)
+                known = (known and status_known) or (known and not producing) or (status_known and not status)
+                producing = producing and status
             parts = lv[info.rows[spec.parts_counter]] if spec.parts_counter in info.rows else np.nan
             good = lv[info.rows[spec.good_counter]] if spec.good_counter in info.rows else np.nan
             self._oee_unknown_time(m, t)
-            self.oee_state_known[m] = bool(np.isfinite(state))
+            self.oee_state_known[m] = known
             self.oee.update([m], [t], [producing], [parts], [good])
             res = self.oee.result(t, [m])
             if not np.isfinite(res["pot_s"][0]) or res["pot_s"][0] >= spec.period_s:
@@ -759,6 +764,14 @@ def pseudo_family(pseudo: str) -> str:
 def _matches(signal: object, want: str) -> bool:
     indicators = set(getattr(signal, "indicators", []))
     return bool(indicators & _SPC_INDICATORS) if want == "spc" else want in indicators
+
+
+def _producing(
+    info: DeviceInfo, signal: str, values: list[int], lv: NDArray[np.float64]
+) -> tuple[bool, bool]:
+    """Whether a device's state signal is in `values`, and whether it is known (configured and read good)."""
+    state = lv[info.rows[signal]] if signal in info.rows else np.nan
+    return bool(np.isin(state, values)), bool(np.isfinite(state))
 
 
 def _unit(device: ModbusDevice | OpcUaDevice, name: str) -> str:

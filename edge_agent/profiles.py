@@ -55,6 +55,12 @@ class OeeSpec(Model):
     """Machine state signal."""
     producing_states: list[int] = Field(min_length=1)
     """State values that count as actual production time."""
+    production_status: Name | None = None
+    """Optional second state signal (an IMM's ProductionStatus): with it, time counts as production
+    only while `state` is in `producing_states` and this signal is in `producing_statuses`. A device
+    without this tag has its production time unknown (no availability) unless `state` says not producing."""
+    producing_statuses: list[int] = Field(default_factory=list)
+    """Values of `production_status` that count as production (PRODUCTION = 4 for OPC 40077)."""
     parts_counter: Name
     """Produced quantity counter."""
     good_counter: Name
@@ -63,6 +69,12 @@ class OeeSpec(Model):
     """Ideal cycle time per part (planned run time per item)."""
     period_s: float = Field(default=8 * 3600, gt=0)
     """Length of the OEE period (a shift)."""
+
+    @model_validator(mode="after")
+    def _status_pair(self) -> OeeSpec:
+        if (self.production_status is None) != (not self.producing_statuses):
+            raise ValueError("give `production_status` and `producing_statuses` together")
+        return self
 
 
 class FurnaceSpec(Model):
@@ -139,6 +151,7 @@ class Profile(Model):
         if self.oee:
             refs += [("oee.state", self.oee.state), ("oee.parts_counter", self.oee.parts_counter)]
             refs.append(("oee.good_counter", self.oee.good_counter))
+            refs.append(("oee.production_status", self.oee.production_status))
         if self.furnace:
             refs += [(f"furnace.sensors[{i}]", s) for i, s in enumerate(self.furnace.sensors)]
             refs.append(("furnace.setpoint", self.furnace.setpoint))

@@ -455,3 +455,34 @@ def test_oee_leaves_the_time_a_machine_was_disconnected_out_of_availability() ->
     # the period starts after the first part (at 55 s); the last good poll (1195 s) opens a producing interval
     assert got["availability"] == 1.0 and got["apt_s"] == 1145.0
     assert got["pq"] == 20.0 and got["quality"] == 1.0
+
+
+def _imm_oee(mode: float, status: float | None) -> dict[str, float]:
+    """The OEE record of imm-1 (config/imm.toml) after an hour in `mode` with `status` (None: not sent), a part every 30 s."""
+    config = load_config(REPO / "config" / "imm.toml")
+    pipeline = IndicatorPipeline(config, profile_dirs(config, REPO / "config"))
+    rows = pipeline.rows_of("imm-1")
+    names = ["machine_mode", "job_cycle_counter", "job_parts_counter", "job_good_parts_counter"]
+    names += [] if status is None else ["production_status"]
+    last: dict[str, float] = {}
+    for k in range(0, 3600, 2):
+        t = T0 + k * S_NS
+        n = k // 30
+        values = [mode, n, n, n] + ([] if status is None else [status])
+        out = pipeline.process("imm-1", Readings.of([rows[x] for x in names], t, values), t)
+        last = next(
+            ({f: float(v[0]) for f, v in b.values.items()} for _, b in out.kpi if b.family == "oee"), last
+        )
+    return last
+
+
+def test_imm_production_time_needs_automatic_mode_and_production_status() -> None:
+    # DOMAIN.md §5: APT = time in AUTOMATIC with PRODUCTION (MachineMode 1, ProductionStatus 4)
+    producing = _imm_oee(mode=1.0, status=4.0)
+    # the period starts after the first part (30 s); the last poll is at 3598 s
+    assert producing["availability"] == 1.0 and producing["apt_s"] == 3568.0 and producing["pq"] == 118.0
+    start_up = _imm_oee(mode=1.0, status=2.0)  # AUTOMATIC but START_UP: its parts are not production
+    assert start_up["availability"] == 0.0 and start_up["apt_s"] == 0.0 and start_up["pq"] == 119.0
+    # without the status the production time is unknown, unless the mode alone says not producing
+    assert np.isnan(_imm_oee(mode=1.0, status=None)["availability"])
+    assert _imm_oee(mode=3.0, status=None)["availability"] == 0.0  # MANUAL
