@@ -149,7 +149,7 @@ def test_check_config_command_ok(tmp_path: Path) -> None:
     config = with_pki(REPO / "config" / "example.toml", tmp_path)
     done = _cli("check-config", str(config), env={"INFLUX_TOKEN": "t"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout == f"OK {config}: 2 devices (modbus, opcua), 8 tags, 2 sinks (mqtt, influx)\n"
+    assert done.stdout == f"OK {config}: 2 devices (modbus, opcua), 9 tags, 2 sinks (mqtt, influx)\n"
 
 
 def test_check_config_command_reports_problems_with_exit_2() -> None:
