@@ -313,9 +313,6 @@ class IndicatorPipeline:
             if oee_devices
             else None
         )
-        # per OEE machine: time of its latest update, and whether its state was known then
-        self.oee_prev_t = np.full(len(oee_devices), -1, np.int64)
-        self.oee_state_known = np.zeros(len(oee_devices), bool)
         mold_devices = [d for d in self.devices.values() if d.profile.mold is not None]
         self.mold_devices = mold_devices
         self.mold_index = {d.name: i for i, d in enumerate(mold_devices)}
@@ -534,9 +531,9 @@ class IndicatorPipeline:
                 producing = producing and status
             parts = lv[info.rows[spec.parts_counter]] if spec.parts_counter in info.rows else np.nan
             good = lv[info.rows[spec.good_counter]] if spec.good_counter in info.rows else np.nan
-            self._oee_unknown_time(m, t)
-            self.oee_state_known[m] = known
-            self.oee.update([m], [t], [producing], [parts], [good])
+            # an unknown state (not configured, not read yet, disconnected) is no data, not "stopped":
+            # the accumulator leaves such time out of the availability denominator
+            self.oee.update([m], [t], [float(producing) if known else np.nan], [parts], [good])
             res = self.oee.result(t, [m])
             if not np.isfinite(res["pot_s"][0]) or res["pot_s"][0] >= spec.period_s:
                 self.oee.roll_period([m], t)  # at the machine's next cycle boundary
@@ -632,19 +629,6 @@ class IndicatorPipeline:
             ev.limit,
             ev.mask,
         )
-
-    def _oee_unknown_time(self, m: int, t: int) -> None:
-        """Take the interval since machine m's previous update out of its period's PBT if its state was unknown then."""
-        assert self.oee is not None
-        prev = int(self.oee_prev_t[m])
-        if t < prev:
-            return  # a late batch: the accumulator ignores it too
-        self.oee_prev_t[m] = t
-        start = max(prev, int(self.oee.period_start[m]))
-        # not producing would count the time as lost availability: a machine not configured, not read
-        # yet or disconnected is no data, so the time leaves the availability denominator instead
-        if prev >= 0 and self.oee.period_start[m] >= 0 and not self.oee_state_known[m] and t > start:
-            self.oee.add_planned_downtime([m], (t - start) / 1e9)
 
     def _oee_values(self, m: int, res: Mapping[str, NDArray[np.float64]]) -> dict[str, float]:
         """The published OEE fields of machine m: NaN (no data, not 0) for what its inputs cannot tell."""

@@ -289,3 +289,14 @@ def test_furnace_with_two_sensors_keeps_the_one_that_did_not_burn_out() -> None:
     mon.update(0, (20.0, 22.0), 850.0)
     st = mon.update(30 * S, (300.0, 305.0), 850.0)
     assert st.valid.tolist() == [True, True]
+
+
+def test_oee_time_with_an_unknown_state_leaves_the_availability_denominator() -> None:
+    """NaN for `producing` (state not read, disconnected) is no data: that time is neither running nor lost."""
+    oee = OeeAccumulator(1, ideal_cycle_s=10.0, stop_gap_s=20.0)
+    oee.start_period([0], 0)
+    t = np.array([0, 60, 120, 180]) * S
+    oee.update([0, 0, 0, 0], t, [True, np.nan, True, True], [0, 6, 6, 12], [0, 6, 6, 12])
+    r = oee.result(180 * S)
+    # 0-60 s producing, 60-120 s unknown (planned downtime now), 120-180 s producing
+    assert r["pbt_s"][0] == 120.0 and r["apt_s"][0] == 120.0 and r["availability"][0] == 1.0

@@ -50,6 +50,7 @@ class OeeAccumulator:
         self.gq = np.zeros(M)
         self.last_t = np.full(M, -1, np.int64)
         self.last_producing = np.zeros(M, bool)
+        self.last_known = np.ones(M, bool)  # the state at the latest update was known
         self.last_parts = np.full(M, np.nan)
         self.last_good = np.full(M, np.nan)
         self.last_step = np.zeros(M)  # parts the latest update counted (0: mid-cycle)
@@ -91,12 +92,17 @@ class OeeAccumulator:
     def update(
         self, machine: ArrayLike, t_ns: ArrayLike, producing: ArrayLike, parts: ArrayLike, good: ArrayLike
     ) -> None:
-        """Feed polls (machines may repeat, in time order); NaN counters are skipped for counting only."""
+        """Feed polls (machines may repeat, in time order); NaN counters are skipped for counting only.
+
+        `producing` is True/False, or NaN where the machine's state is unknown (not configured,
+        not read yet, read bad): an interval that starts unknown is neither running time nor lost
+        availability, so it is added to the period's planned downtime (it leaves PBT).
+        """
         m = np.asarray(machine, np.int64).reshape(-1)
         check_rows("OeeAccumulator.update machine", m, self.n)
         k = m.shape[0]
         t = np.broadcast_to(np.asarray(t_ns, np.int64), (k,))
-        prod = np.broadcast_to(np.asarray(producing, bool), (k,))
+        prod = np.broadcast_to(np.asarray(producing, np.float64), (k,))
         pa = np.broadcast_to(np.asarray(parts, np.float64), (k,))
         gd = np.broadcast_to(np.asarray(good, np.float64), (k,))
         for i in occurrence_rounds(m):
@@ -106,7 +112,7 @@ class OeeAccumulator:
         self,
         m: NDArray[np.int64],
         t: NDArray[np.int64],
-        prod: NDArray[np.bool_],
+        prod: NDArray[np.float64],
         pa: NDArray[np.float64],
         gd: NDArray[np.float64],
     ) -> None:
@@ -128,8 +134,9 @@ class OeeAccumulator:
         steady = (step > 0) & ((t - li) <= gap * cycles)
         after_last = np.clip((li - lt).astype(np.float64) + gap, 0.0, dt)
         run = np.where(li != _NO_T, np.where(steady, dt, after_last), np.where(dt <= gap, dt, 0.0))
-        counted = (lt >= 0) & (self.period_start[m] >= 0) & self.last_producing[m] & (dt > 0)
-        self.apt_ns[m] += np.where(counted, run, 0.0)
+        in_period = (lt >= 0) & (self.period_start[m] >= 0) & (dt > 0)
+        self.apt_ns[m] += np.where(in_period & self.last_producing[m], run, 0.0)
+        self.pdot_s[m] += np.where(in_period & ~self.last_known[m], dt / 1e9, 0.0)
         # the counter's clock starts at its first reading and restarts with every part
         first_reading = np.isnan(self.last_parts[m]) & ~np.isnan(pa)
         self.last_inc_t[m] = np.where((step > 0) | first_reading, t, li)
@@ -139,7 +146,8 @@ class OeeAccumulator:
         self.last_parts[m] = np.where(np.isnan(pa), self.last_parts[m], pa)
         self.last_good[m] = np.where(np.isnan(gd), self.last_good[m], gd)
         self.last_t[m] = t
-        self.last_producing[m] = prod
+        self.last_known[m] = ~np.isnan(prod)
+        self.last_producing[m] = prod == 1.0
 
     def result(self, t_ns: int, machines: ArrayLike | None = None) -> dict[str, NDArray[Any]]:
         """KPIs of the current period up to `t_ns`; NaN with reason NO_SAMPLES / TOO_FEW where a denominator is 0."""
