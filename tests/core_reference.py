@@ -11,8 +11,19 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-D2 = {2: 1.128, 3: 1.693, 4: 2.059, 5: 2.326, 6: 2.534, 7: 2.704, 8: 2.847, 9: 2.970, 10: 3.078}
-D3 = {2: 0.853, 3: 0.888, 4: 0.880, 5: 0.864, 6: 0.848, 7: 0.833, 8: 0.820, 9: 0.808, 10: 0.797}
+# DOMAIN.md §5 table as printed (ASTM E2587 / Montgomery Appendix VI): n: d2, A2, D3, D4, A3, B3, B4
+TABLE = {
+    2: (1.128, 1.880, 0.0, 3.267, 2.659, 0.0, 3.267),
+    3: (1.693, 1.023, 0.0, 2.574, 1.954, 0.0, 2.568),
+    4: (2.059, 0.729, 0.0, 2.282, 1.628, 0.0, 2.266),
+    5: (2.326, 0.577, 0.0, 2.114, 1.427, 0.0, 2.089),
+    6: (2.534, 0.483, 0.0, 2.004, 1.287, 0.030, 1.970),
+    7: (2.704, 0.419, 0.076, 1.924, 1.182, 0.118, 1.882),
+    8: (2.847, 0.373, 0.136, 1.864, 1.099, 0.185, 1.815),
+    9: (2.970, 0.337, 0.184, 1.816, 1.032, 0.239, 1.761),
+    10: (3.078, 0.308, 0.223, 1.777, 0.975, 0.284, 1.716),
+}
+D2 = {n: row[0] for n, row in TABLE.items()}
 
 
 def c4(n: int) -> float:
@@ -141,15 +152,8 @@ class RefSpc:
         self.diffs = []
 
     def _subgroup_bits(self, g: list[float]) -> int:
-        n = len(g)
         xb, r, s = mean(g), max(g) - min(g), stdev(g)
-        a2 = 3 / (D2[n] * math.sqrt(n))
-        d3 = max(0.0, 1 - 3 * D3[n] / D2[n])
-        d4 = 1 + 3 * D3[n] / D2[n]
-        cc = c4(n)
-        a3 = 3 / (cc * math.sqrt(n))
-        b3 = max(0.0, 1 - 3 * math.sqrt(1 - cc * cc) / cc)
-        b4 = 1 + 3 * math.sqrt(1 - cc * cc) / cc
+        _, a2, d3, d4, a3, b3, b4 = TABLE[len(g)]
         m = 0
         if abs(xb - self.xcl) > a2 * self.rbar:
             m |= 1 << XBAR_R
@@ -201,7 +205,7 @@ class RefSpc:
             m |= 1 << N7
         if l8 and all(abs(v) > 1 for v in l8) and any(v > 1 for v in l8) and any(v < -1 for v in l8):
             m |= 1 << N8
-        if prev is not None and abs(x - prev) > (1 + 3 * 0.853 / 1.128) * 1.128 * self.sigma:
+        if prev is not None and abs(x - prev) > 3.267 * 1.128 * self.sigma:
             m |= 1 << MR_HIGH
         self.ewma = self.lam * x + (1 - self.lam) * self.ewma
         self.ewma_i += 1

@@ -196,23 +196,60 @@ def test_bad_config_and_rows_name_the_fix() -> None:
         eng.update(Readings.of([7], 0, [1.0]))
 
 
-def test_constants_match_the_domain_table() -> None:
-    """Factors derived from d2, d3 and the exact c4 agree with the tabulated values (DOMAIN.md §5)."""
-    table = {  # n: c4, A2, D3, D4, A3, B3, B4
-        2: (0.7979, 1.880, 0, 3.267, 2.659, 0, 3.267),
-        3: (0.8862, 1.023, 0, 2.574, 1.954, 0, 2.568),
-        4: (0.9213, 0.729, 0, 2.282, 1.628, 0, 2.266),
-        5: (0.9400, 0.577, 0, 2.114, 1.427, 0, 2.089),
-        6: (0.9515, 0.483, 0, 2.004, 1.287, 0.030, 1.970),
-        7: (0.9594, 0.419, 0.076, 1.924, 1.182, 0.118, 1.882),
-        8: (0.9650, 0.373, 0.136, 1.864, 1.099, 0.185, 1.815),
-        9: (0.9693, 0.337, 0.184, 1.816, 1.032, 0.239, 1.761),
-        10: (0.9727, 0.308, 0.223, 1.777, 0.975, 0.284, 1.716),
-    }
-    for n, (c4, a2, d3, d4, a3, b3, b4) in table.items():
-        assert C.C4[n] == pytest.approx(c4, abs=6e-5)
-        for got, want in ((C.A2, a2), (C.D3, d3), (C.D4, d4), (C.A3, a3), (C.B3, b3), (C.B4, b4)):
-            assert got[n] == pytest.approx(want, abs=2.5e-3), (n, want)
+# ASTM E2587 / Montgomery, Introduction to SQC, Appendix VI, rows as printed: n: d2, A2, D3, D4, A3, B3, B4
+PUBLISHED_ROWS = {
+    2: (1.128, 1.880, 0, 3.267, 2.659, 0, 3.267),
+    3: (1.693, 1.023, 0, 2.574, 1.954, 0, 2.568),
+    5: (2.326, 0.577, 0, 2.114, 1.427, 0, 2.089),
+    6: (2.534, 0.483, 0, 2.004, 1.287, 0.030, 1.970),
+    7: (2.704, 0.419, 0.076, 1.924, 1.182, 0.118, 1.882),
+    10: (3.078, 0.308, 0.223, 1.777, 0.975, 0.284, 1.716),
+    12: (3.258, 0.266, 0.283, 1.717, 0.886, 0.354, 1.646),
+    15: (3.472, 0.223, 0.347, 1.653, 0.789, 0.428, 1.572),
+    18: (3.640, 0.194, 0.391, 1.608, 0.718, 0.482, 1.518),
+    19: (3.689, 0.187, 0.403, 1.597, 0.698, 0.497, 1.503),
+    20: (3.735, 0.180, 0.415, 1.585, 0.680, 0.510, 1.490),
+    25: (3.931, 0.153, 0.459, 1.541, 0.606, 0.565, 1.435),
+}
+
+
+def test_constants_are_the_published_values() -> None:
+    """Every chart factor is the value printed in the published table (D4(2) 3.267, not 3.2686 from 3-decimal d2/d3)."""
+    for n, row in PUBLISHED_ROWS.items():
+        got = tuple(float(a[n]) for a in (C.D2, C.A2, C.D3, C.D4, C.A3, C.B3, C.B4))
+        assert got == row, n
+    assert C.D4_MR == 3.267 and C.D2_MR == 1.128
+    assert C.C4[2] == pytest.approx(0.7979, abs=5e-5) and C.C4[25] == pytest.approx(0.9896, abs=5e-5)
+
+
+def test_tabulated_constants_agree_with_their_formulas() -> None:
+    """Each tabulated factor is within table rounding of its formula on d2, d3 and the exact c4 (catches a mistyped entry)."""
+    for n in range(2, C.MAX_SUBGROUP + 1):
+        d2, d3, c4 = C.D2[n], C.D3_SD[n], C.C4[n]
+        s = math.sqrt(1 - c4 * c4) / c4
+        derived = (
+            (C.A2, 3 / (d2 * math.sqrt(n))),
+            (C.D3, max(0.0, 1 - 3 * d3 / d2)),
+            (C.D4, 1 + 3 * d3 / d2),
+            (C.A3, 3 / (c4 * math.sqrt(n))),
+            (C.B3, max(0.0, 1 - 3 * s)),
+            (C.B4, 1 + 3 * s),
+        )
+        for arr, want in derived:
+            assert arr[n] == pytest.approx(want, abs=2e-3), n
+        assert C.D3[n] + C.D4[n] == pytest.approx(2.0, abs=1.5e-3) or C.D3[n] == 0.0
+
+
+@pytest.mark.parametrize("n", [2, 18])
+def test_chart_limits_use_the_published_factors(n: int) -> None:
+    """With σ given, R̄ = d2·σ: the R UCL is D4·R̄, the X̄ limits X̄ ± A2·R̄ and the MR UCL 3.267·MR̄, with the printed factors."""
+    eng = SpcEngine(1, SpcParams(window=max(n, 2), phase1_n=n, subgroup_n=n, centre=10.0, sigma=0.5))
+    s = eng.snapshot()
+    rbar = PUBLISHED_ROWS[n][0] * 0.5
+    assert s["r_cl"][0] == pytest.approx(rbar, rel=1e-15)
+    assert s["r_ucl"][0] == pytest.approx(PUBLISHED_ROWS[n][3] * rbar, rel=1e-15)
+    assert s["xbar_ucl_r"][0] == pytest.approx(10.0 + PUBLISHED_ROWS[n][1] * rbar, rel=1e-15)
+    assert s["mr_ucl"][0] == pytest.approx(3.267 * s["mr_cl"][0], rel=1e-15)
 
 
 # Montgomery, Introduction to Statistical Quality Control, Table 6.3: piston-ring inside diameters (mm),

@@ -111,7 +111,7 @@ class SpcParams:
 
     NaN for `lsl`/`usl` means no such limit; NaN for `centre`/`sigma` means estimate
     it from the first `phase1_n` good samples (phase I). `subgroup_n` 1 means
-    individuals only; 2-10 also runs the X̄-R and X̄-S charts on consecutive subgroups.
+    individuals only; 2-25 also runs the X̄-R and X̄-S charts on consecutive subgroups.
     """
 
     window: ArrayLike = 50
@@ -391,7 +391,7 @@ class SpcEngine:
         bad(
             "subgroup_n",
             (v["subgroup_n"] < 1) | (v["subgroup_n"] > C.MAX_SUBGROUP),
-            "use 1 (individuals) or 2..10",
+            f"use 1 (individuals) or 2..{C.MAX_SUBGROUP}",
         )
         bad(
             "subgroup_n",
