@@ -11,6 +11,8 @@ import copy
 import importlib.util
 import json
 import re
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -507,6 +509,22 @@ def test_systemd_unit_runs_the_agent() -> None:
     assert service["WorkingDirectory"] == [state] and state in service["ReadWritePaths"][0].split()
     assert service["ProtectSystem"] == ["strict"]
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+    assert "Documentation" not in unit["Unit"]  # no placeholder address
+
+
+def test_systemd_unit_is_hardened() -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    done = subprocess.run(
+        [analyze, "security", "--offline=true", str(DEPLOY / "edge-agent.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for edge-agent.service: ([0-9.]+)", done.stdout)
+    assert match, done.stdout + done.stderr
+    assert float(match.group(1)) <= 2.5, done.stdout
 
 
 def dockerfile() -> list[tuple[str, str]]:
