@@ -408,6 +408,48 @@ def test_window_statistics_survive_a_spike_and_a_level_change(full_ticks: bool) 
             assert s["min"].tolist() == win.min(0).tolist() and s["max"].tolist() == win.max(0).tolist()
 
 
+@pytest.mark.parametrize("level", [1e6, 1e9])
+@pytest.mark.parametrize("window", [2, 5, 50])
+def test_window_sd_at_a_large_level_is_numpys_two_pass(window: int, level: float) -> None:
+    """Window sd of values at 1e6 and 1e9 with sd 1e-3 equals numpy's two-pass sd, over a stream long enough for dozens of re-bases.
+
+    The reference is np.std(ddof=1) of the window taken about its first value: that shift is exact
+    (the values are within a factor 2 of each other), so the reference does not round its mean at
+    the level's magnitude. numpy's plain np.std(window) does (ulp(1e9) = 1.2e-7), and differs from
+    the engine by no more than that rounding of its mean can explain. Before the fix (sums updated
+    with x + old, re-based as if the rounded mean were exact) the sd was off by up to 1e-4 relative
+    at 1e6 / window 2 and 2e-3 at 1e9 / window 5 (1.8 at 1e9 / window 2, two nearly equal values).
+    """
+    rng = np.random.default_rng(window)
+    S = 3
+    n = 40 * window + 400  # an exact recompute every 8 passes: 6 re-bases at window 50, 60 at window 2
+    eng = SpcEngine(S, SpcParams(window=window, phase1_n=10), max_window=window)
+    x = level + 1e-3 * rng.standard_normal((n, S))
+    x[:, 1] = level + 1e-3 * np.cumsum(rng.standard_normal(n)) / 4  # wandering: the centre leaves the shift
+    x[:, 2] = np.round(x[:, 2], 4)  # ties: windows of equal values have sd 0
+    sig = np.arange(S)
+    checked = 0
+    for i in range(n):
+        rows = sig if i % 3 else rng.permutation(S)  # full ticks (lockstep) and gathered rows
+        eng.update(Readings.of(rows, i, x[i, rows]))
+        if i >= window and i % 3 == 0:
+            win = x[i - window + 1 : i + 1]
+            s = eng.snapshot()
+            dev = win - win[0]
+            np.testing.assert_allclose(
+                s["sd"], np.std(dev, axis=0, ddof=1), rtol=1e-12, atol=1e-18, err_msg=str(i)
+            )
+            np.testing.assert_allclose(s["mean"], win[0] + dev.mean(0), rtol=1e-15, err_msg=str(i))
+            # numpy's plain two-pass gives sqrt(sd² + k·δ²), k = w/(w-1), δ the rounding of its own mean
+            sd, k = np.std(dev, axis=0, ddof=1), window / (window - 1)
+            delta = np.abs((win.mean(0) - win[0]) - dev.mean(0))  # the first difference is exact
+            with np.errstate(divide="ignore", invalid="ignore"):
+                bound = np.fmin(np.sqrt(k) * delta, k * delta**2 / (2 * sd)) * 1.01 + 1e-12 * sd + 1e-18
+            assert np.all(np.abs(s["sd"] - np.std(win, axis=0, ddof=1)) <= bound), i
+            checked += 1
+    assert checked > n // 4
+
+
 def test_row_without_sigma_fires_no_zone_rule() -> None:
     """A constant phase I gives no sigma: that row's zone rules (WE, N1/2/5-8), MR, EWMA and CUSUM never fire; trends still do."""
     rng = np.random.default_rng(4)

@@ -246,17 +246,21 @@ class SpcEngine:
         self.last_t = np.full(S, -1, np.int64)
         self.prev = np.full(S, np.nan)
         # rolling window: ring buffer, time-major so a full tick writes one contiguous row. Every
-        # sample updates the sums of (v - ref) and (v - ref)² with ref near the window mean (kept
-        # doubled in win_ref2), which keeps the variance free of cancellation. A row's sums are
-        # recomputed exactly from the buffer every _EXACT_PASSES passes of its ring (every
-        # _EXACT_PASSES·window samples), and at once when an update changed the sum of squares by more than half of what
-        # is left (a spike leaving the window). Both depend only on the row's own samples, so results
-        # do not depend on how samples are batched. A centre far from the window mean (a level change
-        # within the pass) is caught at read-out, which then computes that row's window exactly.
+        # sample updates the sums of (v - ref) and (v - ref)² about a shift `win_ref` near the window
+        # mean, which keeps the variance free of cancellation. The shift is a float near the values,
+        # so v - ref is exact (Sterbenz) and nothing is ever rounded at the values' magnitude: an
+        # update adds (x - old)·((x - ref) + (old - ref)), never x + old (at a level of 1e9 with sd
+        # 1e-3 that sum keeps only ~4 digits of the deviations). A row's sums are re-based on its
+        # window's two-pass mean and recomputed exactly from the buffer every _EXACT_PASSES passes
+        # of its ring (every _EXACT_PASSES·window samples), and at once when an update changed the
+        # sum of squares by more than half of what is left (a spike leaving the window). Both depend
+        # only on the row's own samples, so results do not depend on how samples are batched. A
+        # centre far from the window mean (a level change within the pass) is caught at read-out,
+        # which then computes that row's window exactly.
         self.buf = np.zeros((W, S))
         self.pos = np.zeros(S, np.int32)
         self.fill = np.zeros(S, np.int32)
-        self.win_ref2 = np.zeros(S)
+        self.win_ref = np.zeros(S)
         self.win_s1 = np.zeros(S)
         self.win_s2 = np.zeros(S)
         self.win_passes = np.zeros(S, _U8)  # ring passes since the last exact recompute
@@ -457,7 +461,7 @@ class SpcEngine:
         ):
             a[r] = val
         self.buf[:, r] = 0.0
-        self.win_ref2[r], self.win_s1[r], self.win_s2[r] = 0.0, 0.0, 0.0
+        self.win_ref[r], self.win_s1[r], self.win_s2[r] = 0.0, 0.0, 0.0
         self.win_passes[r] = 0
         self.pfx_min[r], self.pfx_max[r] = np.inf, -np.inf
         self.sfx_min[:, r], self.sfx_max[:, r] = np.inf, -np.inf
@@ -724,7 +728,7 @@ class SpcEngine:
         r, ra, x, redo = rnd.r, rnd.ra, rnd.x, rnd.redo
         n = x.shape[0]
         S = self.capacity
-        ref2, s1, s2 = self.win_ref2[r], self.win_s1[r], self.win_s2[r]
+        ref, s1, s2 = self.win_ref[r], self.win_s1[r], self.win_s2[r]
         pmn, pmx = self.pfx_min[r], self.pfx_max[r]
         lock = self._lock if isinstance(r, slice) else None
         if lock is not None:
@@ -739,14 +743,15 @@ class SpcEngine:
             w = self.window[r]
             first = f == 0
             if first.any():
-                np.copyto(ref2, 2.0 * x, where=first)
+                np.copyto(ref, x, where=first)
             # a slot not yet in the window evicts nothing: as old = ref it adds (x - ref) and (x - ref)²
-            np.copyto(old, ref2 * 0.5, where=f < w)
+            np.copyto(old, ref, where=f < w)
         d = np.subtract(x, old, out=self._tmp[2, :n])
         s1 += d
-        # (x - ref)² - (old - ref)² = (x - old)·(x + old - 2·ref)
-        e = np.add(x, old, out=self._tmp[3, :n])
-        e -= ref2
+        # (x - ref)² - (old - ref)² = (x - old)·(2·(x - ref) - (x - old)): every operand a deviation
+        e = np.subtract(x, ref, out=self._tmp[3, :n])
+        e += e
+        e -= d
         e *= d
         s2 += e
         # a change larger than what is left (a spike leaving, or leaving a centre it had pulled
@@ -800,7 +805,7 @@ class SpcEngine:
             f += 1
             np.minimum(f, w, out=f)
             _put(self.fill, r, f)
-        for arr, v in ((self.win_ref2, ref2), (self.win_s1, s1), (self.win_s2, s2)):
+        for arr, v in ((self.win_ref, ref), (self.win_s1, s1), (self.win_s2, s2)):
             _put(arr, r, v)
         for arr, v in ((self.pfx_min, pmn), (self.pfx_max, pmx)):
             _put(arr, r, v)
@@ -833,16 +838,21 @@ class SpcEngine:
             self._set_exact(ra[i])
 
     def _set_exact(self, rows: slice | NDArray[np.int64]) -> None:
-        """Restart the running window sums of `rows` from the buffer, centred on the exact mean."""
-        ref, s2 = self._exact_window(rows)
-        self.win_ref2[rows] = 2.0 * ref
+        """Restart the running window sums of `rows` from the buffer, re-based on the window's two-pass mean."""
+        ref, s1, s2 = self._exact_window(rows)
+        self.win_ref[rows] = ref
+        self.win_s1[rows] = s1
         self.win_s2[rows] = s2
-        self.win_s1[rows] = 0.0
 
     def _exact_window(
         self, rows: slice | NDArray[np.int64]
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Two-pass mean and sum of squared deviations of each row's window (0 and 0 when empty)."""
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """Each row's window as (ref, Σ(v - ref), Σ(v - ref)²) about its two-pass mean ref (0, 0, 0 when empty).
+
+        ref is the mean rounded to a float at the values' magnitude; Σ(v - ref) keeps what that
+        rounding lost (taking it as 0, as a plain two-pass does, adds n·(mean - ref)² to the sum of
+        squares: 1e-4 of a window-2 variance at a level of 1e9 with sd 1e-3).
+        """
         W = self.max_window
         if isinstance(rows, slice) and self._lock is not None:
             w_all = self._lock[1]
@@ -857,14 +867,15 @@ class SpcEngine:
             for j in range(2, w):
                 acc += buf[j, rows]
             acc /= w
-            ss = np.subtract(buf[0, rows], acc)
-            ss *= ss
+            s1 = np.subtract(buf[0, rows], acc)
+            ss = s1 * s1
             dj = np.empty_like(ss)
             for j in range(1, w):
                 np.subtract(buf[j, rows], acc, out=dj)
+                s1 += dj
                 dj *= dj
                 ss += dj
-            return acc, ss
+            return acc, s1, ss
         f = self.fill[rows]
         v = self.buf[:, rows]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -878,8 +889,9 @@ class SpcEngine:
                 mean = _sum_slots(np.where(valid, v, 0.0)) / f
                 d = np.where(valid, v - mean, 0.0)
                 mean[f == 0] = 0.0
+            s1 = _sum_slots(d)
             d *= d
-            return mean, _sum_slots(d)
+            return mean, s1, _sum_slots(d)
 
     def _capability(
         self, r: slice | NDArray[np.int64], x: NDArray[np.float64], mr: NDArray[np.float64]
@@ -918,8 +930,7 @@ class SpcEngine:
         self._cap_pend = 0
         # window sums are about wref: Σ(v - cref) = s1w + w·δ, Σ(v - cref)² = s2w + δ·(2·s1w + w·δ), δ = wref - cref
         s1w = self.win_s1
-        d = np.multiply(self.win_ref2, 0.5, out=self._tmp[0])
-        d -= self.cap_ref
+        d = np.subtract(self.win_ref, self.cap_ref, out=self._tmp[0])
         t = np.multiply(d, w, out=self._tmp[1])
         self.cap_s1 += s1w
         self.cap_s1 += t
@@ -1476,7 +1487,7 @@ class SpcEngine:
         f = self.fill[r]
         s1, s2 = self.win_s1[r], self.win_s2[r]
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = self.win_ref2[r] * 0.5 + s1 / f
+            mean = self.win_ref[r] + s1 / f
             c = s1 * s1 / f
             var = (s2 - c) / (f - 1)
             # a centre far from the window mean (a level change since the last exact recompute):
@@ -1484,8 +1495,10 @@ class SpcEngine:
             bad = np.flatnonzero((c > s2 * (1.0 - 2.0**-10)) & (f > 1))
             if bad.size:
                 rows = self._rows[r][bad]
-                mean[bad], ss = self._exact_window(rows)
-                var[bad] = ss / (f[bad] - 1)
+                fb = f[bad]
+                ref, e1, e2 = self._exact_window(rows)
+                mean[bad] = ref + e1 / fb
+                var[bad] = (e2 - e1 * e1 / fb) / (fb - 1)
             mean = np.where(f > 0, mean, np.nan)
             sd = np.where(f > 1, np.sqrt(np.maximum(var, 0.0)), np.nan)
         mn, mx = self._window_extremes(r)
