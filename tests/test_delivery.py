@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,3 +150,97 @@ async def test_an_ack_on_a_full_disk_is_retried_without_sending_again(tmp_path: 
     assert outbox.counters.acked_records == 30 and len(outbox) == 0
     assert loop.counters.failures == 4 and loop.counters.consecutive_failures == 0
     assert loop.counters.last_error == "OperationalError: database or disk is full"
+
+
+@pytest.fixture
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """What reaches the event loop's exception handler, e.g. "Task exception was never retrieved"."""
+    running = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    running.set_exception_handler(lambda _loop, context: seen.append(context))
+    yield seen
+    running.set_exception_handler(None)
+
+
+async def test_sends_failing_behind_the_oldest_leave_no_unread_exception(
+    tmp_path: Path, loop_errors: list[dict[str, Any]]
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    await outbox.put_async(_records(0, 30))
+    sink = SlowSink(delay=0.05, fail_calls=[1, 2, 3])  # the whole window fails, as in an outage
+    loop = DeliveryLoop(outbox, sink, batch_records=10, in_flight=3, backoff=Backoff(0.01, 0.05))
+    await _drain_alive(loop, outbox)
+    assert sink.accepted == list(range(30))
+    gc.collect()  # a task's unread exception is reported when the task is collected
+    assert [c.get("message") for c in loop_errors] == []
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    began = time.monotonic()
+    while not condition():
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"timed out after {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+class ComesBack(SlowSink):
+    """Refuses every send while `down`; `wait_ready` returns once it is up again, as a reconnect would say."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=0.0)
+        self.down = True
+        self.back = asyncio.Event()
+        self.retry_after: float | None = None
+        self.attempts: list[float] = []
+
+    async def send(self, records: Sequence[Record]) -> None:
+        self.attempts.append(time.monotonic())
+        if self.down:
+            raise SinkError("down", retry_after=self.retry_after)
+        await super().send(records)
+
+    async def wait_ready(self) -> None:
+        await self.back.wait()
+
+
+async def test_a_sink_reachable_again_cuts_a_long_back_off_short(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    await outbox.put_async(_records(0, 30))
+    sink = ComesBack()
+    # the first pause alone is 10-20 s: only the sink's word can end it early
+    loop = DeliveryLoop(outbox, sink, batch_records=10, in_flight=2, backoff=Backoff(20.0, 30.0))
+    task = loop.start()
+    try:
+        await _until(lambda: len(sink.attempts) > 0)
+        await asyncio.sleep(0.2)
+        # the window failed once and the loop is backing off, not retrying
+        assert loop.counters.failures == 1 and loop.counters.retry_delay_s >= 10
+        sink.down = False
+        sink.back.set()
+        assert await loop.wait_drained(5.0)
+        assert not task.done()
+    finally:
+        await loop.stop()
+        await outbox.close_async()
+    assert sink.accepted == list(range(30))
+    assert loop.counters.failures == 1 and loop.counters.consecutive_failures == 0
+
+
+async def test_a_server_asking_for_a_pause_gets_it_even_when_reachable(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    await outbox.put_async(_records(0, 10))
+    sink = ComesBack()
+    sink.retry_after = 0.5  # Retry-After: 0.5 s, from a server that is up
+    sink.back.set()
+    loop = DeliveryLoop(outbox, sink, batch_records=10, backoff=Backoff(0.01, 0.05))
+    task = loop.start()
+    try:
+        await _until(lambda: len(sink.attempts) >= 2)
+        sink.down = False
+        assert await loop.wait_drained(5.0)
+        assert not task.done()
+    finally:
+        await loop.stop()
+        await outbox.close_async()
+    assert sink.attempts[1] - sink.attempts[0] >= 0.45  # not cut short by wait_ready
+    assert sink.accepted == list(range(10))

@@ -36,7 +36,13 @@ class SinkConfigError(Exception):
 
 
 class Sink(Protocol):
-    """What the delivery loop needs from a sink."""
+    """What the delivery loop needs from a sink.
+
+    A sink may also have `async def wait_ready(self) -> None`, which returns once the sink has found its
+    server reachable again after its last failed send (MQTT: a new CONNACK; HTTP: a probe answered), and
+    never when it has nothing better to say than the back-off. The loop then retries at once instead of
+    waiting out a back-off that may have grown to 30 s.
+    """
 
     name: str
 
@@ -70,6 +76,8 @@ class DeliveryCounters:
     consecutive_failures: int = 0
     last_error: str = ""
     last_success_unix: float = 0.0
+    retry_delay_s: float = 0.0
+    """The back-off pause drawn after the last failed send (the longest it waits before the next try)."""
 
 
 class DeliveryLoop:
@@ -211,11 +219,16 @@ class DeliveryLoop:
     async def _resend_in_order(self, window: deque[tuple[list[Stored], asyncio.Future[None]]]) -> None:
         """The oldest send failed: let the later ones finish, then send all of them again in order, acking each."""
         await asyncio.wait([sending for _, sending in window])
-        error = window[0][1].exception()
-        if not isinstance(error, RETRYABLE):
-            raise error  # type: ignore[misc]  # a bug, not an outage: let the task fail loudly
+        # every failure is read, not only the oldest's: asyncio logs an exception nobody read
+        # ("Task exception was never retrieved") when its task is collected
+        errors = [e for _, sending in window if (e := sending.exception()) is not None]
+        outages = [e for e in errors if isinstance(e, RETRYABLE)]
+        if len(outages) < len(errors):
+            # a bug, not an outage: let the task fail loudly
+            raise next(e for e in errors if not isinstance(e, RETRYABLE))
+        error = outages[0]  # the oldest's
         self._count_failure(error)
-        await asyncio.sleep(self._delay(error, 0))
+        await self._pause(error, 0)
         while window:
             batch, _ = window[0]
             await self._send_until_accepted([s.record for s in batch], attempt=1)
@@ -252,7 +265,7 @@ class DeliveryLoop:
                 await self.sink.send(records)
             except RETRYABLE as exc:
                 self._count_failure(exc)
-                await asyncio.sleep(self._delay(exc, attempt))
+                await self._pause(exc, attempt)
                 attempt += 1
                 continue
             if c.consecutive_failures:
@@ -276,9 +289,20 @@ class DeliveryLoop:
         if c.consecutive_failures == 1:
             log.warning("%s: %s; retrying with backoff", what or f"sink {self.sink.name}", reason)
 
-    def _delay(self, exc: Exception, attempt: int) -> float:
+    async def _pause(self, exc: Exception, attempt: int) -> None:
+        """Back off after a failed send; cut short when the sink finds its server reachable again."""
         delay = self.backoff.delay(attempt)
         retry_after = exc.retry_after if isinstance(exc, SinkError) else None
         if retry_after is not None:
             delay = max(delay, retry_after)
-        return delay
+        self.counters.retry_delay_s = delay
+        wait_ready = getattr(self.sink, "wait_ready", None)
+        if wait_ready is None or retry_after is not None:
+            # a server that asked for a pause (Retry-After) gets it, reachable or not
+            await asyncio.sleep(delay)
+            return
+        try:
+            async with asyncio.timeout(delay):
+                await wait_ready()
+        except TimeoutError:
+            pass
