@@ -185,6 +185,78 @@ def _assert_in_order(sub: Subscriber, encoder: MqttEncoder, sent: int) -> None:
         assert set(seqs) == set(kept)
 
 
+class MuteBroker:
+    """An MQTT 3.1.1 server that accepts logins (CONNACK) and pings but never acknowledges a PUBLISH."""
+
+    def __init__(self) -> None:
+        self.writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    async def __aenter__(self) -> MuteBroker:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.drop_all()
+        self._server.close()
+        await self._server.wait_closed()
+
+    def drop_all(self) -> None:
+        """Close every client connection, as a broker restart does."""
+        for writer in self.writers:
+            writer.close()
+        self.writers.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        try:
+            while True:
+                kind = (await reader.readexactly(1))[0] >> 4
+                length, shift = 0, 0
+                while True:  # MQTT's variable-length "remaining length"
+                    byte = (await reader.readexactly(1))[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if byte < 0x80:
+                        break
+                await reader.readexactly(length)
+                if kind == 1:  # CONNECT
+                    writer.write(b"\x20\x02\x00\x00")
+                elif kind == 12:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                elif kind == 14:  # DISCONNECT
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_wait_ready_waits_for_a_new_connection_not_for_the_one_that_failed() -> None:
+    # a send that failed on a live connection (no PUBACK) must not be retried at once: that would
+    # spin; a reconnect after it is what says the broker may take it now
+    async with MuteBroker() as broker:
+        publisher = MqttPublisher(
+            MqttSink(url=f"mqtt://127.0.0.1:{broker.port}", publisher="thread"),
+            client_id="pub-mute",
+            ack_timeout=0.5,
+        )
+        await publisher.start()
+        try:
+            assert publisher.connected and publisher.connects == 1
+            with pytest.raises(SinkError, match=r"no PUBACK within 0\.5 s"):
+                await publisher.send([Record(Kind.RAW, "mute/a", b"{}", 1)])
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(publisher.wait_ready(), 1.5)
+            assert publisher.connected  # still on the connection that failed the send
+            broker.drop_all()
+            await asyncio.wait_for(publisher.wait_ready(), 5.0)
+            assert publisher.connects == 2
+        finally:
+            await publisher.stop()
+
+
 async def test_publisher_process_killed_is_restarted_and_loses_nothing(
     mosquitto: Mosquitto, outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:

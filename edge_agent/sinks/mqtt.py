@@ -97,6 +97,10 @@ class MqttPublisher:
         self._life_lock = threading.Lock()
         self._connected = False
         self._stopping = False
+        # wait_ready: the connection count a failed send was made on, and a wake-up for each state change
+        self._failed_on = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._state_changed = asyncio.Event()
         self._session: PahoSession | None = None  # publisher = "thread": the session runs in this process
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
@@ -124,6 +128,7 @@ class MqttPublisher:
 
         A broker that is down is not an error: the process keeps retrying and `send` fails until it connects.
         """
+        self._loop = asyncio.get_running_loop()
         if self.config.publisher == "thread":
             self._session, error = await asyncio.to_thread(
                 open_session, self.settings, self._mirror, lambda: None
@@ -225,6 +230,29 @@ class MqttPublisher:
 
     async def send(self, records: Sequence[Record]) -> None:
         """Publish every record at the configured QoS; return when all are acknowledged, else raise SinkError."""
+        connection = self.connects
+        try:
+            await self._publish(records)
+        except SinkError:
+            self._failed_on = max(self._failed_on, connection)
+            raise
+
+    async def wait_ready(self) -> None:
+        """Return once a connection newer than the one the last failed send was made on is up (the broker is back)."""
+        while True:
+            self._state_changed.clear()
+            if self._connected and self.connects > self._failed_on:
+                return
+            await self._state_changed.wait()
+
+    def _notify(self) -> None:
+        """Wake `wait_ready` after a state change (called on the session's or the reply reader's thread)."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody waits any more
+                loop.call_soon_threadsafe(self._state_changed.set)
+
+    async def _publish(self, records: Sequence[Record]) -> None:
         if self._session is not None and self._session.broken:
             await self._renew_session()
         conn = self._conn
@@ -271,6 +299,7 @@ class MqttPublisher:
         self.connects = self._counts_before[0] + session.connects
         self.disconnects = self._counts_before[1] + session.disconnects
         self.last_error = session.broken or session.last_error
+        self._notify()
 
     # ------------------------------------------------------------------ replies (reader thread)
 
@@ -346,6 +375,7 @@ class MqttPublisher:
             _, self._connected, connects, disconnects, self.last_error = reply
             self.connects = self._counts_before[0] + connects
             self.disconnects = self._counts_before[1] + disconnects
+            self._notify()
         elif kind == "log":
             _, level, logger, text = reply
             logging.getLogger(logger).log(level, "%s", text)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import random
 import select
 import signal
 import socket
@@ -54,6 +55,11 @@ REFUSED_FOR_GOOD = {
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _RECONNECT_MIN_S = 1.0
 _RECONNECT_MAX_S = 10.0
+#: While nothing listens at the broker's address, a new connection is tried every 0.5-1 s (jittered, so many
+#: agents do not come back in step): a refused connect costs the broker nothing, and the agent is
+#: publishing again within about a second of the broker's return, whatever the outage's length
+_PROBE_MIN_S = 0.5
+_PROBE_MAX_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -419,11 +425,19 @@ class PahoSession:
         if now < self._retry_at and self._sleep(self._retry_at - now):
             return  # the job is handled first (failed, or the stop request); the wait goes on after it
         self._retry_at = 0.0
-        self._reconnect_delay = min(self._reconnect_delay * 2, _RECONNECT_MAX_S)
         try:
             self._client.reconnect()
-        except OSError as exc:
+        except ssl.SSLError as exc:
+            # something answers but the handshake fails: each try costs the broker a handshake, back off
             self.last_error = f"cannot connect: {exc}"
+            self._reconnect_delay = min(self._reconnect_delay * 2, _RECONNECT_MAX_S)
+        except OSError as exc:
+            # nothing listens (refused, unreachable, timed out): probe again soon
+            self.last_error = f"cannot connect: {exc}"
+            self._reconnect_delay = random.uniform(_PROBE_MIN_S, _PROBE_MAX_S)
+        else:
+            # connected: if the broker now refuses the login or drops us, the next tries back off
+            self._reconnect_delay = min(self._reconnect_delay * 2, _RECONNECT_MAX_S)
 
     def _sleep(self, seconds: float) -> bool:
         """Wait up to `seconds`; True if a job arrived meanwhile (it is handled by the next pass)."""
