@@ -19,10 +19,10 @@ import pytest
 from edge_agent.config import InfluxSink
 from edge_agent.outbox import Outbox, stored_size
 from edge_agent.records import Kind, LineProtocolEncoder, Record, Source
-from edge_agent.sinks.delivery import Backoff, DeliveryLoop
+from edge_agent.sinks.delivery import Backoff, DeliveryLoop, SinkError
 from edge_agent.sinks.influx import InfluxWriter, parse_retry_after
 from edge_agent.types import Quality, Readings, SignalTable
-from tests.services import VictoriaMetrics
+from tests.services import VictoriaMetrics, free_port
 from tests.sink_services import TunedVictoriaMetrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,7 +111,7 @@ CHILD = textwrap.dedent(
     import asyncio, sys
     from edge_agent.config import InfluxSink
     from edge_agent.outbox import Outbox
-    from edge_agent.sinks.delivery import Backoff, DeliveryLoop
+    from edge_agent.sinks.delivery import Backoff, DeliveryLoop, SinkError
     from edge_agent.sinks.influx import InfluxWriter
     from tests.test_sink_influx import _lines
 
@@ -364,6 +364,59 @@ async def test_unwritable_dead_letter_file_keeps_the_lines_in_the_outbox(tmp_pat
     outbox.close()
     assert writer.counters.dead_letter_lines == 1
     assert (blocker / "dead.jsonl").read_bytes().count(b"315532800000000000") == 1
+
+
+class _BusyServer:
+    """An InfluxDB stand-in on a fixed port that answers /ping (204) but refuses every write with 503."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.pings = 0
+
+    async def __aenter__(self) -> _BusyServer:
+        from aiohttp import web
+
+        async def write(_request: web.Request) -> web.Response:
+            return web.Response(status=503, text="busy")
+
+        async def ping(_request: web.Request) -> web.Response:
+            self.pings += 1
+            return web.Response(status=204)
+
+        app = web.Application()
+        app.router.add_post("/api/v2/write", write)
+        app.router.add_get("/ping", ping)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+async def test_wait_ready_probes_only_a_server_that_did_not_answer(tmp_path: Path) -> None:
+    """A refusal (503) is the back-off's to wait out; a write that got no answer is retried once /ping answers."""
+    port = free_port()
+    writer = InfluxWriter(InfluxSink(url=f"http://127.0.0.1:{port}"), tmp_path / "dead.jsonl")
+    records = [_lines("probe", 0, 5)]
+    try:
+        async with _BusyServer(port) as busy:
+            with pytest.raises(SinkError, match="HTTP 503"):
+                await writer.send(records)
+            with pytest.raises(TimeoutError):  # up, and said no: no probe cuts the back-off short
+                await asyncio.wait_for(writer.wait_ready(), 2.5)
+            assert busy.pings == 0
+        with pytest.raises(SinkError, match="unreachable"):
+            await writer.send(records)
+        waiting = asyncio.ensure_future(writer.wait_ready())
+        await asyncio.sleep(1.5)  # probes fail while nothing listens
+        assert not waiting.done()
+        async with _BusyServer(port) as back:
+            await asyncio.wait_for(waiting, 3.0)  # the next probe after the server is back
+            assert back.pings == 1
+    finally:
+        await writer.stop()
 
 
 def test_retry_after_forms() -> None:

@@ -25,6 +25,11 @@ from edge_agent.sinks.delivery import SinkError
 
 log = logging.getLogger(__name__)
 
+#: While the server does not answer, how often `wait_ready` asks it (GET /ping: no data, no token needed),
+#: and how long one such question may take
+PROBE_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 5.0
+
 
 class _Rejected(Exception):
     """The server answered 400 (or 413) to a body: some of its lines are bad (or it is too big)."""
@@ -78,6 +83,7 @@ class InfluxWriter:
         self.counters = InfluxCounters()
         self._client: InfluxDBClientAsync | None = None
         self._service: WriteService | None = None
+        self._unanswered = False  # the last write got no HTTP answer at all (refused, reset, timed out)
 
     async def start(self) -> None:
         """Create the HTTP client (nothing is sent until the first write)."""
@@ -133,6 +139,30 @@ class InfluxWriter:
                 bad[0][1] if bad else "-",
             )
 
+    async def wait_ready(self) -> None:
+        """Return once the server answers GET /ping after a write got no answer; never after an HTTP refusal.
+
+        A refusal (401, 404, 5xx, Retry-After) comes from a server that is up: the back-off decides when to try again.
+        """
+        if not self._unanswered:
+            await asyncio.get_running_loop().create_future()  # never done: the back-off ends this wait
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            if await self._ping():
+                return
+
+    async def _ping(self) -> bool:
+        """True if the server answered /ping with 2xx within PROBE_TIMEOUT_S (the same base URL as the writes)."""
+        client = self._client
+        if client is None:
+            return False  # stopped: the next send starts a client
+        try:
+            async with asyncio.timeout(min(self.config.timeout, PROBE_TIMEOUT_S)):
+                await client.ping()
+        except (ApiException, aiohttp.ClientError, TimeoutError, OSError):
+            return False
+        return True
+
     async def _bisect(self, lines: list[bytes], reason: str, bad: list[tuple[bytes, str]]) -> None:
         """Send `lines` (known to be refused as a whole) in halves until every refused line stands alone."""
         if len(lines) == 1:
@@ -166,6 +196,7 @@ class InfluxWriter:
                 **encoding,
             )
         except ApiException as exc:
+            self._unanswered = False
             status = int(exc.status or 0)
             raw_message = exc.message or exc.reason or ""
             message = (
@@ -189,7 +220,9 @@ class InfluxWriter:
                 f"InfluxDB {cfg.url}: HTTP {status} {message}", retry_after=parse_retry_after(exc.retry_after)
             ) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._unanswered = True
             raise SinkError(f"InfluxDB {cfg.url} unreachable: {exc or type(exc).__name__}") from None
+        self._unanswered = False
         self.counters.lines_written += body.count(b"\n")
 
     def _write_dead_letters(self, bad: list[tuple[bytes, str]]) -> None:
