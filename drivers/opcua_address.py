@@ -12,7 +12,7 @@ import re
 import uuid
 
 _NODE_ID = re.compile(r"^(?:ns=(\d+);|nsu=([^;]+);)?([isgb])=(.+)$", re.DOTALL)
-_PATH_ELEMENT = re.compile(r"\{[^}]*\}[^/]*|[^/]+")
+_PATH_ELEMENT = re.compile(r"/(\{[^}]*\}[^/]*|[^/]*)")
 _MAX_NUMERIC = 2**32 - 1  # a numeric identifier is a UInt32 on the wire
 _MAX_NS_INDEX = 2**16 - 1  # a namespace index is a UInt16
 
@@ -58,20 +58,37 @@ def split_browse_path(text: str) -> list[tuple[str, int | None, str | None]]:
     """(browse name, namespace index, namespace URI) of each element of `/2:IMM_1/{http://uri/}Status`.
 
     An element without a prefix is in namespace 0; raises ValueError for a path not starting
-    with '/' or with an empty element.
+    with '/' or with an empty element ('//', a trailing '/', a prefix without a name).
     """
     if not text.startswith("/"):
         raise ValueError("a browse path starts at Objects with '/', e.g. '/2:IMM_1/2:MachineStatus'")
     elements: list[tuple[str, int | None, str | None]] = []
-    for token in _PATH_ELEMENT.findall(text):
+    pos = 0
+    while pos < len(text):
+        # every element starts at a '/': the previous one ended at one, or at the end of the text
+        match = _PATH_ELEMENT.match(text, pos)
+        assert match is not None  # the pattern matches any text starting with '/'
+        token, pos = match.group(1), match.end()
         if token.startswith("{"):
-            uri, _, name = token[1:].partition("}")
+            uri, brace, name = token[1:].partition("}")
+            if not brace or not uri:
+                raise ValueError(
+                    f"element {len(elements) + 1} needs a namespace URI closed by '}}', e.g. "
+                    "'/{http://opcfoundation.org/UA/DI/}DeviceSet'"
+                )
             elements.append((name, None, uri))
-        elif re.match(r"^\d+:", token):
+        elif re.match(r"^[0-9]+:", token):
             idx, _, name = token.partition(":")
+            if int(idx) > _MAX_NS_INDEX:
+                raise ValueError(
+                    f"element {len(elements) + 1}: namespace index {idx} is above {_MAX_NS_INDEX}"
+                )
             elements.append((name, int(idx), None))
         else:
             elements.append((token, 0, None))
-    if not elements or any(not name for name, _, _ in elements):
-        raise ValueError("the browse path has an empty element")
+        if not elements[-1][0]:
+            raise ValueError(
+                f"element {len(elements)} of the browse path is empty (a '//', a trailing '/' or a "
+                "namespace prefix without a name); write e.g. '/2:IMM_1/2:MachineStatus'"
+            )
     return elements

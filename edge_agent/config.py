@@ -6,6 +6,7 @@ import difflib
 import os
 import re
 import tomllib
+import tomllib._parser
 import types
 import typing
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.functional_validators import BeforeValidator
+from pydantic.functional_validators import AfterValidator, BeforeValidator
 
 from drivers.opcua_address import split_browse_path, split_node_id
 
@@ -65,7 +66,8 @@ Secret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
 class Model(BaseModel):
     """Base of every config section: unknown keys are errors, docstrings are the docs."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    # NaN and infinity mean nothing in a limit, a scale or a time, and NaN passes every comparison
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True, allow_inf_nan=False)
 
 
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -206,6 +208,19 @@ class OpcUaTag(Model):
         return v
 
 
+def _event_field_path(path: str) -> str:
+    if any(not part for part in path.split("/")):
+        raise ValueError(
+            "the event field path has an empty element (a '//' or a '/' at either end); write browse "
+            "names separated by '/', e.g. 'InjectionUnitCycleParameters_1/CushionVolume'"
+        )
+    return path
+
+
+#: Browse names from the event type down to the field, separated by '/'.
+EventFieldPath = Annotated[str, AfterValidator(_event_field_path)]
+
+
 class OpcUaEvent(Model):
     """Subscribe to an event type (e.g. EUROMAP 77 CycleParametersEventType) and turn fields into signals."""
 
@@ -215,7 +230,7 @@ class OpcUaEvent(Model):
     """NodeId of the event type, e.g. `nsu=http://opcfoundation.org/UA/IMM2MES/;i=1006`."""
     source: str = "i=2253"
     """Node that emits the events (default: the Server object)."""
-    fields: dict[Name, str] = Field(min_length=1)
+    fields: dict[Name, EventFieldPath] = Field(min_length=1)
     """Signal name -> event field browse path, e.g. `cushion = "InjectionUnitCycleParameters_1/CushionVolume"`."""
 
     @field_validator("event_type", "source")
@@ -630,9 +645,9 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _model_at(loc: tuple[int | str, ...], data: Any) -> type[BaseModel] | None:
-    """The model class that owns the last key of `loc`, found by walking the annotations and the input."""
-    model: Any = Config
+def _model_at(loc: tuple[int | str, ...], data: Any, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The model class that owns the last key of `loc`, found by walking the annotations and the input from `root`."""
+    model: Any = root
     node = data
     for i, part in enumerate(loc[:-1]):
         if isinstance(part, int):
@@ -672,14 +687,15 @@ def _unwrap_model(annotation: Any, node: Any) -> Any:
 _SECRET_KEYS = {"password", "token"}
 
 
-def _describe(error: Any, data: Any) -> str:
+def _describe(error: Any, data: Any, root: type[BaseModel] | None = None) -> str:
+    """One problem line of a pydantic error: the field path, what is wrong, the value given (never a secret's)."""
     loc = tuple(error["loc"])
     where = _format_loc(loc)
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        model = _model_at(loc, data)
+        model = _model_at(loc, data, root or Config)
         hint = ""
         if model is not None:
             close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.6)
@@ -808,9 +824,12 @@ def _security_file_problems(config: Config, config_dir: Path) -> list[str]:
                 continue
             where = path if path.is_absolute() else config_dir / path
             kind = "folder" if folder else "file"
-            if where.is_dir() if folder else where.is_file():
-                continue
-            state = "does not exist" if not where.exists() else f"is not a {kind}"
+            try:
+                if where.is_dir() if folder else where.is_file():
+                    continue
+                state = "does not exist" if not where.exists() else f"is not a {kind}"
+            except OSError as exc:  # a name too long, a loop of links: is_file() only hides some errors
+                state = f"cannot be looked at ({exc.strerror or exc})"
             relative = "" if path.is_absolute() else " (relative to the config file's folder)"
             problems.append(f"devices[{i}].opcua.{field}: {kind} '{path}'{relative} {state}; {fix}")
     return problems
@@ -828,6 +847,73 @@ def profile_dirs(config: Config, config_dir: Path) -> list[Path]:
     return dirs
 
 
+#: what an empty config file is told; both ways out exist in every installation from the sources
+EMPTY_FILE = (
+    "the file is empty; copy one of the examples shipped in the sources' config/ folder "
+    "(config/example.toml has every section), or print a device skeleton with "
+    "`edge-agent discover opcua|modbus TARGET`"
+)
+
+
+def _line_column(text: str, pos: int) -> tuple[int, int]:
+    """1-based line and column of a character position, as tomllib counts them."""
+    line = text.count("\n", 0, pos) + 1
+    return line, pos - (text.rfind("\n", 0, pos) + 1) + 1
+
+
+def _recursion_line(exc: RecursionError, text: str) -> int | None:
+    """Line of the key/value pair whose value exhausted tomllib's stack (its outermost frame's position)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        pos = frame.f_locals.get("pos")
+        # the outermost parser frame (loads) holds where the statement starts, whatever the stack depth
+        if frame.f_code.co_filename == tomllib._parser.__file__ and isinstance(pos, int):
+            return _line_column(text, min(pos, len(text)))[0]
+        tb = tb.tb_next
+    return None
+
+
+def loads_toml(text: str, source: str) -> dict[str, Any]:
+    """The TOML document in `text`; raises ConfigError naming `source` and the line."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+    except RecursionError as exc:
+        # tomllib recurses once per level of [ or {: a few hundred levels exhaust the stack
+        line = _recursion_line(exc, text)
+        where = f" in the key/value pair at line {line}" if line is not None else ""
+        raise ConfigError(
+            source, [f"not valid TOML: arrays or inline tables nested too deeply to parse{where}"]
+        ) from None
+
+
+def read_text(path: Path) -> str:
+    """The UTF-8 text of a config or profile file; raises ConfigError naming the file and, for bad bytes, the line."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError(str(path), ["is a folder; give the path of a TOML file"]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot be read ({exc.strerror or exc})"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start].decode("utf-8")  # valid: decoding stopped at the first bad byte
+        line, column = _line_column(before, len(before))
+        raise ConfigError(
+            str(path),
+            [
+                f"not UTF-8 text: {exc.reason} at line {line}, column {column} (byte {exc.start}); "
+                "save the file as UTF-8"
+            ],
+        ) from None
+    return text.removeprefix("\ufeff")  # editors on Windows may start UTF-8 files with a BOM
+
+
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Parse and validate TOML text; raises ConfigError with one line per problem.
 
@@ -836,11 +922,8 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     has no folder to be relative to, so only the profiles' existence is checked.
     """
     if not text.strip():
-        raise ConfigError(source, ["the file is empty; start from config/demo.toml"])
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+        raise ConfigError(source, [EMPTY_FILE])
+    data = loads_toml(text, source)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -893,10 +976,4 @@ def _relative_to(config: Config, base_dir: Path) -> Config:
 def load_config(path: str | Path) -> Config:
     """Read, parse and validate a config file; raises ConfigError naming the file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["no such file"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
-    return parse_config(text, str(path), path.resolve().parent)
+    return parse_config(read_text(path), str(path), path.resolve().parent)

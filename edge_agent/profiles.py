@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
-from edge_agent.config import ConfigError, Model, Name, _describe
+from edge_agent.config import ConfigError, Model, Name, _describe, loads_toml, read_text
 
 Indicator = Literal["rolling", "imr", "xbar_r", "xbar_s", "capability", "rules", "ewma", "cusum", "band"]
 
@@ -170,16 +169,13 @@ class Profile(Model):
 
 
 def load_profile(path: Path) -> Profile:
-    """Read and validate one profile file."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    """Read and validate one profile file; raises ConfigError naming the file and the place in it."""
+    data = loads_toml(read_text(path), str(path))
     data.setdefault("kind", path.stem)
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(str(path), [_describe(e, data) for e in exc.errors()]) from None
+        raise ConfigError(str(path), [_describe(e, data, Profile) for e in exc.errors()]) from None
 
 
 def find_profile(name: str, dirs: list[Path]) -> Profile:

@@ -30,7 +30,9 @@ def test_golden_case(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         return
     with pytest.raises(ConfigError) as info:
         load_config(case / "config.toml")
-    assert info.value.problems == error_file.read_text().strip().splitlines()
+    # {case} stands for the case's folder, where a problem names a file in it (a profile)
+    expected = error_file.read_text(encoding="utf-8").strip().replace("{case}", str(case)).splitlines()
+    assert info.value.problems == expected
     assert info.value.source == str(case / "config.toml")
 
 
@@ -166,6 +168,54 @@ def test_check_config_missing_file() -> None:
     done = _cli("check-config", "no/such.toml")
     assert done.returncode == 2
     assert done.stderr.splitlines()[0] == "no/such.toml: no such file"
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("/2:a/", "element 2 of the browse path is empty"),
+        ("/a//b", "element 2 of the browse path is empty"),
+        ("/", "element 1 of the browse path is empty"),
+        ("/2:", "element 1 of the browse path is empty"),
+        ("/{http://x/}", "element 1 of the browse path is empty"),
+        ("/{http://x/y", "element 1 needs a namespace URI closed by '}'"),
+        ("/70000:a", "element 1: namespace index 70000 is above 65535"),
+    ],
+)
+def test_browse_path_the_driver_cannot_follow_is_a_config_error(path: str, problem: str) -> None:
+    text = f"""
+[[devices]]
+name = "imm"
+protocol = "opcua"
+profile = "injection_molding"
+endpoint = "opc.tcp://h:4840"
+opcua = {{ security_policy = "None", security_mode = "None", allow_insecure = true }}
+tags = [{{ name = "x", path = "{path}" }}]
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    (only,) = info.value.problems
+    assert only.startswith(f"devices[0].tags[0].path: {problem}")
+
+
+def test_browse_paths_with_namespace_uris_still_split() -> None:
+    from drivers.opcua_address import split_browse_path
+
+    assert split_browse_path("/{urn:a:b}IMM_1/{http://x.org/UA/y/}Status/2:Mode/Plain") == [
+        ("IMM_1", None, "urn:a:b"),
+        ("Status", None, "http://x.org/UA/y/"),
+        ("Mode", 2, None),
+        ("Plain", 0, None),
+    ]
+
+
+def test_empty_file_points_to_files_that_exist() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("\n  \n")
+    (problem,) = info.value.problems
+    assert "config/example.toml" in problem and (REPO / "config" / "example.toml").is_file()
+    assert "`edge-agent discover opcua|modbus TARGET`" in problem
+    assert "discover" in _cli("--help").stdout
 
 
 def test_configuration_reference_is_current() -> None:
