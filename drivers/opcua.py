@@ -538,47 +538,77 @@ class OpcUaDriver:
         )
 
     async def _check_trusted(self, server_der: bytes) -> None:
-        """Refuse a server whose certificate is neither pinned nor in (or issued from) the trust store."""
-        opts = self.options
-        pinned = _abs(self._config_dir, opts.server_certificate)
-        store = _abs(self._config_dir, opts.trust_store)
+        """Refuse a server whose certificate is neither pinned nor in (or issued from) the trust store, or is out of date."""
+        leaf = x509.load_der_x509_certificate(server_der)
+        store = _abs(self._config_dir, self.options.trust_store)
+        if not await self._is_trusted(server_der, leaf):
+            where = (
+                f"pin it with server_certificate or copy it into trust_store {store}"
+                if store
+                else ("pin the right certificate with server_certificate")
+            )
+            raise OpcUaRefused(
+                f"the server certificate is not trusted (subject {leaf.subject.rfc4514_string()}, "
+                f"SHA-1 thumbprint {_thumbprint(server_der)}); if this is the right server, {where}"
+            )
+        self._check_validity(leaf, server_der)
+
+    async def _is_trusted(self, server_der: bytes, leaf: x509.Certificate) -> bool:
+        """Pinned, an exact copy in the trust store, or issued by a CA in it (validity dates aside)."""
+        pinned = _abs(self._config_dir, self.options.server_certificate)
+        store = _abs(self._config_dir, self.options.trust_store)
         if pinned is not None:
             if not pinned.is_file():
                 raise OpcUaRefused(f"pinned server_certificate {pinned} does not exist")
             pinned_der = uacrypto.der_from_x509(await uacrypto.load_certificate(str(pinned)))
             if pinned_der == server_der:
-                return
-        if store is not None:
-            if not store.is_dir():
-                raise OpcUaRefused(f"trust_store {store} is not a folder")
-            trusted = 0
-            for path in sorted(store.iterdir()):
-                if path.suffix.lower() in (".der", ".pem", ".crt", ".cer") and path.is_file():
-                    with contextlib.suppress(Exception):
-                        cert = await uacrypto.load_certificate(str(path))
-                        trusted += path.suffix.lower() in (".der", ".pem")  # what TrustStore loads
-                        if uacrypto.der_from_x509(cert) == server_der:
-                            return
-            # an empty store trusts nobody (asyncua's TrustStore cannot even be built from it)
-            if trusted:
-                trust = TrustStore([store], [])
-                await trust.load()
-                leaf = x509.load_der_x509_certificate(server_der)
-                # asyncua logs a refused chain as an error with a traceback; the refusal below says it
-                # all. No await inside, so no other task's records are dropped.
-                with _silenced(_TRUSTSTORE_LOG):
-                    chained = trust.is_trusted(leaf)
-                if chained and not trust.is_revoked(leaf):
-                    return
-        leaf = x509.load_der_x509_certificate(server_der)
-        where = (
-            f"pin it with server_certificate or copy it into trust_store {store}"
-            if store
-            else ("pin the right certificate with server_certificate")
+                return True
+        if store is None:
+            return False
+        if not store.is_dir():
+            raise OpcUaRefused(f"trust_store {store} is not a folder")
+        trusted = 0
+        for path in sorted(store.iterdir()):
+            if path.suffix.lower() in (".der", ".pem", ".crt", ".cer") and path.is_file():
+                with contextlib.suppress(Exception):
+                    cert = await uacrypto.load_certificate(str(path))
+                    trusted += path.suffix.lower() in (".der", ".pem")  # what TrustStore loads
+                    if uacrypto.der_from_x509(cert) == server_der:
+                        return True
+        # an empty store trusts nobody (asyncua's TrustStore cannot even be built from it)
+        if not trusted:
+            return False
+        trust = TrustStore([store], [])
+        await trust.load()
+        # The chain is checked at a time inside the leaf's validity: an expired leaf issued by a
+        # trusted CA is trusted but out of date, which _check_validity says in its own words.
+        when = min(max(datetime.now(UTC), leaf.not_valid_before_utc), leaf.not_valid_after_utc)
+        trust.policy_builder = trust.policy_builder.time(when)
+        # asyncua logs a refused chain as an error with a traceback; the refusal says it all.
+        # No await inside, so no other task's records are dropped.
+        with _silenced(_TRUSTSTORE_LOG):
+            chained = trust.is_trusted(leaf)
+        return chained and not trust.is_revoked(leaf)
+
+    def _check_validity(self, leaf: x509.Certificate, server_der: bytes) -> None:
+        """Refuse a trusted certificate outside its validity dates, unless the device allows it (then warn)."""
+        now = datetime.now(UTC)
+        start, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+        if start <= now <= end:
+            return
+        state = "expired" if now > end else "not yet valid"
+        described = (
+            f"the server certificate (subject {leaf.subject.rfc4514_string()}, SHA-1 thumbprint "
+            f"{_thumbprint(server_der)}) is {state}: not_valid_before {start:%Y-%m-%d %H:%M:%S} UTC, "
+            f"not_valid_after {end:%Y-%m-%d %H:%M:%S} UTC, now {now:%Y-%m-%d %H:%M:%S} UTC"
         )
+        if self.options.allow_expired_server_certificate:
+            log.warning("%s: %s; accepted (allow_expired_server_certificate = true)", self.name, described)
+            return
+        clock = "check this computer's clock, or " if state == "not yet valid" else ""
         raise OpcUaRefused(
-            f"the server certificate is not trusted (subject {leaf.subject.rfc4514_string()}, "
-            f"SHA-1 thumbprint {_thumbprint(server_der)}); if this is the right server, {where}"
+            f"{described}; {clock}renew the certificate on the server and trust the new one, or set "
+            "allow_expired_server_certificate = true in the device's [devices.opcua] to accept it"
         )
 
     # ------------------------------------------------------------------ addressing and reads

@@ -254,9 +254,15 @@ class OpcUaOptions(Model):
     private_key: Path | None = None
     """Private key of the client certificate."""
     server_certificate: Path | None = None
-    """Pinned server certificate: the server must present exactly this one."""
+    """Pinned server certificate: the server must present exactly this one. A signed channel needs
+    this or `trust_store`."""
     trust_store: Path | None = None
-    """Folder of trusted server (or CA) certificates."""
+    """Folder of trusted server (or CA) certificates. A signed channel needs this or `server_certificate`."""
+    allow_expired_server_certificate: bool = False
+    """Accept a trusted server certificate outside its validity dates (expired, or not yet valid).
+    Refused by default, naming the dates; a machine often keeps the certificate it was delivered
+    with for years, so this allows it, with a WARNING giving the dates at each connect. The
+    certificate must still be pinned or trusted."""
     username: str | None = None
     """User name for username/password authentication (refused over an unencrypted channel)."""
     password: Secret | None = None
@@ -835,6 +841,24 @@ def _security_file_problems(config: Config, config_dir: Path) -> list[str]:
     return problems
 
 
+def _server_trust_problems(config: Config) -> list[str]:
+    # The driver cannot open a signed channel without deciding whether to trust the server; say so
+    # before starting, with the two ways out, rather than when the device's driver is built.
+    problems = []
+    for i, device in enumerate(config.devices):
+        opts = device.opcua if isinstance(device, OpcUaDevice) else None
+        if opts is None or opts.security_mode == "None":
+            continue
+        if opts.trust_store is None and opts.server_certificate is None:
+            problems.append(
+                f"devices[{i}].opcua.trust_store: security mode {opts.security_mode} needs the server's "
+                f"certificate to be trusted, and neither trust_store nor server_certificate is set; set "
+                f"devices[{i}].opcua.trust_store to a folder holding the server's (or its CA's) "
+                f"certificate, or devices[{i}].opcua.server_certificate to the server's certificate file"
+            )
+    return problems
+
+
 def profile_dirs(config: Config, config_dir: Path) -> list[Path]:
     """Folders searched for equipment profiles, first match wins."""
     dirs = []
@@ -931,6 +955,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     config_dir = base_dir or Path.cwd()
     problems = (
         _address_base_problems(config)
+        + _server_trust_problems(config)
         + _profile_problems(config, config_dir)
         + _security_file_problems(config, config_dir)
     )

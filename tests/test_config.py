@@ -218,6 +218,19 @@ def test_empty_file_points_to_files_that_exist() -> None:
     assert "discover" in _cli("--help").stdout
 
 
+@pytest.mark.parametrize(
+    "command", [["check-config"], ["run", "-c"], ["run", "--once", "-c"], ["read", "-c"]]
+)
+def test_signing_without_trust_is_one_line_and_exit_2(command: list[str]) -> None:
+    case = CASES / "signing_without_trust" / "config.toml"
+    done = _cli(*command, str(case))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[0] == f"{case}: " + (
+        (CASES / "signing_without_trust" / "error.txt").read_text(encoding="utf-8").strip()
+    )
+
+
 def test_configuration_reference_is_current() -> None:
     from edge_agent.config_reference import render
 

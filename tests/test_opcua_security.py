@@ -6,10 +6,15 @@ import logging
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from drivers.opcua import OpcUaConfigError, OpcUaDriver, OpcUaRefused
 from edge_agent import certs
@@ -216,7 +221,19 @@ async def test_insecure_setups_are_refused_before_connecting(secure_imm: tuple[I
         )
     with pytest.raises(ConfigError, match="allow_insecure"):
         parse_config(sim.device_config(opcua={"security_policy": "None", "security_mode": "None"}))
-    no_trust = secure_device(sim, pki, trust_store=None)
+    for mode in ("Sign", "SignAndEncrypt"):
+        with pytest.raises(ConfigError) as info:
+            secure_device(sim, pki, trust_store=None, security_mode=mode)
+        assert info.value.problems == [
+            f"devices[0].opcua.trust_store: security mode {mode} needs the server's certificate to be "
+            "trusted, and neither trust_store nor server_certificate is set; set devices[0].opcua.trust_store "
+            "to a folder holding the server's (or its CA's) certificate, or "
+            "devices[0].opcua.server_certificate to the server's certificate file"
+        ]
+    # a device built without the config's check (by code) is still refused by the driver
+    no_trust = secure_device(sim, pki).model_copy(
+        update={"opcua": secure_device(sim, pki).opcua.model_copy(update={"trust_store": None})}
+    )
     with pytest.raises(OpcUaConfigError, match=r"server_certificate.*trust_store"):
         OpcUaDriver(no_trust, {n: i for i, n in enumerate(no_trust.signal_names())}, config_dir=pki.root)
 
@@ -230,3 +247,166 @@ async def test_certs_command_makes_a_usable_pair(tmp_path: Path, capsys: pytest.
     assert "already exist" in capsys.readouterr().err
     assert certs.main(["show", str(tmp_path / "client-cert.der")]) == 0
     assert "SHA-1 thumbprint" in capsys.readouterr().out
+
+
+def write_certificate(
+    cert_file: Path,
+    key_file: Path,
+    uri: str,
+    not_before: datetime,
+    not_after: datetime,
+    issuer: tuple[x509.Certificate, rsa.RSAPrivateKey] | None = None,
+    ca: bool = False,
+) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """An OPC UA server (or CA) certificate with the given validity dates, self-signed or issued by `issuer`."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA" if ca else "imm-server")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer[0].subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if ca:
+        usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+        builder = builder.add_extension(usage, critical=True)
+    else:
+        usage = x509.KeyUsage(True, True, True, True, False, False, False, False, False)
+        builder = builder.add_extension(usage, critical=True)
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        san = [x509.UniformResourceIdentifier(uri), x509.DNSName("localhost")]
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    if issuer:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key())
+        builder = builder.add_extension(aki, critical=False)
+    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+    cert_file.parent.mkdir(parents=True, exist_ok=True)
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert, key
+
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+#: kind -> (not_valid_before, not_valid_after, trusted through a CA rather than a copy of the certificate)
+OUT_OF_DATE = {
+    "expired": (NOW - timedelta(days=800), NOW - timedelta(days=35), False),
+    "not_yet_valid": (NOW + timedelta(days=2), NOW + timedelta(days=700), False),
+    "expired_issued_by_trusted_ca": (NOW - timedelta(days=800), NOW - timedelta(days=35), True),
+}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=sorted(OUT_OF_DATE))
+async def out_of_date_imm(
+    request: pytest.FixtureRequest,
+    secure_imm: tuple[ImmSimulator, Pki],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[ImmSimulator, Pki, str]]:
+    """A secure machine whose certificate is trusted but outside its validity dates."""
+    _, pki = secure_imm
+    kind: str = request.param
+    not_before, not_after, via_ca = OUT_OF_DATE[kind]
+    tmp_path = tmp_path_factory.mktemp(kind)
+    server_dir, trusted = tmp_path / "server", tmp_path / "trusted"
+    uri = "urn:edge-agent:sim:imm:server"
+    issuer = None
+    if via_ca:
+        # the CA is valid now: only the certificate it issued is out of date
+        issuer = write_certificate(
+            trusted / "ca.der",
+            tmp_path / "ca-key.pem",
+            uri,
+            NOW - timedelta(days=900),
+            NOW + timedelta(days=900),
+            ca=True,
+        )
+    write_certificate(
+        server_dir / "server-cert.der", server_dir / "server-key.pem", uri, not_before, not_after, issuer
+    )
+    if not via_ca:
+        trusted.mkdir()
+        shutil.copy(server_dir / "server-cert.der", trusted / "imm-server.der")
+    security = SimSecurity.secure(server_dir, uri, users={"operator": "s3cret"}, allow_anonymous=True)
+    sim = ImmSimulator(speed=10.0, cycle_s=2.0, security=security)
+    await sim.start()
+    yield (
+        sim,
+        Pki(
+            pki.root,
+            pki.client_cert,
+            pki.client_key,
+            pki.user_cert,
+            pki.user_key,
+            server_dir / "server-cert.der",
+            trusted,
+        ),
+        kind,
+    )
+    await sim.stop()
+
+
+async def test_out_of_date_server_certificate_is_refused_with_its_dates(
+    out_of_date_imm: tuple[ImmSimulator, Pki, str],
+) -> None:
+    sim, pki, kind = out_of_date_imm
+    not_before, not_after, _ = OUT_OF_DATE[kind]
+    device = secure_device(sim, pki)
+    server_cert = certs.load_certificate(pki.server_cert)
+    with pytest.raises(OpcUaRefused) as info:
+        await read_mode(device, pki)
+    state = "not yet valid" if kind == "not_yet_valid" else "expired"
+    clock = "check this computer's clock, or " if kind == "not_yet_valid" else ""
+    thumbprint = certs.describe(server_cert).rsplit(" ", 1)[-1]
+    message = str(info.value)
+    now = message.split(", now ", 1)[1].split(" UTC", 1)[0]
+    assert abs(
+        datetime.strptime(now, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC) - datetime.now(UTC)
+    ) < timedelta(minutes=5)
+    assert message == (
+        f"the server certificate (subject {server_cert.subject.rfc4514_string()}, SHA-1 thumbprint "
+        f"{thumbprint}) is {state}: not_valid_before {not_before:%Y-%m-%d %H:%M:%S} UTC, "
+        f"not_valid_after {not_after:%Y-%m-%d %H:%M:%S} UTC, now {now} UTC; {clock}renew the certificate "
+        "on the server and trust the new one, or set allow_expired_server_certificate = true in the "
+        "device's [devices.opcua] to accept it"
+    )
+
+
+async def test_out_of_date_server_certificate_allowed_explicitly_warns_at_each_connect(
+    out_of_date_imm: tuple[ImmSimulator, Pki, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    sim, pki, kind = out_of_date_imm
+    not_before, not_after, _ = OUT_OF_DATE[kind]
+    device = secure_device(sim, pki, allow_expired_server_certificate=True)
+    caplog.set_level(logging.WARNING, logger="drivers.opcua")
+    assert await read_mode(device, pki) == 1.0
+    assert await read_mode(device, pki) == 1.0
+    warnings = [
+        r.getMessage() for r in caplog.records if r.name == "drivers.opcua" and r.levelno == logging.WARNING
+    ]
+    state = "not yet valid" if kind == "not_yet_valid" else "expired"
+    dates = f"not_valid_before {not_before:%Y-%m-%d %H:%M:%S} UTC, not_valid_after {not_after:%Y-%m-%d %H:%M:%S} UTC"
+    assert len(warnings) == 2, warnings
+    for warning in warnings:
+        assert warning.startswith(f"{device.name}: the server certificate (subject ")
+        assert f") is {state}: {dates}, now " in warning
+        assert warning.endswith("; accepted (allow_expired_server_certificate = true)")
+
+
+async def test_untrusted_out_of_date_certificate_is_refused_as_untrusted(
+    out_of_date_imm: tuple[ImmSimulator, Pki, str], tmp_path: Path
+) -> None:
+    """Allowing an expired certificate never trusts it: trust is checked first."""
+    sim, pki, _ = out_of_date_imm
+    other = tmp_path / "other"
+    make_self_signed(other / "someone-else.der", tmp_path / "k.pem", "urn:other", server=True)
+    device = secure_device(sim, pki, trust_store=str(other), allow_expired_server_certificate=True)
+    with pytest.raises(OpcUaRefused, match="the server certificate is not trusted"):
+        await read_mode(device, pki)
