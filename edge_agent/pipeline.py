@@ -47,6 +47,12 @@ _BEYOND_3SIGMA = int(Rule.WE1 | Rule.N1)
 _RULES_KIND = next(k for k, name in ALARM_KIND_NAMES.items() if name == "rules")
 _SPC_INDICATORS = {"rolling", "imr", "xbar_r", "xbar_s", "capability", "rules", "ewma", "cusum"}
 _RULE_NAMES = [(int(r.value), str(r.name)) for r in Rule]
+#: Snapshot fields describing the values themselves (window statistics, capability): for a
+#: pre-whitened signal they come from its raw values, not from the series its charts see.
+_RAW_STAT_KEYS = (
+    "window_n", "mean", "sd", "min", "max", "reason_window",
+    "cap_n", "cap_mean", "sigma_within", "sigma_overall", "cp", "cpk", "pp", "ppk", "reason_capability",
+)  # fmt: skip
 
 
 def rule_names(mask: int) -> str:
@@ -236,6 +242,18 @@ class IndicatorPipeline:
             self.spc.configure(rows, SpcParams(window=window, phase1_n=phase1, lsl=lsl, usl=usl))
         # per-cycle process data are autocorrelated: whiten them before the charts (core/autocorr.py)
         self.whitener = Prewhitener(capacity, rows[per_cycle], phase1[per_cycle])
+        # their window statistics and capability describe the raw values: a statistics-only engine
+        # fed the raw series, row raw_row[r] for signal row r (-1: the chart engine's own are raw)
+        raw = rows[per_cycle]
+        self.raw_row = np.full(capacity, -1, np.int64)
+        self.raw_row[raw] = np.arange(raw.size)
+        self.raw_stats = SpcEngine(max(raw.size, 1), SpcParams(window=max_window), max_window, charts=False)
+        if raw.size:
+            pc = per_cycle
+            self.raw_stats.configure(
+                np.arange(raw.size),
+                SpcParams(window=window[pc], phase1_n=phase1[pc], lsl=lsl[pc], usl=usl[pc]),
+            )
         self.spec_row = np.isfinite(self.spec_lsl) | np.isfinite(self.spec_usl)
         self.spec_alarms = AlarmTracker(capacity, delay, np.maximum(delay, off_delay))
         self.limit_alarms = AlarmTracker(capacity, delay, np.maximum(delay, off_delay))
@@ -385,6 +403,12 @@ class IndicatorPipeline:
         spec_events = self._spec(raw_spc)
         spc_events = AlarmEvents.empty()
         spc_in = self.whitener.transform(raw_spc)
+        to_raw = self.raw_row[raw_spc.signal] >= 0
+        if to_raw.any():
+            r = raw_spc.take(to_raw)
+            self.raw_stats.update(
+                Readings(self.raw_row[r.signal].astype(np.int32), r.t_ns, r.value, r.quality)
+            )
         if len(spc_in):
             update = self.spc.update(spc_in)
             self._dirty[spc_in.signal] = True
@@ -714,6 +738,12 @@ class IndicatorPipeline:
             return
         self._dirty[rows] = False
         snap = self.spc.snapshot(rows)
+        raw = self.raw_row[rows]
+        if (raw >= 0).any():
+            mine = raw >= 0
+            from_raw = self.raw_stats.snapshot(raw[mine])
+            for key in _RAW_STAT_KEYS:
+                snap[key][mine] = from_raw[key]
         snap["x"] = self.last_value[rows]
         t = int(self.last_t[rows].max())
         out.kpi.append(
@@ -735,6 +765,8 @@ class IndicatorPipeline:
         if rows.size:
             self.spc.rebaseline(rows)
             self.whitener.reset(rows)
+            raw = self.raw_row[rows]
+            self.raw_stats.rebaseline(raw[raw >= 0])
 
 
 def pseudo_family(pseudo: str) -> str:

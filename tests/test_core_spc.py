@@ -450,6 +450,31 @@ def test_window_sd_at_a_large_level_is_numpys_two_pass(window: int, level: float
     assert checked > n // 4
 
 
+def test_a_statistics_only_engine_keeps_window_and_capability_and_charts_nothing() -> None:
+    """charts=False: the window statistics and capability of a full engine, bit for bit; no hits, no events, no limits."""
+    rng = np.random.default_rng(17)
+    S, n = 5, 300
+    cfg = SpcParams(window=12, phase1_n=20, subgroup_n=[1, 1, 4, 1, 1], lsl=-2.0, usl=2.5)
+    full = SpcEngine(S, cfg, max_window=12)
+    stats = SpcEngine(S, cfg, max_window=12, charts=False)
+    x = rng.standard_normal((n, S))
+    x[150:] += 1.5  # a shift the full engine alarms on
+    sig = np.arange(S)
+    fired = 0
+    for i in range(n):
+        rows = sig if i % 5 else rng.permutation(S)[:3]
+        a = full.update(Readings.of(rows, i, x[i, rows]))
+        b = stats.update(Readings.of(rows, i, x[i, rows]))
+        fired += len(a.hits)
+        assert len(b.hits) == 0 and len(b.events) == 0, i
+    assert fired > 0
+    sa, sb = full.snapshot(), stats.snapshot()
+    keys = ("n", "window_n", "mean", "sd", "min", "max", "cap_n", "sigma_within", "cp", "reason_capability")
+    for key in keys + CAP_SUM_KEYS:
+        np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+    assert np.isnan(sb["cl"]).all() and np.isnan(sb["ewma"]).all() and (sb["rule_mask"] == 0).all()
+
+
 def test_row_without_sigma_fires_no_zone_rule() -> None:
     """A constant phase I gives no sigma: that row's zone rules (WE, N1/2/5-8), MR, EWMA and CUSUM never fire; trends still do."""
     rng = np.random.default_rng(4)

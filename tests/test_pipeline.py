@@ -486,3 +486,40 @@ def test_imm_production_time_needs_automatic_mode_and_production_status() -> Non
     # without the status the production time is unknown, unless the mode alone says not producing
     assert np.isnan(_imm_oee(mode=1.0, status=None)["availability"])
     assert _imm_oee(mode=3.0, status=None)["availability"] == 0.0  # MANUAL
+
+
+def test_cpk_and_window_statistics_of_a_drifting_per_cycle_signal_are_those_of_its_raw_values() -> None:
+    # the charts see the pre-whitened series, which mutes a drift by sqrt((1-phi)/(1+phi)); Cpk and
+    # the window statistics must describe the values the machine produced
+    pipeline, rows, tags = _pipeline()
+    r = rows["intensification_pressure"]  # per cycle, capability, LSL 600 / USL 900 bar
+    window = pipeline.spc.window[r]
+    rng = np.random.default_rng(9)
+    phi, a, raw, published = 0.6, 0.0, [], {}
+    for k in range(1, 241):
+        a = phi * a + rng.normal(0, 8.0)  # AR(1) shot to shot, as real per-cycle values are
+        value = 750.0 + a + (1.0 * (k - 120) if k > 120 else 0.0)  # check-ring wear from shot 120
+        readings = _shot(rows, tags, k, 27.5, rng)
+        readings.value[readings.signal == r] = value
+        raw.append(value)
+        out = pipeline.process("dcm1", readings, T0 + k * SHOT_NS)
+        for _, b in out.kpi:
+            if b.family == "spc" and r in b.signal:
+                i = int(np.flatnonzero(b.signal == r)[0])
+                published = {key: float(v[i]) for key, v in b.values.items()}
+    assert pipeline.whitener.phi[r] > 0.3  # the charts did see a whitened series
+    x = np.array(raw[1:])  # the first shot only sets the counter's baseline
+    mu, within, overall = x.mean(), np.abs(np.diff(x)).mean() / 1.128, x.std(ddof=1)
+    expected = {
+        "cp": 300.0 / (6 * within),
+        "cpk": min(900.0 - mu, mu - 600.0) / (3 * within),
+        "pp": 300.0 / (6 * overall),
+        "ppk": min(900.0 - mu, mu - 600.0) / (3 * overall),
+        "mean": x[-window:].mean(),
+        "sd": x[-window:].std(ddof=1),
+        "min": x[-window:].min(),
+        "max": x[-window:].max(),
+    }
+    for key, want in expected.items():
+        assert published[key] == pytest.approx(want, rel=1e-9), key
+    assert published["x"] == raw[-1]

@@ -201,7 +201,12 @@ def _run(run: NDArray[np.uint8], cond: NDArray[np.bool_], cap: NDArray[np.uint8]
 
 
 class SpcEngine:
-    """SPC state for `capacity` signal rows, updated from Readings batches; see docs/indicators.md."""
+    """SPC state for `capacity` signal rows, updated from Readings batches; see docs/indicators.md.
+
+    With `charts=False` the engine keeps only the window statistics and the capability study (no
+    phase I, limits, rules, EWMA, CUSUM or alarms; those snapshot fields stay NaN): the pipeline
+    keeps one for the raw values of the signals whose charts see a pre-whitened series.
+    """
 
     def __init__(
         self,
@@ -210,6 +215,7 @@ class SpcEngine:
         max_window: int = 64,
         alarm_on_delay_ns: ArrayLike = 0,
         alarm_off_delay_ns: ArrayLike = 0,
+        charts: bool = True,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"SpcEngine: capacity must be >= 1, got {capacity}")
@@ -217,6 +223,7 @@ class SpcEngine:
             raise ValueError(f"SpcEngine: max_window must be >= 2, got {max_window}")
         S, W = capacity, max_window
         self.capacity, self.max_window = S, W
+        self.charts = charts
         self._rows = np.arange(S, dtype=np.int64)
         # configuration
         self.window = np.full(S, W, np.int32)
@@ -513,7 +520,7 @@ class SpcEngine:
         self.alarm_wait[r] = 0
         self.alarm_busy[r] = False
         given = r[np.isfinite(self.given_cl[r]) & np.isfinite(self.given_sigma[r])]
-        if given.size:
+        if given.size and self.charts:
             self._finish_phase1(given)
 
     def reset_capability(self, rows: ArrayLike) -> None:
@@ -679,6 +686,12 @@ class SpcEngine:
         mr = np.abs(dx, out=self._tmp[1, :n])
         self._window(rnd)
         self._capability(r, x, mr)
+        if not self.charts:
+            # statistics only: subgroups still feed the capability's R̄, nothing is charted
+            in1[:] = False
+            mb[...] = 0
+            self._add_to_subgroups(r, rnd.done)
+            return
         if self._any_phase1:
             np.equal(self.phase[r], 0, out=in1)
             any1 = bool(in1.any())
