@@ -62,7 +62,7 @@ def _config(
     workdir: Path,
     publisher: str,
 ) -> str:
-    from simulators.modbus_server import RegisterField, render_device_toml
+    from edge_agent.simulators.modbus_server import RegisterField, render_device_toml
 
     fields = [RegisterField(f"r{i}", "holding_register", i, "uint16") for i in range(tags)]
     devices = "\n".join(

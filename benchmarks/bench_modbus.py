@@ -38,7 +38,7 @@ def _user_s() -> float:
 
 async def serve(n: int, registers: int) -> None:
     """Child process: n servers of `registers` uint16 holding registers on free ports; print the ports; run until stdin closes."""
-    from simulators.modbus_server import RegisterField, RegisterMapServer
+    from edge_agent.simulators.modbus_server import RegisterField, RegisterMapServer
 
     fields = [RegisterField(f"r{i}", "holding_register", i, "uint16") for i in range(registers)]
     servers = []
@@ -56,7 +56,7 @@ async def serve(n: int, registers: int) -> None:
 
 
 def device_toml(name: str, port: int, registers: int) -> str:
-    from simulators.modbus_server import RegisterField, render_device_toml
+    from edge_agent.simulators.modbus_server import RegisterField, render_device_toml
 
     fields = [RegisterField(f"r{i}", "holding_register", i, "uint16") for i in range(registers)]
     return render_device_toml(
@@ -77,7 +77,7 @@ async def run_raw(
     import numpy as np
     from pymodbus.client import AsyncModbusTcpClient
 
-    from drivers.modbus.connection import _PAYLOAD_RESPONSES
+    from edge_agent.drivers.modbus.connection import _PAYLOAD_RESPONSES
     from edge_agent.types import Readings
 
     keep_bytes = keep_bytes or to_readings
@@ -115,8 +115,9 @@ async def run_raw(
 
 async def run_driver(ports: list[int], registers: int, duration: float) -> tuple[int, float, float]:
     """The driver: one ModbusDriver per server (100 uint16 tags -> one planned request), back-to-back polls."""
-    from drivers.modbus import ModbusDriver
-    from edge_agent.config import ModbusDevice, parse_config
+    from edge_agent.config import parse_config
+    from edge_agent.drivers.modbus.config import ModbusDevice
+    from edge_agent.drivers.modbus.driver import ModbusDriver
     from edge_agent.types import Quality
 
     text = "\n".join(device_toml(f"dev{i}", p, registers) for i, p in enumerate(ports))
@@ -154,8 +155,8 @@ async def run_driver(ports: list[int], registers: int, duration: float) -> tuple
 
 def planning() -> dict[str, object]:
     """Requests one poll of the shipped die-casting map needs."""
-    from drivers.modbus import ModbusDriver
     from edge_agent.config import load_config
+    from edge_agent.drivers.modbus.driver import ModbusDriver
 
     device = load_config(ROOT / "config" / "die-casting.toml").devices[0]
     rows = {name: i for i, name in enumerate(device.signal_names())}

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from asyncua import Client, Server, ua
 
-from drivers.opcua import OpcUaDriver
-from edge_agent.config import OpcUaDevice
+from edge_agent.drivers.opcua.config import OpcUaDevice
+from edge_agent.drivers.opcua.driver import OpcUaDriver
+from edge_agent.simulators.opcua_server import free_port, nid, now_utc, to_datavalue
 from edge_agent.types import Readings
-from simulators.opcua_server import free_port, nid, now_utc, to_datavalue
 
 NS_URI = "urn:edge-agent:bench"
 

@@ -1,13 +1,13 @@
-"""The driver contract: connect, read a tag group as one Readings batch, close; and the factory that picks one."""
+"""The driver contract: connect, read a tag group as one Readings batch, close; and what a driver package registers."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from edge_agent.config import ModbusDevice, OpcUaDevice
+from edge_agent.config_model import DeviceBase
 from edge_agent.types import Readings
 
 
@@ -52,17 +52,35 @@ class Driver(Protocol):
         """Close the connection; idempotent."""
 
 
-def make_driver(
-    device: ModbusDevice | OpcUaDevice,
-    rows: Mapping[str, int],
-    config_dir: Path,
-    on_readings: ReadingsCallback | None = None,
-) -> Driver:
-    """Build the driver for a configured device; `rows` maps its signal names to signal-table rows."""
-    if isinstance(device, ModbusDevice):
-        from drivers.modbus import ModbusDriver
+@runtime_checkable
+class Subscribing(Protocol):
+    """A driver that also gets values by notification (subscriptions, events); `edge-agent read` shows them."""
 
-        return ModbusDriver(device, rows)
-    from drivers.opcua import OpcUaDriver
+    name: str
 
-    return OpcUaDriver(device, rows, config_dir=config_dir, on_readings=on_readings)
+    async def read_subscribed(self) -> Readings:
+        """One Read of the subscribed tags, for a person checking a config."""
+
+    async def check_events(self) -> dict[str, str | None]:
+        """Each event-field signal -> None if its event type has the field, else what is wrong."""
+
+    def event_of_signal(self) -> dict[str, str]:
+        """Each event-field signal -> the name of its event, in config order."""
+
+
+#: Builds a device's driver: (device config, signal name -> signal-table row, config folder, callback).
+DriverFactory = Callable[[DeviceBase, Mapping[str, int], Path, ReadingsCallback | None], Driver]
+
+
+@dataclass(frozen=True, slots=True)
+class DriverPlugin:
+    """What a driver package exports as `PLUGIN`; drivers/registry.py lists the packages, one line each."""
+
+    protocol: str
+    """The `protocol` value of its `[[devices]]` entries."""
+    device_model: type[DeviceBase]
+    """The pydantic model of such a device (with `protocol: Literal[...]`), the config schema's union member."""
+    open: DriverFactory
+    """Builds the driver; imports the protocol library only when called, so loading a config stays light."""
+    sections: tuple[tuple[str, type], ...] = ()
+    """(TOML header, model) of the driver's config sections, in reading order, for docs/configuration.md."""

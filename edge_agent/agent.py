@@ -20,25 +20,27 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from drivers.base import Driver, TagGroup, make_driver
-from edge_agent.config import Config, ConfigError, ModbusDevice, OpcUaDevice, load_config, profile_dirs
+from edge_agent.config import Config, ConfigError, load_config, profile_dirs
+from edge_agent.config_model import DeviceBase
+from edge_agent.drivers.base import Driver, TagGroup
+from edge_agent.drivers.registry import make_driver
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import OutboxError
-from edge_agent.pipeline import IndicatorPipeline, Output
-from edge_agent.records import AgentStatus, MqttEncoder, Record, Source
+from edge_agent.pipeline import IndicatorPipeline
+from edge_agent.records import AgentStatus, MqttEncoder, Output, Record, Source
 from edge_agent.scheduler import DevicePoller
 from edge_agent.sinks.delivery import SinkConfigError
 from edge_agent.types import BAD_THRESHOLD, Readings
 
 if TYPE_CHECKING:
-    from edge_agent.sinks.runtime import SinkSet
+    from edge_agent.sink_set import SinkSet
 
 log = logging.getLogger(__name__)
 
 
 def _sink_set(config: Config, pipeline: IndicatorPipeline, metrics: AgentMetrics) -> SinkSet:
     # imported here so `run --once` and the commissioning paths never load paho or aiohttp
-    from edge_agent.sinks.runtime import SinkSet
+    from edge_agent.sink_set import SinkSet
 
     return SinkSet(config, pipeline.table, metrics)
 
@@ -98,6 +100,7 @@ class Agent:
         self.sinks = _sink_set(config, self.pipeline, self.metrics) if sinks else None
         self.on_output = on_output
         self.drivers: dict[str, Driver] = {}
+        self.metrics.watch_drivers(self.drivers)
         self.pollers: dict[str, DevicePoller] = {}
         self._connect_tasks: dict[str, asyncio.Task[None]] = {}
         """The pending connect (then start polling) task of each device; a finished task removes itself."""
@@ -123,9 +126,7 @@ class Agent:
         gc.collect()
         gc.freeze()
 
-    def _make_driver(
-        self, pipeline: IndicatorPipeline, name: str, device: ModbusDevice | OpcUaDevice
-    ) -> Driver:
+    def _make_driver(self, pipeline: IndicatorPipeline, name: str, device: DeviceBase) -> Driver:
         rows = pipeline.rows_of(name)
         return make_driver(device, rows, self.config_dir, on_readings=functools.partial(self._handle, name))
 
@@ -348,7 +349,7 @@ async def run_once(config: Config, config_dir: Path) -> tuple[list[Record], list
     agent = Agent(config, config_dir, sinks=False, on_output=lambda d, o: outputs.append((d, o)))
     failed: list[str] = []
 
-    async def one(name: str, device: ModbusDevice | OpcUaDevice) -> None:
+    async def one(name: str, device: DeviceBase) -> None:
         driver = make_driver(
             device, agent.pipeline.rows_of(name), config_dir, on_readings=lambda r: agent._handle(name, r)
         )
@@ -369,7 +370,7 @@ async def run_once(config: Config, config_dir: Path) -> tuple[list[Record], list
 
     await asyncio.gather(*(one(n, d) for n, d in agent._devices.items()))
     agent.process_queued()
-    from edge_agent.sinks.runtime import encode_output
+    from edge_agent.sink_set import encode_output
 
     encoder = MqttEncoder(agent.pipeline.table, topic_prefix=_prefix(config))
     return [r for _device, out in outputs for r in encode_output(encoder, out)], failed

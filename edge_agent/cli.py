@@ -12,10 +12,10 @@ from edge_agent import __version__
 
 #: simulator name on the command line -> module with `main(argv) -> int`
 SIMULATORS = {
-    "die-casting": "simulators.die_casting",
-    "mold-tcu": "simulators.mold_tcu",
-    "imm": "simulators.imm",
-    "furnace": "simulators.furnace",
+    "die-casting": "edge_agent.simulators.die_casting",
+    "mold-tcu": "edge_agent.simulators.mold_tcu",
+    "imm": "edge_agent.simulators.imm",
+    "furnace": "edge_agent.simulators.furnace",
 }
 
 

@@ -11,16 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import numpy as np
 import orjson
 
-from edge_agent.config import Config, ConfigError, ModbusDevice, OpcUaDevice, load_config
+from edge_agent.config import Config, ConfigError, load_config
+from edge_agent.config_model import DeviceBase
+from edge_agent.drivers.base import Subscribing
 from edge_agent.types import Quality, Readings, SignalTable
-
-if TYPE_CHECKING:
-    from drivers.opcua import OpcUaDriver
 
 #: Qualities that mean "the device did not answer" (as opposed to answering with an error).
 NO_ANSWER = frozenset({Quality.BAD_NOT_CONNECTED, Quality.BAD_TIMEOUT})
@@ -42,15 +41,11 @@ def _iso(t_ns: int) -> str:
     return datetime.fromtimestamp(t_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")
 
 
-def _units(device: ModbusDevice | OpcUaDevice) -> dict[str, str]:
-    return {t.name: t.unit for t in device.tags}
-
-
 async def read_device(
-    device: ModbusDevice | OpcUaDevice, table: SignalTable, config_dir: Path, timeout_s: float = 30.0
+    device: DeviceBase, table: SignalTable, config_dir: Path, timeout_s: float = 30.0
 ) -> DeviceResult:
     """Connect, read every group once, close; failures become `error`, never exceptions."""
-    from drivers.base import make_driver
+    from edge_agent.drivers.registry import make_driver
 
     result = DeviceResult(device.name)
     where = f"device {device.name} ({device.endpoint})"
@@ -63,7 +58,7 @@ async def read_device(
     except (ValueError, KeyError) as exc:
         result.error = f"{where}: {exc}"
         return result
-    units = _units(device)
+    units = device.units()
     answered = False
 
     def add(readings: Readings) -> None:
@@ -94,11 +89,10 @@ async def read_device(
             await driver.connect()
             for group in driver.groups():
                 add(await driver.read(group))
-            if isinstance(device, OpcUaDevice):
+            if isinstance(driver, Subscribing):
                 # the agent gets these by notification; one Read shows their current values
-                opcua = cast("OpcUaDriver", driver)
-                add(await opcua.read_subscribed())
-                await _check_events(opcua, result)
+                add(await driver.read_subscribed())
+                await _check_events(driver, result)
             # text tags (Modbus strings) are not numbers, so the driver keeps them aside
             texts: dict[str, tuple[str, Quality]] = getattr(driver, "last_strings", {})
             for tag, (text, quality) in texts.items():
@@ -130,7 +124,7 @@ async def read_device(
     return result
 
 
-async def _check_events(driver: OpcUaDriver, result: DeviceResult) -> None:
+async def _check_events(driver: Subscribing, result: DeviceResult) -> None:
     """Event fields have no value until an event comes: check them against the event type, note the rest."""
     problems = await driver.check_events()
     now = _iso(time.time_ns())
@@ -138,13 +132,15 @@ async def _check_events(driver: OpcUaDriver, result: DeviceResult) -> None:
         if why is not None:
             record = {"device": driver.name, "tag": tag, "value": None, "unit": "", "quality": "BAD_CONFIG"}
             result.records.append({**record, "timestamp": now, "problem": why})
-    for event in driver.device.events:
-        ok = [s for s in event.fields if problems.get(s, "") is None]
-        if ok:
-            result.notes.append(
-                f"device {driver.name}: event {event.name!r}: {len(ok)} field(s) ({', '.join(ok)}) are in "
-                "its event type but not shown: their values arrive only with an event (run the agent)"
-            )
+    by_event: dict[str, list[str]] = {}
+    for signal, event in driver.event_of_signal().items():
+        if problems.get(signal, "") is None:
+            by_event.setdefault(event, []).append(signal)
+    for event, ok in by_event.items():
+        result.notes.append(
+            f"device {driver.name}: event {event!r}: {len(ok)} field(s) ({', '.join(ok)}) are in "
+            "its event type but not shown: their values arrive only with an event (run the agent)"
+        )
 
 
 async def read_devices(

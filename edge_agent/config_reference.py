@@ -9,34 +9,17 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from edge_agent.config import (
-    AgentConfig,
-    InfluxSink,
-    ModbusDevice,
-    ModbusOptions,
-    ModbusTag,
-    MqttSink,
-    OpcUaDevice,
-    OpcUaEvent,
-    OpcUaOptions,
-    OpcUaTag,
-    OutboxConfig,
-    SiteConfig,
-    SpecLimits,
-    TlsOptions,
-)
+from edge_agent.config import AgentConfig, OutboxConfig, SiteConfig
+from edge_agent.config_model import DeviceBase, SpecLimits
+from edge_agent.drivers.registry import DRIVERS
+from edge_agent.sinks.influx_config import InfluxSink
+from edge_agent.sinks.mqtt_config import MqttSink, TlsOptions
 
 # Sections in reading order: (TOML header as a user writes it, model).
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("[agent]", AgentConfig),
     ("[site]", SiteConfig),
-    ('[[devices]] with protocol = "modbus"', ModbusDevice),
-    ("[devices.modbus]", ModbusOptions),
-    ("[[devices.tags]] of a Modbus device", ModbusTag),
-    ('[[devices]] with protocol = "opcua"', OpcUaDevice),
-    ("[devices.opcua]", OpcUaOptions),
-    ("[[devices.tags]] of an OPC UA device", OpcUaTag),
-    ("[[devices.events]]", OpcUaEvent),
+    *(section for plugin in DRIVERS.values() for section in plugin.sections),
     ("[devices.limits.SIGNAL]", SpecLimits),
     ("[sinks.mqtt]", MqttSink),
     ("[sinks.mqtt.tls]", TlsOptions),
@@ -99,7 +82,7 @@ def render() -> str:
             "|---|---|---|---|",
         ]
         for name, info in model.model_fields.items():
-            if name == "protocol" and model in (ModbusDevice, OpcUaDevice):
+            if name == "protocol" and issubclass(model, DeviceBase):
                 continue  # the section title says it
             key = info.alias or name
             doc = " ".join((info.description or "").split())

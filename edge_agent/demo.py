@@ -24,8 +24,8 @@ from rich.panel import Panel
 from rich.table import Table
 
 from edge_agent.config import parse_config
-from edge_agent.pipeline import Output
 from edge_agent.profiles import Profile
+from edge_agent.records import Output
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _fmt(value: float | None, fmt: str = "{:.4g}") -> str:
 
 
 def _parse_faults(specs: Sequence[str]) -> dict[str, list[str]]:
-    from simulators.plant import MACHINES
+    from edge_agent.simulators.plant import MACHINES
 
     faults: dict[str, list[str]] = {}
     for spec in specs:
@@ -241,7 +241,7 @@ async def _embedded_broker(port: int = 0) -> tuple[object, str]:
     from amqtt.broker import Broker
     from amqtt.errors import BrokerError
 
-    from simulators.opcua_server import free_port
+    from edge_agent.simulators.opcua_server import free_port
 
     chosen = port or free_port()
     broker = Broker(
@@ -297,7 +297,7 @@ async def _run_plant(
     stack: contextlib.AsyncExitStack,
 ) -> DemoView:
     from edge_agent.agent import Agent
-    from simulators.plant import Plant
+    from edge_agent.simulators.plant import Plant
 
     mqtt_url, protocol = args.mqtt_url, "5"
     if mqtt_url is None:

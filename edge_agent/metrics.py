@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 _POLL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _COMPUTE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class _BadFrameCounts(Collector):
+    """edge_agent_modbus_bad_frames_total{device,kind}, read at scrape time from each driver's `bad_frames.counts`.
+
+    The drivers count the frames they reject themselves (they do not depend on the metrics), so
+    this costs nothing per poll. A driver made anew (a config reload) starts from 0 again, which
+    Prometheus takes as a counter reset.
+    """
+
+    def __init__(self) -> None:
+        self.drivers: Mapping[str, object] = {}
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        """The metric's name and help, without reading the drivers."""
+        yield self._family()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """One sample per device and kind of bad frame seen."""
+        family = self._family()
+        for device, driver in list(self.drivers.items()):
+            counts = getattr(getattr(driver, "bad_frames", None), "counts", None)
+            if counts:
+                for kind, n in list(counts.items()):
+                    family.add_metric([device, kind], n)
+        yield family
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "edge_agent_modbus_bad_frames",
+            "Modbus frames rejected because they do not fit the request or the protocol, by kind "
+            "(drivers/modbus/connection.py BAD_FRAME_KINDS)",
+            labels=["device", "kind"],
+        )
 
 
 class AgentMetrics:
@@ -75,6 +114,12 @@ class AgentMetrics:
             registry=r,
         )
         self.alarms_active = Gauge("edge_agent_alarms_active", "Alarms currently active", registry=r)
+        self._bad_frames = _BadFrameCounts()
+        r.register(self._bad_frames)
+
+    def watch_drivers(self, drivers: Mapping[str, object]) -> None:
+        """Export the bad-frame counts of these drivers (by device name; the mapping is read at every scrape)."""
+        self._bad_frames.drivers = drivers
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Expose /metrics over HTTP on a thread of prometheus-client's own; returns the bound port."""

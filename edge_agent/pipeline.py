@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.config import Config, ModbusDevice, OpcUaDevice
+from edge_agent.config import Config
+from edge_agent.config_model import DeviceBase
 from edge_agent.core._batch import last_occurrences
 from edge_agent.core.alarms import AlarmEvents, AlarmTracker, band_conditions
 from edge_agent.core.autocorr import Prewhitener
@@ -25,7 +26,7 @@ from edge_agent.core.mold import MoldMaintenance, heat_removed_kw
 from edge_agent.core.oee import OeeAccumulator
 from edge_agent.core.spc import ALARM_KIND_NAMES, Rule, RuleHits, SpcEngine, SpcParams
 from edge_agent.profiles import Profile, find_profile
-from edge_agent.records import AlarmEvent, IndicatorBatch, Source
+from edge_agent.records import AlarmEvent, IndicatorBatch, Output, Source
 from edge_agent.schema import MAINTENANCE_FIELDS, OEE_FIELDS, SPC_FIELDS
 from edge_agent.types import Readings, SignalTable
 
@@ -99,15 +100,6 @@ class DeviceInfo:
 
 
 @dataclass
-class Output:
-    """What one batch produced, per device, ready to be encoded for the sinks."""
-
-    raw: list[tuple[Source, Readings]] = field(default_factory=list)
-    kpi: list[tuple[Source, IndicatorBatch]] = field(default_factory=list)
-    alarms: list[tuple[Source, AlarmEvent]] = field(default_factory=list)
-
-
-@dataclass
 class _Staged:
     """One device's batch between its own steps and the engines' shared update."""
 
@@ -147,7 +139,7 @@ class IndicatorPipeline:
                 line=dev.line or site.line,
                 enterprise=site.enterprise,
             )
-            events = {s for e in dev.events for s in e.fields} if isinstance(dev, OpcUaDevice) else set()
+            events = dev.event_signals()
             self.devices[dev.name] = DeviceInfo(
                 dev.name,
                 profile,
@@ -790,11 +782,8 @@ def _producing(
     return bool(np.isin(state, values)), bool(np.isfinite(state))
 
 
-def _unit(device: ModbusDevice | OpcUaDevice, name: str) -> str:
-    for tag in device.tags:
-        if tag.name == name:
-            return tag.unit
-    return ""
+def _unit(device: DeviceBase, name: str) -> str:
+    return device.units().get(name, "")
 
 
 def _sample_keys(

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
-from edge_agent.config import ConfigError, Model, Name, _describe, loads_toml, read_text
+from edge_agent.config_model import ConfigError, Model, Name, describe, loads_toml, read_text
 
 Indicator = Literal["rolling", "imr", "xbar_r", "xbar_s", "capability", "rules", "ewma", "cusum", "band"]
 
@@ -175,7 +175,7 @@ def load_profile(path: Path) -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(str(path), [_describe(e, data, Profile) for e in exc.errors()]) from None
+        raise ConfigError(str(path), [describe(e, data, Profile) for e in exc.errors()]) from None
 
 
 def find_profile(name: str, dirs: list[Path]) -> Profile:

@@ -432,3 +432,12 @@ class LineProtocolEncoder:
                 fields.append(f"{lp_tag(name)}={lp_string(str(value))}")
         line = f"agent_status,{self._tags(source)} {','.join(fields)} {status.t_ns}\n"
         return Record(Kind.STATUS, source.machine, line.encode())
+
+
+@dataclass
+class Output:
+    """What one batch produced, per device, ready to be encoded for the sinks."""
+
+    raw: list[tuple[Source, Readings]] = field(default_factory=list)
+    kpi: list[tuple[Source, IndicatorBatch]] = field(default_factory=list)
+    alarms: list[tuple[Source, AlarmEvent]] = field(default_factory=list)

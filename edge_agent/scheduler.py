@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from drivers.base import Driver, TagGroup
+from edge_agent.drivers.base import Driver, TagGroup
 from edge_agent.types import Readings
 
 log = logging.getLogger(__name__)

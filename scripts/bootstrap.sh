@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Shared set-up for scripts/demo.sh and scripts/test.sh: a virtual environment in .venv with the
-# package installed (editable, so config/ and the profiles are found), plus the Debian packages the
+# package installed (editable, so a change in the sources needs no reinstall), plus the Debian packages the
 # tests run for real. Sourced, not run.
 set -euo pipefail
 
@@ -46,8 +46,11 @@ ensure_venv() {
     local stamp="$VENV/.installed-$extras"
     # reinstall when pyproject.toml changed since the last install
     if [ ! -f "$stamp" ] || [ "$REPO/pyproject.toml" -nt "$stamp" ]; then
+        # about a minute the first time, quiet: say what is going on
+        echo "installing edge-agent and its dependencies into $VENV (first run, or pyproject.toml changed) ..." >&2
         "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
         "$VENV/bin/python" -m pip install -q -e "$REPO[$extras]"
+        echo "installed." >&2
         touch "$stamp"
     fi
 }

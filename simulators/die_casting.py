@@ -12,8 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import ClassVar
 
-from simulators.modbus_server import ModbusMachine, RegisterField, simulator_main
-from simulators.process import FirstOrderLag, ProcessValue, WrappingCounter, generator_for
+from edge_agent.simulators.modbus_server import ModbusMachine, RegisterField, simulator_main
+from edge_agent.simulators.process import FirstOrderLag, ProcessValue, WrappingCounter, generator_for
 
 HR = "holding_register"
 

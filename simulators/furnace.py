@@ -18,7 +18,14 @@ from typing import Any, ClassVar
 from asyncua import Server, ua
 from asyncua.common.node import Node
 
-from simulators.opcua_server import OpcUaSimulator, SimSecurity, nid, now_utc, simulator_main, to_datavalue
+from edge_agent.simulators.opcua_server import (
+    OpcUaSimulator,
+    SimSecurity,
+    nid,
+    now_utc,
+    simulator_main,
+    to_datavalue,
+)
 
 SIM_URI = "urn:edge-agent:sim:furnace"
 STATE_EVENT_ID = 3001

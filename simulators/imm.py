@@ -19,7 +19,14 @@ from typing import Any, ClassVar
 from asyncua import Server, ua
 from asyncua.common.node import Node
 
-from simulators.opcua_server import OpcUaSimulator, SimSecurity, nid, now_utc, simulator_main, to_datavalue
+from edge_agent.simulators.opcua_server import (
+    OpcUaSimulator,
+    SimSecurity,
+    nid,
+    now_utc,
+    simulator_main,
+    to_datavalue,
+)
 
 IMM2MES_URI = "http://opcfoundation.org/UA/IMM2MES/"
 PLASTICS_URI = "http://opcfoundation.org/UA/PlasticsRubber/GeneralTypes/"

@@ -23,7 +23,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
-log = logging.getLogger("simulators.modbus")
+log = logging.getLogger("edge_agent.simulators.modbus")
 
 TABLES = ("coil", "discrete_input", "holding_register", "input_register")
 _FUNCTION_TABLE = {1: "coil", 5: "coil", 15: "coil", 2: "discrete_input", 4: "input_register"}

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from simulators.modbus_server import ModbusMachine, RegisterField, simulator_main
-from simulators.process import FirstOrderLag, ProcessValue, WrappingCounter, generator_for
+from edge_agent.simulators.modbus_server import ModbusMachine, RegisterField, simulator_main
+from edge_agent.simulators.process import FirstOrderLag, ProcessValue, WrappingCounter, generator_for
 
 HR, IR, CO, DI = "holding_register", "input_register", "coil", "discrete_input"
 

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +25,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+#: The shipped device configs (config/ in the sources), package data of the wheel: read as data, not imported.
+CONFIG_DIR = resources.files("edge_agent") / "builtin"
 
 #: Security policy names as in the agent config -> asyncua endpoint types (Sign, SignAndEncrypt).
 POLICY_TYPES: dict[str, tuple[ua.SecurityPolicyType, ua.SecurityPolicyType]] = {

@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulators.die_casting import DieCastingSimulator
-from simulators.furnace import FurnaceSimulator
-from simulators.imm import ImmSimulator
-from simulators.mold_tcu import MoldTcuSimulator
+from edge_agent.simulators.die_casting import DieCastingSimulator
+from edge_agent.simulators.furnace import FurnaceSimulator
+from edge_agent.simulators.imm import ImmSimulator
+from edge_agent.simulators.mold_tcu import MoldTcuSimulator
 
 #: Machine key -> (device name in the config, nominal cycle in simulated s, or None for no cycles).
 MACHINES: dict[str, tuple[str, float | None]] = {

@@ -20,11 +20,11 @@ from prometheus_client import generate_latest
 
 from edge_agent.agent import Agent, _reload
 from edge_agent.config import parse_config
-from edge_agent.pipeline import Output
+from edge_agent.records import Output
+from edge_agent.simulators.imm import ImmSimulator
+from edge_agent.simulators.mold_tcu import MoldTcuSimulator
+from edge_agent.simulators.plant import Plant
 from edge_agent.types import Quality, Readings
-from simulators.imm import ImmSimulator
-from simulators.mold_tcu import MoldTcuSimulator
-from simulators.plant import Plant
 from tests.services import Mosquitto, free_port
 
 REPO = Path(__file__).resolve().parent.parent

@@ -199,7 +199,7 @@ tags = [{{ name = "x", path = "{path}" }}]
 
 
 def test_browse_paths_with_namespace_uris_still_split() -> None:
-    from drivers.opcua_address import split_browse_path
+    from edge_agent.drivers.opcua.address import split_browse_path
 
     assert split_browse_path("/{urn:a:b}IMM_1/{http://x.org/UA/y/}Status/2:Mode/Plain") == [
         ("IMM_1", None, "urn:a:b"),

@@ -22,9 +22,8 @@ from rich.console import Console
 from edge_agent.cli import build_parser
 from edge_agent.config import BUILTIN_PROFILES_DIR
 from edge_agent.demo import DemoView, demo_command
-from edge_agent.pipeline import Output
 from edge_agent.profiles import find_profile
-from edge_agent.records import Source
+from edge_agent.records import Output, Source
 from edge_agent.types import Readings
 from tests.services import free_port, wait_for_port
 

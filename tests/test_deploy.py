@@ -26,7 +26,7 @@ from edge_agent import schema
 from edge_agent.config import Config, load_config, profile_dirs
 from edge_agent.pipeline import IndicatorPipeline, pseudo_family
 from edge_agent.profiles import load_profile
-from simulators.plant import MACHINES
+from edge_agent.simulators.plant import MACHINES
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -548,10 +548,10 @@ def test_dockerfile_copies_the_packages_of_pyproject() -> None:
             *sources, _dest = args.split()
             copied.update(sources)
     assert packages and packages <= copied
-    # the built-in profiles: the editable install finds them next to the package
-    assert "config" in copied and "-e ." in next(
-        a for w, a in dockerfile() if w == "RUN" and "pip install" in a
-    )
+    # the built-in profiles are package data of the wheel, which the image installs (not editable)
+    install = next(a for w, a in dockerfile() if w == "RUN" and "pip install" in a)
+    assert "config" in copied and "pip wheel" in install and "edge_agent-*.whl" in install
+    assert "-e ." not in install
     for source in copied:
         assert (REPO / source).exists(), source
     allowed = {

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from edge_agent.config import OpcUaDevice, parse_config
+from edge_agent.config import parse_config
 from edge_agent.discover import browse_opcua, modbus_skeleton, opcua_skeleton, probe_modbus
-from simulators.die_casting import DieCastingSimulator
-from simulators.imm import ImmSimulator
+from edge_agent.drivers.opcua.config import OpcUaDevice
+from edge_agent.simulators.die_casting import DieCastingSimulator
+from edge_agent.simulators.imm import ImmSimulator
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from simulators.plant import Plant
+from edge_agent.simulators.plant import Plant
 from tests.services import Mosquitto, VictoriaMetrics, free_port
 from tests.test_agent import Collector
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.modbus.codec import build_batches, decode_numbers, decode_register_bits, decode_string
-from edge_agent.config import ModbusTag
-from simulators.modbus_server import encode_registers
+from edge_agent.drivers.modbus.codec import build_batches, decode_numbers, decode_register_bits, decode_string
+from edge_agent.drivers.modbus.config import ModbusTag
+from edge_agent.simulators.modbus_server import encode_registers
 
 # (type, byte order, registers as they arrive, expected value), computed by hand:
 #   int16  -200       = 0xFF38

@@ -11,9 +11,9 @@ import pytest
 
 from edge_agent.commissioning import read_devices
 from edge_agent.config import parse_config
-from simulators.die_casting import DieCastingSimulator
-from simulators.modbus_server import RegisterField, RegisterMapServer
-from simulators.mold_tcu import MoldTcuSimulator
+from edge_agent.simulators.die_casting import DieCastingSimulator
+from edge_agent.simulators.modbus_server import RegisterField, RegisterMapServer
+from edge_agent.simulators.mold_tcu import MoldTcuSimulator
 
 EDGE_AGENT = [sys.executable, "-m", "edge_agent.cli"]
 
@@ -87,7 +87,8 @@ async def test_read_prints_every_tag_and_exits_by_answer(tmp_path: Path) -> None
 
 
 async def test_missing_driver_module_is_reported_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "drivers.opcua", None)  # as if drivers/opcua.py did not exist
+    # as if the protocol library were missing: the driver module is imported only to build the driver
+    monkeypatch.setitem(sys.modules, "edge_agent.drivers.opcua.driver", None)
     config = parse_config(
         """
 [[devices]]

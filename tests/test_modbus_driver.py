@@ -13,14 +13,16 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from drivers.base import make_driver
-from drivers.modbus import Backoff, ModbusDriver
-from drivers.modbus.connection import DEAD_AFTER_TIMEOUTS
-from edge_agent.config import ModbusDevice, parse_config
-from edge_agent.types import Quality, Readings, quality_from_modbus_exception
-from simulators.die_casting import DieCastingSimulator
-from simulators.modbus_server import RegisterField, RegisterMapServer, render_device_toml
-from simulators.mold_tcu import MoldTcuSimulator
+from edge_agent.config import parse_config
+from edge_agent.drivers.modbus.config import ModbusDevice
+from edge_agent.drivers.modbus.connection import DEAD_AFTER_TIMEOUTS, Backoff
+from edge_agent.drivers.modbus.driver import ModbusDriver
+from edge_agent.drivers.modbus.quality import quality_from_modbus_exception
+from edge_agent.drivers.registry import make_driver
+from edge_agent.simulators.die_casting import DieCastingSimulator
+from edge_agent.simulators.modbus_server import RegisterField, RegisterMapServer, render_device_toml
+from edge_agent.simulators.mold_tcu import MoldTcuSimulator
+from edge_agent.types import Quality, Readings
 
 FAST = Backoff(initial=0.05, maximum=0.2)
 

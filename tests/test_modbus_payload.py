@@ -12,14 +12,20 @@ from hypothesis import strategies as st
 from pymodbus.exceptions import ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from drivers.base import TagGroup
-from drivers.modbus import Backoff, ModbusDriver
-from drivers.modbus.codec import REGISTER_WIDTH, build_batches, decode_numbers, decode_register_bits
-from drivers.modbus.connection import _PAYLOAD_RESPONSES, _HoldingRegisters
-from edge_agent.config import ModbusDevice, ModbusTag, parse_config
+from edge_agent.config import parse_config
+from edge_agent.drivers.base import TagGroup
+from edge_agent.drivers.modbus.codec import (
+    REGISTER_WIDTH,
+    build_batches,
+    decode_numbers,
+    decode_register_bits,
+)
+from edge_agent.drivers.modbus.config import ModbusDevice, ModbusTag
+from edge_agent.drivers.modbus.connection import _PAYLOAD_RESPONSES, Backoff, _HoldingRegisters
+from edge_agent.drivers.modbus.driver import ModbusDriver
+from edge_agent.simulators.modbus_server import encode_registers
+from edge_agent.simulators.mold_tcu import MoldTcuSimulator
 from edge_agent.types import Quality
-from simulators.modbus_server import encode_registers
-from simulators.mold_tcu import MoldTcuSimulator
 
 _TYPES = ["int16", "uint16", "int32", "uint32", "float32", "int64", "uint64", "float64", "bit"]
 _ORDERS = ["ABCD", "CDAB", "BADC", "DCBA"]

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.base import TagGroup
-from drivers.modbus import ModbusDriver, plan_group
-from drivers.modbus.planner import TagSpan, plan_modbus_requests
 from edge_agent.config import Config, ConfigError, load_config, parse_config
+from edge_agent.drivers.base import TagGroup
+from edge_agent.drivers.modbus.driver import ModbusDriver, plan_group
+from edge_agent.drivers.modbus.planner import TagSpan, plan_modbus_requests
 
 BIT_TABLES = ("coil", "discrete_input")
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from edge_agent.config import load_config
-from simulators import die_casting, mold_tcu
-from simulators.die_casting import DieCastingSimulator
-from simulators.modbus_server import parse_fault
-from simulators.mold_tcu import MoldTcuSimulator
-from simulators.process import FirstOrderLag, ProcessValue, generator_for
+from edge_agent.simulators import die_casting, mold_tcu
+from edge_agent.simulators.die_casting import DieCastingSimulator
+from edge_agent.simulators.modbus_server import parse_fault
+from edge_agent.simulators.mold_tcu import MoldTcuSimulator
+from edge_agent.simulators.process import FirstOrderLag, ProcessValue, generator_for
 
 
 def shots(sim: DieCastingSimulator, n: int, name: str) -> np.ndarray:

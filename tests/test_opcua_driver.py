@@ -14,16 +14,17 @@ import pytest
 import pytest_asyncio
 from asyncua import ua
 
-from drivers.opcua import (
+from edge_agent.config import parse_config
+from edge_agent.drivers.opcua.config import OpcUaDevice
+from edge_agent.drivers.opcua.driver import (
     OpcUaDriver,
     datavalues_to_readings,
     datetime_to_ns,
     parse_browse_path,
     parse_node_id,
 )
-from edge_agent.config import OpcUaDevice, parse_config
+from edge_agent.simulators.imm import IMM2MES_URI, SIM_URI, ImmSimulator
 from edge_agent.types import Quality, Readings
-from simulators.imm import IMM2MES_URI, SIM_URI, ImmSimulator
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -188,7 +189,7 @@ async def test_unknown_nodes_mark_only_their_tag(imm: ImmSimulator, caplog: pyte
     device = device_from(text)
     rows = rows_of(device)
     driver = OpcUaDriver(device, rows, config_dir=CONFIG_DIR)
-    with caplog.at_level(logging.WARNING, logger="drivers.opcua"):
+    with caplog.at_level(logging.WARNING, logger="edge_agent.drivers.opcua"):
         await driver.connect()
         try:
             batch = await driver.read(driver.groups()[0])
@@ -225,7 +226,7 @@ async def test_a_monitored_item_the_server_refuses_is_bad_config_after_every_con
         return [int(q) for b in got.batches for q in b.quality[b.signal == row]]
 
     try:
-        with caplog.at_level(logging.WARNING, logger="drivers.opcua"):
+        with caplog.at_level(logging.WARNING, logger="edge_agent.drivers.opcua"):
             await driver.connect()
             await got.wait_for(lambda: Quality.GOOD in qualities_of(zone))
             first = qualities_of(refused)
@@ -420,7 +421,7 @@ async def test_queue_overflow_and_missing_publishes_are_counted(
         )
         return ua.PublishResult(SubscriptionId=42, NotificationMessage=message)
 
-    with caplog.at_level(logging.WARNING, logger="drivers.opcua"):
+    with caplog.at_level(logging.WARNING, logger="edge_agent.drivers.opcua"):
         driver._on_publish(publish(1, [0, 0, 0, 0]))
         driver._on_publish(publish(2, [0x480, 0, 0, 0]))  # Good with InfoType=DataValue | Overflow
         driver._on_publish(publish(5, [0, 0, 0, 0]))  # messages 3 and 4 never arrived

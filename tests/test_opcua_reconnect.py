@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.opcua import OpcUaDriver
-from edge_agent.config import OpcUaDevice, parse_config
+from edge_agent.config import parse_config
+from edge_agent.drivers.opcua.config import OpcUaDevice
+from edge_agent.drivers.opcua.driver import OpcUaDriver
+from edge_agent.simulators.imm import IMM2MES_URI, SIM_URI, ImmSimulator
+from edge_agent.simulators.opcua_server import free_port
 from edge_agent.types import Quality, Readings
-from simulators.imm import IMM2MES_URI, SIM_URI, ImmSimulator
-from simulators.opcua_server import free_port
 
 pytestmark = pytest.mark.slow
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -43,7 +44,7 @@ async def test_starting_while_the_server_is_down(caplog: pytest.LogCaptureFixtur
     sim.endpoint = f"opc.tcp://127.0.0.1:{port}/imm"
     device, rows = device_of(sim)
     driver = OpcUaDriver(device, rows, config_dir=CONFIG_DIR, retry_delay=(0.1, 0.3))
-    with caplog.at_level(logging.INFO, logger="drivers.opcua"):
+    with caplog.at_level(logging.INFO, logger="edge_agent.drivers.opcua"):
         await driver.connect()  # does not raise: the device may come up later
         try:
             assert not driver.connected
@@ -57,7 +58,7 @@ async def test_starting_while_the_server_is_down(caplog: pytest.LogCaptureFixtur
         finally:
             await driver.close()
             await sim.stop()
-    lines = [r.getMessage() for r in caplog.records if r.name == "drivers.opcua"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge_agent.drivers.opcua"]
     assert sum("cannot connect" in line for line in lines) == 1, lines  # one line per state change
     assert sum(line.endswith(": connected") for line in lines) == 1, lines
 

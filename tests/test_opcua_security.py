@@ -16,12 +16,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from drivers.opcua import OpcUaConfigError, OpcUaDriver, OpcUaRefused
 from edge_agent import certs
-from edge_agent.config import ConfigError, OpcUaDevice, parse_config
+from edge_agent.config import ConfigError, parse_config
+from edge_agent.drivers.opcua.config import OpcUaDevice
+from edge_agent.drivers.opcua.driver import OpcUaConfigError, OpcUaDriver, OpcUaRefused
+from edge_agent.simulators.imm import ImmSimulator
+from edge_agent.simulators.opcua_server import SimSecurity, make_self_signed
 from edge_agent.types import Quality
-from simulators.imm import ImmSimulator
-from simulators.opcua_server import SimSecurity, make_self_signed
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PASSWORD_ENV = "EDGE_TEST_OPCUA_PASSWORD"
@@ -385,11 +386,13 @@ async def test_out_of_date_server_certificate_allowed_explicitly_warns_at_each_c
     sim, pki, kind = out_of_date_imm
     not_before, not_after, _ = OUT_OF_DATE[kind]
     device = secure_device(sim, pki, allow_expired_server_certificate=True)
-    caplog.set_level(logging.WARNING, logger="drivers.opcua")
+    caplog.set_level(logging.WARNING, logger="edge_agent.drivers.opcua")
     assert await read_mode(device, pki) == 1.0
     assert await read_mode(device, pki) == 1.0
     warnings = [
-        r.getMessage() for r in caplog.records if r.name == "drivers.opcua" and r.levelno == logging.WARNING
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "edge_agent.drivers.opcua" and r.levelno == logging.WARNING
     ]
     state = "not yet valid" if kind == "not_yet_valid" else "expired"
     dates = f"not_valid_before {not_before:%Y-%m-%d %H:%M:%S} UTC, not_valid_after {not_after:%Y-%m-%d %H:%M:%S} UTC"

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from drivers.opcua import OpcUaDriver
-from edge_agent.config import OpcUaDevice, parse_config
+from edge_agent.config import parse_config
+from edge_agent.drivers.opcua.config import OpcUaDevice
+from edge_agent.drivers.opcua.driver import OpcUaDriver
+from edge_agent.simulators.furnace import TYPE_K_UPSCALE_C, FurnaceSimulator
+from edge_agent.simulators.imm import ImmSimulator
 from edge_agent.types import Quality, Readings
-from simulators.furnace import TYPE_K_UPSCALE_C, FurnaceSimulator
-from simulators.imm import ImmSimulator
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"

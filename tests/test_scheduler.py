@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 
-from drivers.base import TagGroup, scan_groups
+from edge_agent.drivers.base import TagGroup, scan_groups
 from edge_agent.scheduler import DevicePoller, phase_of
 from edge_agent.types import Readings
 

@@ -16,11 +16,11 @@ import numpy as np
 import orjson
 import pytest
 
-from edge_agent.config import InfluxSink
 from edge_agent.outbox import Outbox, stored_size
 from edge_agent.records import Kind, LineProtocolEncoder, Record, Source
 from edge_agent.sinks.delivery import Backoff, DeliveryLoop, SinkError
 from edge_agent.sinks.influx import InfluxWriter, parse_retry_after
+from edge_agent.sinks.influx_config import InfluxSink
 from edge_agent.types import Quality, Readings, SignalTable
 from tests.services import VictoriaMetrics, free_port
 from tests.sink_services import TunedVictoriaMetrics
@@ -109,7 +109,7 @@ async def test_raw_values_land_with_tags_units_quality(victoria: VictoriaMetrics
 CHILD = textwrap.dedent(
     """
     import asyncio, sys
-    from edge_agent.config import InfluxSink
+    from edge_agent.sinks.influx_config import InfluxSink
     from edge_agent.outbox import Outbox
     from edge_agent.sinks.delivery import Backoff, DeliveryLoop, SinkError
     from edge_agent.sinks.influx import InfluxWriter

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from edge_agent.config import MqttSink, TlsOptions
 from edge_agent.outbox import Outbox
 from edge_agent.records import AgentStatus, Kind, MqttEncoder, Record, Source
 from edge_agent.sinks.delivery import Backoff, DeliveryLoop, SinkConfigError, SinkError
 from edge_agent.sinks.mqtt import MqttPublisher
+from edge_agent.sinks.mqtt_config import MqttSink, TlsOptions
 from edge_agent.types import Quality, Readings, SignalTable
 from tests.services import Mosquitto
 from tests.sink_services import PersistentMosquitto, Subscriber, TlsMosquitto, make_tls_files

@@ -15,8 +15,8 @@ from edge_agent.config import parse_config
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, stored_size
 from edge_agent.records import AgentStatus, Kind, Record
+from edge_agent.sink_set import SinkSet
 from edge_agent.sinks.delivery import Backoff
-from edge_agent.sinks.runtime import SinkSet
 from edge_agent.types import SignalTable
 from tests.services import free_port
 
@@ -35,7 +35,7 @@ async def test_flush_on_exit_reports_progress_and_keeps_what_it_could_not_send(
     await sinks.start(AgentStatus(time.time_ns(), "online", {}))
     for i in range(40):  # 40 status records, then the offline one at stop
         sinks.publish_status(AgentStatus(time.time_ns(), "online", {"i": i}))
-    caplog.set_level(logging.INFO, logger="edge_agent.sinks.runtime")
+    caplog.set_level(logging.INFO, logger="edge_agent.sink_set")
     await sinks.stop(2.5, AgentStatus(time.time_ns(), "offline", {}))
     progress = [r.getMessage() for r in caplog.records if "flushing outboxes" in r.getMessage()]
     assert len(progress) == 2, progress  # after 1 s and 2 s of the 2.5 s allowed

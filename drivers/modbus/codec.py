@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.config import ByteOrder, ModbusTag
+from edge_agent.drivers.modbus.config import ByteOrder, ModbusTag
 
 #: Registers a value of each numeric type occupies (bool on a register uses one).
 REGISTER_WIDTH: dict[str, int] = {

@@ -10,10 +10,19 @@ from urllib.parse import urlsplit
 import numpy as np
 from numpy.typing import NDArray
 
-from drivers.base import TagGroup, scan_groups
-from drivers.modbus.codec import DecodeBatch, build_batches, decode_string, is_bit_table, tag_width, where
-from drivers.modbus.connection import (
+from edge_agent.drivers.base import TagGroup, scan_groups
+from edge_agent.drivers.modbus.codec import (
+    DecodeBatch,
+    build_batches,
+    decode_string,
+    is_bit_table,
+    tag_width,
+    where,
+)
+from edge_agent.drivers.modbus.config import ByteOrder, ModbusDevice, ModbusTag
+from edge_agent.drivers.modbus.connection import (
     Backoff,
+    BadFrames,
     MalformedResponse,
     ModbusConnection,
     ModbusExceptionResponse,
@@ -21,9 +30,9 @@ from drivers.modbus.connection import (
     acquire_connection,
     release_connection,
 )
-from drivers.modbus.planner import ReadRequest, TagSpan, plan_modbus_requests
-from edge_agent.config import ByteOrder, ModbusDevice, ModbusTag
-from edge_agent.types import BAD_THRESHOLD, Quality, Readings, quality_from_modbus_exception
+from edge_agent.drivers.modbus.planner import ReadRequest, TagSpan, plan_modbus_requests
+from edge_agent.drivers.modbus.quality import quality_from_modbus_exception
+from edge_agent.types import BAD_THRESHOLD, Quality, Readings
 
 assert Quality.GOOD == 0  # read() relies on it: a zeroed quality column is all GOOD
 _F8, _U1, _I8 = np.dtype(np.float64), np.dtype(np.uint8), np.dtype(np.int64)
@@ -178,6 +187,8 @@ class ModbusDriver:
         """Why the last read did not fully succeed (None if it did)."""
         self.requests_sent = 0
         """Requests put on the wire since start (for metrics and benchmarks)."""
+        self.bad_frames = BadFrames(self.name)
+        """Frames from the device rejected since start, by kind (exported as edge_agent_modbus_bad_frames_total)."""
 
     def groups(self) -> list[TagGroup]:
         """The scan groups (one per poll interval), fastest first."""
@@ -260,20 +271,25 @@ class ModbusDriver:
                 continue
             self.requests_sent += 1
             try:
-                payload = await conn.read(req.table, req.unit_id, req.start, req.count, timeout)
+                payload = await conn.read(
+                    req.table, req.unit_id, req.start, req.count, timeout, self.bad_frames
+                )
             except ModbusExceptionResponse as exc:
                 quality[at] = quality_from_modbus_exception(exc.code)
                 errors.append(str(exc))
             except MalformedResponse as exc:
+                # an answer that does not fit the request: its values are not this block's
                 quality[at] = Quality.BAD_COMM_FAILURE
                 errors.append(str(exc))
-            except TimeoutError:
+            except TimeoutError as exc:
                 quality[at] = Quality.BAD_TIMEOUT
                 silent_units.add(req.unit_id)
-                errors.append(f"unit {req.unit_id}: no response within {timeout:g} s")
+                errors.append(str(exc))
             except NotConnected as exc:
                 quality[at] = failure = Quality.BAD_NOT_CONNECTED
-                errors.append(str(exc))
+                if not errors or errors[-1] != str(exc):
+                    # after a malformed frame the connection is closed with that frame as its reason
+                    errors.append(str(exc))
             else:
                 t_ns[at] = time.time_ns()
                 for batch in planned.batches:

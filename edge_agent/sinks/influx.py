@@ -19,9 +19,9 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 from influxdb_client.service.write_service import WriteService
 
-from edge_agent.config import InfluxSink
 from edge_agent.records import Record
 from edge_agent.sinks.delivery import SinkError
+from edge_agent.sinks.influx_config import InfluxSink
 
 log = logging.getLogger(__name__)
 

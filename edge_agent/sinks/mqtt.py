@@ -25,9 +25,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edge_agent.config import MqttSink
 from edge_agent.records import Kind, Record
 from edge_agent.sinks.delivery import SinkConfigError, SinkError
+from edge_agent.sinks.mqtt_config import MqttSink
 from edge_agent.sinks.mqtt_io import Message, PahoSession, Settings, open_session
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from edge_agent.config import Config
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, stored_size
-from edge_agent.pipeline import Output
-from edge_agent.records import AgentStatus, LineProtocolEncoder, MqttEncoder, Record, Source
+from edge_agent.records import AgentStatus, LineProtocolEncoder, MqttEncoder, Output, Record, Source
 from edge_agent.sinks.delivery import Backoff, DeliveryLoop, Sink
 from edge_agent.types import SignalTable
 

@@ -21,12 +21,13 @@ from asyncua.crypto.truststore import TrustStore
 from cryptography import x509
 from numpy.typing import NDArray
 
-from drivers.base import ReadingsCallback, TagGroup, scan_groups
-from drivers.opcua_address import split_browse_path, split_node_id
-from edge_agent.config import OpcUaDevice, OpcUaOptions, OpcUaTag
-from edge_agent.types import Quality, Readings, quality_from_opcua_status
+from edge_agent.drivers.base import ReadingsCallback, TagGroup, scan_groups
+from edge_agent.drivers.opcua.address import split_browse_path, split_node_id
+from edge_agent.drivers.opcua.config import OpcUaDevice, OpcUaOptions, OpcUaTag
+from edge_agent.drivers.opcua.quality import quality_from_opcua_status
+from edge_agent.types import Quality, Readings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # edge_agent.drivers.opcua, as users filter it
 _TRUSTSTORE_LOG = logging.getLogger("asyncuagds.validate")  # asyncua.crypto.truststore's logger
 
 _POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
@@ -350,6 +351,10 @@ class OpcUaDriver:
         out_q[readable] = good.quality
         out_t[readable] = good.t_ns
         return Readings.of(rows, out_t, out_val, out_q)
+
+    def event_of_signal(self) -> dict[str, str]:
+        """Each event-field signal -> the name of its event, in config order."""
+        return {signal: event.name for event in self.device.events for signal in event.fields}
 
     async def check_events(self) -> dict[str, str | None]:
         """Per event field signal: None if its event type has the field, else why not (for `edge-agent read`)."""
