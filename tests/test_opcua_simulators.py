@@ -170,4 +170,4 @@ async def test_simulate_command_logs_its_own_start_not_every_asyncua_node() -> N
         await proc.wait()
     assert [line for line in lines if " asyncua." in line] == []
     assert len(lines) == 2, lines
-    assert " INFO simulators.opcua_server: imm simulator serving opc.tcp://" in lines[0]
+    assert " INFO edge_agent.simulators.opcua_server: imm simulator serving opc.tcp://" in lines[0]
