@@ -163,3 +163,34 @@ def test_round_trip_against_struct_encoder(case: tuple[str, str, float]) -> None
         assert decoded[0] == struct.unpack(">f", struct.pack(">f", value))[0]
     else:
         assert decoded[0] == float(value)
+
+
+def test_scaled_integers_are_rounded_to_the_resolution_of_the_scale() -> None:
+    # 284 * 0.001 is 0.28400000000000003 in binary floating point; the register holds 0.284
+    tags = [
+        ModbusTag(name="flow", address=0, type="uint16", scale=0.001),
+        ModbusTag(name="temp", address=1, type="int16", scale=0.1, offset=-40.05),
+        ModbusTag(name="big", address=2, type="uint32", scale=0.01),
+        ModbusTag(name="third", address=4, type="uint16", scale=1 / 3),
+        ModbusTag(name="gain", address=5, type="int16", scale=2.5),
+    ]
+    members = [(i, t.address, t, "ABCD") for i, t in enumerate(tags)]
+    block = np.array([284, 2345, 0x0001, 0x86A3, 7, 3], dtype=np.uint16)
+    out = np.full(len(tags), np.nan)
+    for batch in build_batches(members):  # type: ignore[arg-type]
+        out[batch.out] = batch.decode(block)
+    assert 284 * 0.001 == 0.28400000000000003  # the noise this removes
+    assert [repr(v) for v in out.tolist()] == ["0.284", "194.45", "1000.03", repr(7 * (1 / 3)), "7.5"]
+
+
+@pytest.mark.parametrize(("scale", "decimals"), [(0.1, 1), (0.01, 2), (0.001, 3), (0.05, 2)])
+def test_every_scaled_register_value_is_the_nearest_double_to_its_decimal(
+    scale: float, decimals: int
+) -> None:
+    raw = np.arange(-(2**15), 2**15, dtype=np.int64)
+    tags = [(0, 0, ModbusTag(name="v", address=0, type="int16", scale=scale), "ABCD")]
+    (batch,) = build_batches(tags)  # type: ignore[arg-type]
+    got = np.array([batch.decode(np.array([r], dtype=np.int16).view(np.uint16))[0] for r in raw[::97]])
+    # an integer over a power of ten is correctly rounded: the double nearest the decimal value
+    exact = (raw[::97] * round(scale * 10**decimals)) / 10**decimals
+    assert got.tolist() == exact.tolist()

@@ -81,6 +81,9 @@ def test_bytes_decode_equals_word_decode(
             width = REGISTER_WIDTH[type_]
             raw = decode_numbers(block[None, offset : offset + width], type_, order)[0]  # type: ignore[arg-type]
             expected = raw * scale + add
+            if type_.startswith(("int", "uint")) and scale == 0.1 and abs(expected) * 10 < 2**52:
+                # an integer register at scale 0.1 is rounded to its resolution, one decimal
+                expected = round(expected, 1)
         if math.isnan(expected):
             assert math.isnan(got[i]), (i, type_, order)
         else:

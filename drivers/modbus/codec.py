@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,6 +40,44 @@ _NUMPY_TYPE: dict[str, str] = {
 # inside each register. For 64-bit values the same two rules apply to all four words.
 _WORDS_REVERSED = frozenset({"CDAB", "DCBA"})
 _BYTES_SWAPPED = frozenset({"BADC", "DCBA"})
+
+
+#: Largest magnitude of each integer kind ("bit" is 1), to tell whether rounding can meet values without a fraction.
+_LARGEST_RAW = {
+    "int16": 2.0**15,
+    "uint16": 2.0**16,
+    "int32": 2.0**31,
+    "uint32": 2.0**32,
+    "int64": 2.0**63,
+    "uint64": 2.0**64,
+}
+
+#: From here on every float64 is a whole number.
+_NO_FRACTION = 2.0**52
+
+#: More decimals than a float64 holds: a scale like 1/3 has no decimal resolution to round to.
+_MAX_DECIMALS = 15
+
+
+def decimals_of(number: float) -> int | None:
+    """Decimals of the shortest decimal that reads back as `number` (0.001 -> 3, 2.5 -> 1, 100 -> 0); None past 15."""
+    exponent = Decimal(repr(float(number))).normalize().as_tuple().exponent
+    assert isinstance(exponent, int)  # finite: the config refuses NaN and infinity
+    decimals = max(0, -exponent)
+    return decimals if decimals <= _MAX_DECIMALS else None
+
+
+def resolution_steps(scales: NDArray[np.float64], offsets: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Per tag, 10**decimals of an integer register's engineering value (raw * scale + offset); 0 where it has none.
+
+    An integer times a scale with d decimals, plus an offset with e, has at most max(d, e) decimals;
+    rounding to them removes the binary noise of the product (284 * 0.001 = 0.28400000000000003).
+    """
+    steps = []
+    for scale, offset in zip(scales.tolist(), offsets.tolist(), strict=True):
+        d, e = decimals_of(scale), decimals_of(offset)
+        steps.append(0.0 if d is None or e is None else 10.0 ** max(d, e))
+    return np.array(steps, dtype=np.float64)
 
 
 def is_bit_table(table: str) -> bool:
@@ -141,6 +180,14 @@ class DecodeBatch:
     """Added after scaling."""
     identity: bool = False
     """True when every scale is 1 and every offset 0 (the arithmetic is skipped)."""
+    steps: NDArray[np.float64] | None = field(init=False)
+    """Integer kinds with scaling: 10**decimals per tag that the engineering values are rounded to;
+    None when nothing is rounded (floats, identity scaling, scales without a short decimal)."""
+    unrounded: NDArray[np.bool_] | None = field(init=False)
+    """Tags of a rounded batch whose scale or offset has no short decimal (1/3): kept as computed."""
+    huge: bool = field(init=False)
+    """A value of the batch can be so large that value * step holds no fraction (64-bit registers): such
+    values are kept as computed, since multiplying and dividing back could move them by one unit in the last place."""
     wire: np.dtype = field(init=False)
     """dtype the gathered bytes of one value are read as (the register kinds)."""
     gather: NDArray[np.intp] | slice = field(init=False)
@@ -160,6 +207,24 @@ class DecodeBatch:
         set_(self, "target", where(self.out))
         set_(self, "first_byte", 0)
         set_(self, "direct", False)
+        # a float's resolution is not its scale's: only integers (and bits) are rounded
+        steps, unrounded = None, None
+        if not self.identity and self.kind not in ("float32", "float64"):
+            steps = resolution_steps(self.scale, self.offset)
+            unrounded = steps == 0
+            if unrounded.all():
+                steps, unrounded = None, None
+            elif unrounded.any():
+                steps[unrounded] = 1.0  # a harmless divisor; `where` keeps these values as they are
+            else:
+                unrounded = None
+        set_(self, "steps", steps)
+        set_(self, "unrounded", unrounded)
+        huge = False
+        if steps is not None:
+            largest = _LARGEST_RAW.get(self.kind, 1.0) * np.abs(self.scale) + np.abs(self.offset)
+            huge = bool((largest * steps >= _NO_FRACTION).any())
+        set_(self, "huge", huge)
         if self.kind == "flag":
             set_(self, "wire", np.dtype(np.uint8))
             set_(self, "gather", _as_slice(self.index) or self.index)
@@ -195,13 +260,26 @@ class DecodeBatch:
         return gathered.view(self.wire).reshape(gathered.shape[0])
 
     def engineering(self, payload: bytes) -> NDArray:
-        """raw * scale + offset of the batch's tags, in batch order (with identity scaling, the raw values)."""
+        """raw * scale + offset of the batch's tags, in batch order (with identity scaling, the raw values).
+
+        Integer registers are rounded to the decimals their scale and offset imply.
+        """
         raw = self.raw(payload)
         if self.kind == "bit":
             raw = decode_register_bits(raw, self.bits)
         if self.identity:
             return raw
-        return raw * self.scale + self.offset
+        value = raw * self.scale + self.offset
+        steps = self.steps
+        if steps is None:
+            return value
+        # an integer over a power of ten is correctly rounded: the double nearest the decimal value
+        scaled = value * steps
+        rounded = np.rint(scaled) / steps
+        if self.huge:
+            keep = np.abs(scaled) >= _NO_FRACTION
+            return np.where(keep if self.unrounded is None else keep | self.unrounded, value, rounded)
+        return rounded if self.unrounded is None else np.where(self.unrounded, value, rounded)
 
     def decode_into(self, payload: bytes, value: NDArray[np.float64]) -> None:
         """Store the engineering values of the batch's tags, from a response's data bytes, at `out` in `value`."""
