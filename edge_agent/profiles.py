@@ -28,6 +28,10 @@ class ProfileSignal(Model):
     """Default lower specification limit (a device's `limits` entry for the signal replaces both)."""
     usl: float | None = None
     """Default upper specification limit."""
+    valid_min: float | None = None
+    """Default `valid_min` of the devices' tags of this signal (a tag giving `valid_min` or `valid_max` replaces both)."""
+    valid_max: float | None = None
+    """Default `valid_max` of the devices' tags of this signal: readings outside are BAD_SENSOR_FAILURE."""
     band: float | None = None
     """For `band`: allowed deviation from the setpoint signal, in the signal's unit. The alarm arms once
     the signal has been inside the band, at start and after every setpoint change: approaching a
