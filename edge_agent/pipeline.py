@@ -2,7 +2,9 @@
 
 The pipeline owns the signal table and one instance of each engine for all devices,
 so a poll costs a handful of array operations whatever the number of signals. The
-only Python loops are per device (furnaces, TCUs, KPI timers), never per value.
+only Python loops are per device (its equipment features, KPI timers), never per value.
+Equipment features (OEE, furnace, mould) are the modules of features/registry.py: the
+pipeline builds each for its devices and, per device batch, publishes what its update returns.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,13 +24,12 @@ from edge_agent.core._batch import last_occurrences
 from edge_agent.core.alarms import AlarmEvents, AlarmTracker, band_conditions
 from edge_agent.core.autocorr import Prewhitener
 from edge_agent.core.cycles import CycleLatch
-from edge_agent.core.furnace import FurnaceMonitor, ams2750_tolerance
-from edge_agent.core.mold import MoldMaintenance, heat_removed_kw
-from edge_agent.core.oee import OeeAccumulator
 from edge_agent.core.spc import ALARM_KIND_NAMES, Rule, RuleHits, SpcEngine, SpcParams
+from edge_agent.features.base import DeviceBatch, DeviceContext, Feature
+from edge_agent.features.registry import FEATURES, alarm_conditions, publications
 from edge_agent.profiles import Profile, find_profile
 from edge_agent.records import AlarmEvent, IndicatorBatch, Output, Source
-from edge_agent.schema import MAINTENANCE_FIELDS, OEE_FIELDS, SPC_FIELDS
+from edge_agent.schema import SPC_FIELDS
 from edge_agent.types import Readings, SignalTable
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,20 @@ _KIND_NEEDS = {
     "ewma": {"ewma"},
     "cusum": {"cusum"},
 }
-#: A furnace sensor further than this from its furnace's median reads implausibly (burnout, short).
-MAX_SENSOR_DEVIATION_C = 200.0
+#: The pipeline's own device-level pseudo-signal: whether the machine's cycles stopped (from the cycle latch).
+CYCLE_SIGNAL = "cycle"
+#: Device-level pseudo-signals, one row each per device: the cycle state, then every feature's in registry order.
+PSEUDO_SIGNALS = (CYCLE_SIGNAL, *(p.signal for p in publications()))
+if len(set(PSEUDO_SIGNALS)) < len(PSEUDO_SIGNALS):
+    raise RuntimeError(
+        f"features/registry.py: a feature claims the pipeline's pseudo-signal {CYCLE_SIGNAL!r}"
+    )
+#: The InfluxDB measurement (indicator family) of each pseudo-signal.
+_FAMILY = {CYCLE_SIGNAL: "cycle", **{p.signal: p.family for p in publications()}}
+#: Device-level alarm conditions of every feature; kind 100 + i is condition i (one tracker channel each per device).
+_CONDITIONS = alarm_conditions()
+_CONDITION_INDEX = {c.rule: i for i, c in enumerate(_CONDITIONS)}
+_DEVICE_KIND = 100
 #: A per-cycle alarm clears only after its condition stayed away this many nominal cycles.
 CLEAR_AFTER_CYCLES = 5
 #: The engine's beyond-3σ bits, filed under its `rules` kind with the run rules.
@@ -72,19 +86,15 @@ class DeviceInfo:
     index: int
     nominal_cycle_s: float = 0.0
     """Nominal cycle time (device override, else the profile's; 0 for machines without cycles)."""
-    ideal_cycle_s: float = 0.0
-    """Ideal cycle time per part for OEE (device override, else the profile's)."""
     kpi_due_ns: int = 0
-    furnace: FurnaceMonitor | None = None
-    furnace_rows: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    features: list[tuple[Feature[Any, Any], Any, int]] = field(default_factory=list)
+    """(feature, its state, the device's slot in it) of each equipment feature of the device's profile."""
     row_array: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     """The device's rows (signals and pseudo-signals) as an array, for masks without a loop."""
     band_channels: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     """The device's channels of the band-alarm tracker."""
     event_signals: set[str] = field(default_factory=set)
     """Per-cycle signals that arrive as events (one per cycle): fed directly, not latched on the counter."""
-    last_state: dict[str, float] = field(default_factory=dict)
-    """Last value of the state signals whose edges matter (door, quench)."""
     last_stamp: dict[str, int] = field(default_factory=dict)
     """Last timestamp given to each indicator series of the device."""
 
@@ -128,8 +138,9 @@ class IndicatorPipeline:
             for name in dev.signal_names():
                 ps = profile.signal(name)
                 rows[name] = self.table.add(dev.name, name, _unit(dev, name) or (ps.unit if ps else ""))
-            # device-level indicators (OEE, furnace, mould) hang on pseudo-signals of their own
-            for pseudo in ("cycle", "oee", "uniformity", "heat_removal", "maintenance"):
+            # device-level indicators hang on pseudo-signals of their own; every device has every one,
+            # so a profile may gain a feature without moving the rows of running drivers
+            for pseudo in PSEUDO_SIGNALS:
                 rows[pseudo] = self.table.add(dev.name, pseudo)
             source = Source(
                 machine=dev.name,
@@ -148,7 +159,6 @@ class IndicatorPipeline:
                 i,
                 nominal_cycle_s=dev.nominal_cycle_s
                 or (profile.cycle.nominal_cycle_s if profile.cycle else 0.0),
-                ideal_cycle_s=dev.ideal_cycle_s or (profile.oee.ideal_cycle_s if profile.oee else 0.0),
                 event_signals=events,
                 row_array=np.array(list(rows.values()), np.int64),
             )
@@ -162,7 +172,7 @@ class IndicatorPipeline:
         self._build_spc(config, n)
         self._build_cycles(n)
         self._build_band_alarms(n)
-        self._build_device_indicators(n)
+        self._build_features(config)
 
     # ------------------------------------------------------------------ construction
     def _signal_rows(self, want: str) -> tuple[NDArray[np.int64], list[tuple[DeviceInfo, str]]]:
@@ -310,70 +320,25 @@ class IndicatorPipeline:
         self.band_armed = np.zeros(len(rows), bool)
         self.band_armed_sp = np.full(len(rows), np.nan)
 
-    def _build_device_indicators(self, n: int) -> None:
-        oee_devices = [d for d in self.devices.values() if d.profile.oee is not None]
-        self.oee_devices = oee_devices
-        self.oee_index = {d.name: i for i, d in enumerate(oee_devices)}
-        self.oee = (
-            OeeAccumulator(
-                len(oee_devices),
-                [d.ideal_cycle_s for d in oee_devices],
-                stop_gap_s=[2 * d.nominal_cycle_s if d.nominal_cycle_s else np.inf for d in oee_devices],
-            )
-            if oee_devices
-            else None
-        )
-        mold_devices = [d for d in self.devices.values() if d.profile.mold is not None]
-        self.mold_devices = mold_devices
-        self.mold_index = {d.name: i for i, d in enumerate(mold_devices)}
-        self.maintenance = (
-            MoldMaintenance(
-                len(mold_devices),
-                [d.profile.mold.maintenance_interval for d in mold_devices if d.profile.mold],
-            )
-            if mold_devices
-            else None
-        )
+    def _build_features(self, config: Config) -> None:
+        """One state per equipment feature for the devices whose profile has its table."""
+        configured = {d.name: d for d in config.devices}
+        for table, feature in FEATURES.items():
+            members = []
+            for info in self.devices.values():
+                spec = getattr(info.profile, table, None)
+                if spec is not None:
+                    ctx = DeviceContext(info.name, configured[info.name], info.rows, info.nominal_cycle_s)
+                    members.append((info, spec, ctx))
+            if not members:
+                continue
+            state = feature.build([(spec, ctx) for _, spec, ctx in members])
+            for slot, (info, _, _) in enumerate(members):
+                info.features.append((feature, state, slot))
         # device-level alarms: one channel per (device, condition)
-        self.device_conditions = ["overshoot", "uniformity", "tc_invalid", "heat_removal"]
-        self.device_alarms = AlarmTracker(
-            len(self.devices) * len(self.device_conditions),
-            np.repeat([int(d.profile.alarm_delay_s * 1e9) for d in self.devices.values()], 4),
-            np.repeat([int(d.profile.alarm_delay_s * 1e9) for d in self.devices.values()], 4),
-        )
-        for info in self.devices.values():
-            spec = info.profile.furnace
-            if spec is None:
-                continue
-            # the furnace is monitored on the sensors it has: a furnace with one thermocouple fewer
-            # than its profile still needs its soak timed and its overshoot seen
-            sensors = [s for s in spec.sensors if s in info.rows]
-            missing = [s for s in spec.sensors if s not in info.rows]
-            if not sensors or spec.setpoint not in info.rows:
-                need = [s for s in [spec.setpoint] if s not in info.rows] + (missing if not sensors else [])
-                log.warning(
-                    "%s: no furnace monitoring: it needs the setpoint and at least one sensor; not configured: %s",
-                    info.name,
-                    ", ".join(need),
-                )
-                continue
-            if missing:
-                log.warning(
-                    "%s: furnace monitoring on %d of the profile's %d sensors; not configured: %s",
-                    info.name,
-                    len(sensors),
-                    len(spec.sensors),
-                    ", ".join(missing),
-                )
-            info.furnace = FurnaceMonitor(
-                np.zeros(len(sensors), np.int64),
-                ams2750_tolerance(spec.furnace_class),
-                soak_policy=spec.soak_policy,
-                # a burnt-out thermocouple reads upscale or ambient, hundreds of degrees off; a zone whose
-                # heater fails drifts tens of degrees: that is a uniformity problem, not an invalid sensor
-                max_dev_c=MAX_SENSOR_DEVIATION_C,
-            )
-            info.furnace_rows = np.array([info.rows[s] for s in sensors], np.int64)
+        k = len(_CONDITIONS)
+        delay = np.repeat([int(d.profile.alarm_delay_s * 1e9) for d in self.devices.values()], k)
+        self.device_alarms = AlarmTracker(len(self.devices) * k, delay, delay)
 
     # ------------------------------------------------------------------ run time
     def rows_of(self, device: str) -> Mapping[str, int]:
@@ -532,82 +497,16 @@ class IndicatorPipeline:
     ) -> AlarmEvents:
         t = int(readings.t_ns.max()) if len(readings) else now_ns
         values: dict[str, dict[str, float]] = {}
-        # condition -> (raised, value, limit, known); an unknown condition neither raises nor clears
-        conditions: dict[str, tuple[bool, float, float, bool]] = {}
-        lv = self.last_value
-        if self.oee is not None and info.name in self.oee_index and info.profile.oee:
-            spec = info.profile.oee
-            m = self.oee_index[info.name]
-            producing, known = _producing(info, spec.state, spec.producing_states, lv)
-            if spec.production_status is not None:
-                # DOMAIN.md §5: an IMM produces in AUTOMATIC *and* PRODUCTION; either one known to be
-                # off is enough to know it is not producing
-                status, status_known = _producing(info, spec.production_status, spec.producing_statuses, lv)
-                known = (known and status_known) or (known and not producing) or (status_known and not status)
-                producing = producing and status
-            parts = lv[info.rows[spec.parts_counter]] if spec.parts_counter in info.rows else np.nan
-            good = lv[info.rows[spec.good_counter]] if spec.good_counter in info.rows else np.nan
-            # an unknown state (not configured, not read yet, disconnected) is no data, not "stopped":
-            # the accumulator leaves such time out of the availability denominator
-            self.oee.update([m], [t], [float(producing) if known else np.nan], [parts], [good])
-            res = self.oee.result(t, [m])
-            if not np.isfinite(res["pot_s"][0]) or res["pot_s"][0] >= spec.period_s:
-                self.oee.roll_period([m], t)  # at the machine's next cycle boundary
-            values["oee"] = self._oee_values(m, res)
-        if info.furnace is not None and info.profile.furnace:
-            spec_f = info.profile.furnace
-            temps = lv[info.furnace_rows]
-            sp = lv[info.rows[spec_f.setpoint]]
-            st = info.furnace.update(t, temps, [sp])
-            tol = float(info.furnace.tol[0])
-            values["uniformity"] = {
-                "spread": float(st.spread[0]),
-                "all_in_band": float(st.all_in_band[0]),
-                "soak_s": float(st.soak_s[0]),
-                "ramp_c_per_min": float(st.ramp_c_per_min[0]),
-                "overshoot_c": float(st.overshoot_c[0]),
-                "time_to_temp_s": float(st.time_to_temp_s[0]),
-                "tolerance_c": tol,
-                "valid_sensors": float(st.valid.sum()),
-            }
-            with np.errstate(all="ignore"):
-                # "at temperature": the furnace's median sensor is in band, whatever one zone does
-                at_temp = bool(np.abs(np.nanmedian(st.deviation)) <= tol) if st.valid.any() else False
-            # with no valid sensor at all (a disconnected furnace) nothing is known about it: its alarms
-            # hold; the bad raw values say why
-            known = bool(st.valid.any())
-            conditions["overshoot"] = (bool(st.overshoot_c[0] > tol), float(st.overshoot_c[0]), tol, known)
-            # once the furnace reached temperature, any sensor leaving the band interrupts the soak
-            # (a failed zone heater, a burnt-out thermocouple); the spread tells how far apart they are
-            conditions["uniformity"] = (
-                at_temp and not bool(st.all_in_band[0]),
-                float(st.spread[0]),
-                tol,
-                known,
-            )
-            n_invalid = float((~st.valid).sum())
-            conditions["tc_invalid"] = (n_invalid > 0, n_invalid, 0.0, known)
-            self._quench(info, readings, values)
-        if info.profile.mold is not None and self.maintenance is not None:
-            spec_m = info.profile.mold
-            flow = lv[info.rows.get(spec_m.flow, -1)] if spec_m.flow in info.rows else np.nan
-            supply = lv[info.rows[spec_m.supply]] if spec_m.supply in info.rows else np.nan
-            ret = lv[info.rows[spec_m.return_]] if spec_m.return_ in info.rows else np.nan
-            kw, dt = heat_removed_kw(flow, supply, ret)
-            values["heat_removal"] = {"heat_kw": float(kw), "delta_t": float(dt), "flow": float(flow)}
-            conditions["heat_removal"] = (
-                bool(dt > spec_m.max_delta_t),
-                float(dt),
-                spec_m.max_delta_t,
-                bool(np.isfinite(dt)),
-            )
-            if spec_m.shot_counter and spec_m.shot_counter in info.rows:
-                mi = self.mold_index[info.name]
-                ms = self.maintenance.update([mi], [lv[info.rows[spec_m.shot_counter]]])
-                values["maintenance"] = {k: float(ms[k][0]) for k in MAINTENANCE_FIELDS}
+        conditions = {}
+        if info.features:
+            batch = DeviceBatch(t, self.last_value, readings)
+            for feature, state, slot in info.features:
+                result = feature.update(state, slot, batch)
+                values.update(result.fields)
+                conditions.update(result.conditions)
         if self.latch is not None and info in self.cycle_devices:
             di = self.cycle_devices.index(info)
-            values["cycle"] = {"stopped": float(self.latch.stopped(t)[di])}
+            values[CYCLE_SIGNAL] = {"stopped": float(self.latch.stopped(t)[di])}
         for pseudo, fields in values.items():
             row = np.array([info.rows[pseudo]], np.int32)
             out.kpi.append(
@@ -617,66 +516,30 @@ class IndicatorPipeline:
                         info.stamp(pseudo, t),
                         row,
                         {k: np.array([v]) for k, v in fields.items()},
-                        family=pseudo_family(pseudo),
+                        family=_FAMILY[pseudo],
                     ),
                 )
             )
         if not conditions:
             return AlarmEvents.empty()
-        names = list(conditions)
-        ch = np.array(
-            [info.index * len(self.device_conditions) + self.device_conditions.index(c) for c in names],
-            np.int64,
-        )
-        judged = np.array([conditions[c][3] for c in names])
-        raised = np.array([conditions[c][0] for c in names]) & judged
+        # an unknown condition neither raises nor clears
+        index = np.array([_CONDITION_INDEX[c] for c in conditions], np.int64)
+        judged = np.array([c.known for c in conditions.values()])
+        raised = np.array([c.raised for c in conditions.values()]) & judged
         cleared = ~raised & judged
         ev = self.device_alarms.update(
-            ch, t, raised, cleared, [conditions[c][1] for c in names], [conditions[c][2] for c in names]
+            info.index * len(_CONDITIONS) + index,
+            t,
+            raised,
+            cleared,
+            [c.value for c in conditions.values()],
+            [c.limit for c in conditions.values()],
         )
-        kind = ev.row % len(self.device_conditions)
-        pseudo_row = info.rows["uniformity" if info.furnace is not None else "heat_removal"]
+        kind = ev.row % len(_CONDITIONS)
+        rows = np.array([info.rows[_CONDITIONS[k].signal] for k in kind], np.int64)
         return AlarmEvents(
-            np.full(len(ev), pseudo_row, np.int64),
-            (100 + kind).astype(np.int16),
-            ev.t_ns,
-            ev.start,
-            ev.value,
-            ev.limit,
-            ev.mask,
+            rows, (_DEVICE_KIND + kind).astype(np.int16), ev.t_ns, ev.start, ev.value, ev.limit, ev.mask
         )
-
-    def _oee_values(self, m: int, res: Mapping[str, NDArray[np.float64]]) -> dict[str, float]:
-        """The published OEE fields of machine m: NaN (no data, not 0) for what its inputs cannot tell."""
-        assert self.oee is not None
-        v = {k: float(res[k][0]) for k in OEE_FIELDS}
-        if not res["pbt_s"][0] > 0:
-            v["apt_s"] = np.nan  # the state was never known in this period
-        if np.isnan(self.oee.last_parts[m]):
-            v.update(performance=np.nan, quality=np.nan, oee=np.nan, pq=np.nan)
-        if np.isnan(self.oee.last_good[m]):
-            v.update(quality=np.nan, oee=np.nan, gq=np.nan)
-        return v
-
-    def _quench(self, info: DeviceInfo, readings: Readings, values: dict[str, dict[str, float]]) -> None:
-        assert info.furnace is not None
-        for name, action in (("door_open", "door"), ("quench_active", "quench")):
-            row = info.rows.get(name)
-            if row is None:
-                continue
-            hit = (readings.signal == row) & readings.good
-            if not hit.any():
-                continue
-            value = float(readings.value[hit][-1])
-            t = int(readings.t_ns[hit][-1])
-            prev = info.last_state.get(name, 0.0)
-            info.last_state[name] = value
-            if value >= 0.5 > prev:
-                if action == "door":
-                    info.furnace.door_open([0], t)
-                else:
-                    delay = float(info.furnace.quench([0], t)[0])
-                    values["uniformity"]["quench_delay_s"] = delay
 
     def _alarm_records(
         self,
@@ -691,6 +554,7 @@ class IndicatorPipeline:
             for i in range(len(ev)):
                 # alarms are rare (start and clear only), so one object per event is cheap
                 kind = int(ev.kind[i])
+                severity = "alarm" if origin == "spec" else "warning"
                 if origin == "spc":
                     rule = ALARM_KIND_NAMES[kind]
                     detail = rule_names(int(ev.mask[i]))
@@ -701,13 +565,9 @@ class IndicatorPipeline:
                     below = ev.value[i] < ev.limit[i]
                     rule, message = "spec", "below the LSL" if below else "above the USL"
                 else:
-                    rule = self.device_conditions[kind - 100]
-                    message = {
-                        "overshoot": "temperature overshoot above the furnace class tolerance",
-                        "uniformity": "a sensor is outside the class tolerance band while the furnace is at temperature",
-                        "tc_invalid": "a thermocouple reads implausibly (burnout or short)",
-                        "heat_removal": "return-supply temperature difference too high (flow loss?)",
-                    }[rule]
+                    cond = _CONDITIONS[kind - _DEVICE_KIND]
+                    rule, severity = cond.rule, cond.severity
+                    message = cond.message.format(value=float(ev.value[i]), limit=float(ev.limit[i]))
                 out.alarms.append(
                     (
                         info.source,
@@ -718,7 +578,7 @@ class IndicatorPipeline:
                             "start" if ev.start[i] else "clear",
                             float(ev.value[i]),
                             float(ev.limit[i]),
-                            severity="alarm" if rule in ("spec", "tc_invalid", "overshoot") else "warning",
+                            severity=severity,
                             message=message if ev.start[i] else f"{rule} cleared",
                         ),
                     )
@@ -762,24 +622,13 @@ class IndicatorPipeline:
 
 
 def pseudo_family(pseudo: str) -> str:
-    """The InfluxDB measurement (indicator family) of a device-level indicator."""
-    # not "furnace": that is the measurement of the furnaces' raw values (an equipment kind)
-    return {"uniformity": "furnace_uniformity", "heat_removal": "mold", "maintenance": "mold"}.get(
-        pseudo, pseudo
-    )
+    """The InfluxDB measurement (indicator family) of a device-level pseudo-signal."""
+    return _FAMILY.get(pseudo, pseudo)
 
 
 def _matches(signal: object, want: str) -> bool:
     indicators = set(getattr(signal, "indicators", []))
     return bool(indicators & _SPC_INDICATORS) if want == "spc" else want in indicators
-
-
-def _producing(
-    info: DeviceInfo, signal: str, values: list[int], lv: NDArray[np.float64]
-) -> tuple[bool, bool]:
-    """Whether a device's state signal is in `values`, and whether it is known (configured and read good)."""
-    state = lv[info.rows[signal]] if signal in info.rows else np.nan
-    return bool(np.isin(state, values)), bool(np.isfinite(state))
 
 
 def _unit(device: DeviceBase, name: str) -> str:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, create_model, model_validator
 
 from edge_agent.config_model import ConfigError, Model, Name, describe, loads_toml, read_text
+from edge_agent.features.base import Feature
+from edge_agent.features.registry import FEATURES
+
+#: The built-in profiles (config/profiles in the sources, package data in a wheel).
+BUILTIN_PROFILES_DIR = Path(str(resources.files("edge_agent") / "builtin" / "profiles"))
 
 Indicator = Literal["rolling", "imr", "xbar_r", "xbar_s", "capability", "rules", "ewma", "cusum", "band"]
 
@@ -51,67 +57,8 @@ class CycleTrigger(Model):
     """Nominal cycle time; a gap longer than twice this is a stop."""
 
 
-class OeeSpec(Model):
-    """Inputs of OEE per ISO 22400-2."""
-
-    state: Name
-    """Machine state signal."""
-    producing_states: list[int] = Field(min_length=1)
-    """State values that count as actual production time."""
-    production_status: Name | None = None
-    """Optional second state signal (an IMM's ProductionStatus): with it, time counts as production
-    only while `state` is in `producing_states` and this signal is in `producing_statuses`. A device
-    without this tag has its production time unknown (no availability) unless `state` says not producing."""
-    producing_statuses: list[int] = Field(default_factory=list)
-    """Values of `production_status` that count as production (PRODUCTION = 4 for OPC 40077)."""
-    parts_counter: Name
-    """Produced quantity counter."""
-    good_counter: Name
-    """Good quantity counter."""
-    ideal_cycle_s: float = Field(gt=0)
-    """Ideal cycle time per part (planned run time per item)."""
-    period_s: float = Field(default=8 * 3600, gt=0)
-    """Length of the OEE period (a shift)."""
-
-    @model_validator(mode="after")
-    def _status_pair(self) -> OeeSpec:
-        if (self.production_status is None) != (not self.producing_statuses):
-            raise ValueError("give `production_status` and `producing_statuses` together")
-        return self
-
-
-class FurnaceSpec(Model):
-    """Which signals make a furnace's temperature uniformity and soak monitor."""
-
-    sensors: list[Name] = Field(min_length=1)
-    """Zone and load thermocouples."""
-    setpoint: Name
-    """Temperature setpoint signal."""
-    furnace_class: int = Field(default=2, ge=1, le=6)
-    """AMS2750 furnace class (1: ±3 °C ... 6: ±28 °C)."""
-    soak_policy: Literal["pause", "reset"] = "pause"
-    """What an excursion does to the soak timer."""
-
-
-class MoldSpec(Model):
-    """Mould temperature control and maintenance signals."""
-
-    supply: Name
-    """Supply (main line) temperature."""
-    return_: Name = Field(alias="return")
-    """Return line temperature."""
-    flow: Name
-    """Flow rate in L/min."""
-    shot_counter: Name | None = None
-    """Mould shot counter for maintenance tracking."""
-    maintenance_interval: int = Field(default=100_000, gt=0)
-    """Shots between preventive maintenance."""
-    max_delta_t: float = Field(default=5.0, gt=0)
-    """Largest normal return-minus-supply temperature difference in K; above it, heat removal is poor."""
-
-
-class Profile(Model):
-    """One equipment kind."""
+class ProfileBase(Model):
+    """One equipment kind: the keys every profile has; `Profile` adds one optional table per feature."""
 
     kind: Name
     """Profile name (the file name without .toml)."""
@@ -123,12 +70,6 @@ class Profile(Model):
     """The semantic signals."""
     cycle: CycleTrigger | None = None
     """Cycle trigger, for machines that work in cycles."""
-    oee: OeeSpec | None = None
-    """OEE inputs."""
-    furnace: FurnaceSpec | None = None
-    """Furnace uniformity and soak."""
-    mold: MoldSpec | None = None
-    """Mould / TCU indicators."""
     baseline_samples: int = Field(default=50, ge=10, le=10_000)
     """Good samples that estimate the control limits (phase I) before monitoring starts."""
     window: int = Field(default=50, ge=2, le=1000)
@@ -146,21 +87,13 @@ class Profile(Model):
         self._by_name = {s.name: s for s in self.signals}
 
     @model_validator(mode="after")
-    def _references_exist(self) -> Profile:
+    def _references_exist(self) -> ProfileBase:
         names = {s.name for s in self.signals}
         refs: list[tuple[str, str | None]] = []
         if self.cycle:
             refs.append(("cycle.counter", self.cycle.counter))
-        if self.oee:
-            refs += [("oee.state", self.oee.state), ("oee.parts_counter", self.oee.parts_counter)]
-            refs.append(("oee.good_counter", self.oee.good_counter))
-            refs.append(("oee.production_status", self.oee.production_status))
-        if self.furnace:
-            refs += [(f"furnace.sensors[{i}]", s) for i, s in enumerate(self.furnace.sensors)]
-            refs.append(("furnace.setpoint", self.furnace.setpoint))
-        if self.mold:
-            refs += [("mold.supply", self.mold.supply), ("mold.return", self.mold.return_)]
-            refs += [("mold.flow", self.mold.flow), ("mold.shot_counter", self.mold.shot_counter)]
+        for feature, spec in self.features():
+            refs += feature.references(spec)
         refs += [(f"signals.{s.name}.setpoint", s.setpoint) for s in self.signals]
         for where, ref in refs:
             if ref is not None and ref not in names:
@@ -170,6 +103,27 @@ class Profile(Model):
     def signal(self, name: str) -> ProfileSignal | None:
         """The profile's signal of that name, if any."""
         return self._by_name.get(name)
+
+    def features(self) -> list[tuple[Feature[Any, Any], BaseModel]]:
+        """(feature, its table) of every feature the profile configures, in registry order."""
+        specs = ((f, getattr(self, table, None)) for table, f in FEATURES.items())
+        return [(f, spec) for f, spec in specs if spec is not None]
+
+
+if TYPE_CHECKING:
+    Profile = ProfileBase
+else:
+    #: One equipment kind: the common keys and an optional table per registered feature (`[oee]`, ...).
+    Profile = create_model(
+        "Profile",
+        __base__=ProfileBase,
+        __module__=__name__,
+        __doc__="One equipment kind.",
+        **{
+            table: (f.spec_model | None, Field(default=None, description=f.about))
+            for table, f in FEATURES.items()
+        },
+    )
 
 
 def load_profile(path: Path) -> Profile:
