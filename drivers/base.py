@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import argparse
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from edge_agent.config_model import DeviceBase
 from edge_agent.types import Readings
@@ -68,6 +69,26 @@ class Subscribing(Protocol):
         """Each event-field signal -> the name of its event, in config order."""
 
 
+class DiscoveryError(Exception):
+    """Discovery found nothing usable; the message is one line saying where and what to check."""
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """A driver's `edge-agent discover PROTOCOL TARGET`: what TARGET is, the driver's options, the browse itself."""
+
+    summary: str
+    """What it does, one line for `edge-agent discover --help`."""
+    target: str
+    """What TARGET looks like, for the help (e.g. `HOST:PORT`)."""
+    address: Callable[[str], tuple[str, int]]
+    """TARGET -> (host, port) the command waits for; raises ValueError saying the expected form."""
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    """Adds the driver's own options; the command adds TARGET, --name, --profile and --wait."""
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, str]]
+    """Browses the target and returns the config skeleton; raises DiscoveryError if there is nothing to write."""
+
+
 #: Builds a device's driver: (device config, signal name -> signal-table row, config folder, callback).
 DriverFactory = Callable[[DeviceBase, Mapping[str, int], Path, ReadingsCallback | None], Driver]
 
@@ -84,3 +105,5 @@ class DriverPlugin:
     """Builds the driver; imports the protocol library only when called, so loading a config stays light."""
     sections: tuple[tuple[str, type], ...] = ()
     """(TOML header, model) of the driver's config sections, in reading order, for docs/configuration.md."""
+    discovery: Discovery | None = None
+    """`edge-agent discover PROTOCOL`, if the protocol can browse a device; None: not offered."""

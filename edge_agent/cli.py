@@ -58,6 +58,14 @@ class _CertsHelp(argparse.Action):
         _delegate("edge_agent.certs")(["--help"])  # type: ignore[operator]
 
 
+class _DiscoverHelp(_CertsHelp):
+    """`edge-agent discover --help`: the protocols come from the driver registry, so its parser prints the help."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        """Print the discover command's own help and exit."""
+        _delegate("edge_agent.discover", "build_parser")().parse_args(["--help"])  # type: ignore[operator]
+
+
 def _certs(args: argparse.Namespace) -> int:
     return int(_delegate("edge_agent.certs")(args.args))  # type: ignore[operator]
 
@@ -126,14 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("discover", help="browse a machine and print a config skeleton")
-    p.add_argument("protocol", choices=["opcua", "modbus"])
-    p.add_argument("target", help="opc.tcp://HOST:PORT or HOST:PORT")
-    p.add_argument("--units", default="1-10", help="modbus: unit ids to probe, e.g. 1-10 or 1,2,5")
-    p.add_argument("--max-address", type=int, default=200, help="modbus: probe registers below this address")
-    p.add_argument("--max-nodes", type=int, default=5000, help="opcua: stop browsing after this many nodes")
-    p.add_argument("--name", default="machine-1", help="device name to write into the skeleton")
-    p.add_argument("--profile", help="equipment profile to write into the skeleton (see config/profiles)")
+    # the protocols and their options come from the drivers (registry), so edge_agent.discover parses them
+    p = sub.add_parser("discover", help="browse a machine and print a config skeleton", add_help=False)
+    p.add_argument("-h", "--help", action=_DiscoverHelp)
+    p.add_argument("args", nargs=argparse.REMAINDER, help="PROTOCOL TARGET [options]; see --help")
     p.set_defaults(func=_discover)
     return parser
 

@@ -1,416 +1,55 @@
-"""`edge-agent discover`: browse an OPC UA server or probe a Modbus TCP device and print a config skeleton."""
+"""`edge-agent discover PROTOCOL TARGET`: the protocols and their options come from the drivers that offer discovery."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import re
+import logging
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-IMM2MES_URI = "http://opcfoundation.org/UA/IMM2MES/"
-
-#: Modbus exceptions a TCP gateway returns for a unit id with no device behind it.
-GATEWAY_EXCEPTIONS = (0x0A, 0x0B)
-
-#: EUROMAP 77 browse-name path suffixes -> the injection_molding profile's signal names.
-EUROMAP77_SIGNALS: dict[tuple[str, ...], str] = {
-    ("MachineStatus", "MachineMode"): "machine_mode",
-    ("ProductionControl", "ProductionStatus"): "production_status",
-    ("MachineMESStatus", "ProductionStatus"): "production_status",
-    ("ActiveJobValues", "JobCycleCounter"): "job_cycle_counter",
-    ("ActiveJobValues", "JobPartsCounter"): "job_parts_counter",
-    ("ActiveJobValues", "JobGoodPartsCounter"): "job_good_parts_counter",
-    ("ActiveJobValues", "JobBadPartsCounter"): "job_bad_parts_counter",
-    ("ActiveJobValues", "LastCycleTime"): "last_cycle_time",
-}
+from edge_agent.drivers.base import Discovery, DiscoveryError
 
 
-#: EUROMAP 77 temperature zones: (unit folder, zone variable) -> the profile's signal name pattern.
-EUROMAP77_ZONES: dict[tuple[str, str], str] = {
-    ("InjectionUnit_1", "ActualTemperature"): "barrel_zone_{zone}",
-    ("InjectionUnit_1", "NominalTemperature"): "barrel_zone_{zone}_setpoint",
-    ("Mould_1", "ActualTemperature"): "mould_zone_{zone}",
-    ("Mould_1", "NominalTemperature"): "mould_zone_{zone}_setpoint",
-}
+def _discoveries() -> dict[str, Discovery]:
+    from edge_agent.drivers.registry import DRIVERS
 
-#: Extra lines of a mapped zone tag, as in config/imm.toml: actual values change often and are
-#: subscribed with a deadband, set points change seldom and are polled slowly.
-_ZONE_TAG_LINES = {
-    "ActualTemperature": ['mode = "subscribe"', "interval = 1.0", "deadband = 0.2", 'unit = "°C"'],
-    "NominalTemperature": ["interval = 10.0", 'unit = "°C"'],
-}
-
-#: CycleParametersEventType field paths -> the injection_molding profile's per-cycle signal names.
-CYCLE_EVENT_FIELDS: dict[str, str] = {
-    "cushion": "InjectionUnitCycleParameters_1/CushionVolume",
-    "injection_time": "InjectionUnitCycleParameters_1/InjectionTime",
-    "dosing_time": "InjectionUnitCycleParameters_1/DosingTime",
-    "peak_pressure": "InjectionUnitCycleParameters_1/SpecificPressureMaximum",
-    "vp_position": "InjectionUnitCycleParameters_1/VPChangeOverPosition",
-    "cycle_time": "CycleTime",
-}
+    return {p: plugin.discovery for p, plugin in sorted(DRIVERS.items()) if plugin.discovery is not None}
 
 
-def _zone_signal(path: tuple[str, ...]) -> str | None:
-    """The profile's name of a EUROMAP 77 zone variable (.../UNIT/TemperatureZones/TemperatureZone_N/VAR)."""
-    if len(path) < 4 or path[-3] != "TemperatureZones":
-        return None
-    match = re.fullmatch(r"TemperatureZone_(\d+)", path[-2])
-    pattern = EUROMAP77_ZONES.get((path[-4], path[-1]))
-    return pattern.format(zone=match.group(1)) if match and pattern else None
-
-
-def _progress() -> Progress:
-    return Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True, console=None
+def build_parser() -> argparse.ArgumentParser:
+    """`edge-agent discover`'s parser: one sub-command per driver that offers discovery."""
+    parser = argparse.ArgumentParser(
+        prog="edge-agent discover",
+        description="Look at a machine and print a config skeleton (a [[devices]] entry) on stdout.",
     )
-
-
-def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _tag_name(parts: Iterable[str]) -> str:
-    name = "_".join(parts)
-    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
-    name = re.sub(r"[^a-z0-9_]+", "_", name).strip("_")
-    return name[:64] or "tag"
-
-
-# --------------------------------------------------------------------------- OPC UA
-
-
-@dataclass(frozen=True)
-class FoundVariable:
-    """A variable found while browsing: where it is and what it would be called."""
-
-    path: tuple[str, ...]
-    node: str
-    data_type: str
-
-
-@dataclass(frozen=True)
-class FoundEvent:
-    """An event type the profile knows, found in the server's type tree, with the fields it has."""
-
-    name: str
-    event_type: str
-    fields: dict[str, str]
-
-
-@dataclass
-class Browsed:
-    """What browsing a server found."""
-
-    variables: list[FoundVariable]
-    euromap: bool
-    events: list[FoundEvent]
-
-
-async def _cycle_event(client: Any, namespaces: list[str]) -> FoundEvent | None:
-    """The EUROMAP 77 CycleParametersEventType, if the server defines it, with the profile's fields it has."""
-    from asyncua import ua
-
-    if IMM2MES_URI not in namespaces:
-        return None
-    imm = namespaces.index(IMM2MES_URI)
-    frontier = [client.get_node(ua.ObjectIds.BaseEventType)]
-    for _depth in range(6):  # event type trees are shallow
-        next_frontier = []
-        for node in frontier:
-            for ref in await node.get_children_descriptions(refs=ua.ObjectIds.HasSubtype):
-                qn = ref.BrowseName
-                if qn.Name == "CycleParametersEventType" and qn.NamespaceIndex == imm:
-                    have = await _member_paths(client.get_node(ref.NodeId))
-                    fields = {s: p for s, p in CYCLE_EVENT_FIELDS.items() if p in have}
-                    nid = ref.NodeId.to_string().split(";", 1)[-1]
-                    return FoundEvent("cycle", f"nsu={IMM2MES_URI};{nid}", fields)
-                next_frontier.append(client.get_node(ref.NodeId))
-        frontier = next_frontier
-    return None
-
-
-async def _member_paths(event_type: Any) -> set[str]:
-    """Browse-name paths (A or A/B) of an event type's members, one level of nesting deep."""
-    from asyncua import Node, ua
-
-    paths: set[str] = set()
-    for ref in await event_type.get_children_descriptions(refs=ua.ObjectIds.HierarchicalReferences):
-        paths.add(ref.BrowseName.Name)
-        if ref.NodeClass == ua.NodeClass.Object:
-            member = Node(event_type.session, ref.NodeId)
-            for inner in await member.get_children_descriptions(refs=ua.ObjectIds.HierarchicalReferences):
-                paths.add(f"{ref.BrowseName.Name}/{inner.BrowseName.Name}")
-    return paths
-
-
-async def browse_opcua(url: str, max_depth: int = 8, max_nodes: int = 5000) -> Browsed:
-    """Browse Objects breadth-first: the variables, whether a EUROMAP 77 machine was seen, its cycle event."""
-    from asyncua import Client, ua
-
-    found: list[FoundVariable] = []
-    euromap = False
-    async with Client(url, timeout=10) as client:
-        namespaces = await client.get_namespace_array()
-        euromap = IMM2MES_URI in namespaces
-        cycle = await _cycle_event(client, namespaces)
-        events = [cycle] if cycle is not None else []
-        objects = client.nodes.objects
-        frontier: list[tuple[Any, tuple[str, ...]]] = [(objects, ())]
-        seen = 0
-        with _progress() as progress:
-            task = progress.add_task(f"browsing {url}", total=None)
-            for _depth in range(max_depth):
-                next_frontier: list[tuple[Any, tuple[str, ...]]] = []
-                for node, path in frontier:
-                    children = await node.get_children_descriptions(refs=ua.ObjectIds.HierarchicalReferences)
-                    for ref in children:
-                        name = ref.BrowseName.Name
-                        if not path and name == "Server":
-                            continue  # the server's own diagnostics are not machine data
-                        child_path = (*path, name)
-                        seen += 1
-                        if ref.NodeClass == ua.NodeClass.Variable:
-                            nid = ref.NodeId
-                            uri = (
-                                namespaces[nid.NamespaceIndex] if nid.NamespaceIndex < len(namespaces) else ""
-                            )
-                            node_str = nid.to_string()
-                            if nid.NamespaceIndex > 0:
-                                # nsu= survives a server that renumbers its namespaces on restart
-                                node_str = "nsu=" + uri + ";" + node_str.split(";", 1)[1]
-                            found.append(FoundVariable(child_path, node_str, ""))
-                        elif ref.NodeClass == ua.NodeClass.Object:
-                            next_frontier.append((client.get_node(ref.NodeId), child_path))
-                        progress.update(
-                            task, description=f"browsing {url}: {seen} nodes, {len(found)} variables"
-                        )
-                        if seen >= max_nodes:
-                            return Browsed(found, euromap, events)
-                frontier = next_frontier
-                if not frontier:
-                    break
-    return Browsed(found, euromap, events)
-
-
-def opcua_skeleton(
-    url: str,
-    variables: list[FoundVariable],
-    euromap: bool,
-    name: str = "machine-1",
-    profile: str | None = None,
-    events: Iterable[FoundEvent] = (),
-) -> str:
-    """A device config for the browsed server: EUROMAP 77 signals and events by their profile names, the rest commented."""
-    profile = profile or ("injection_molding" if euromap else "CHOOSE_A_PROFILE")
-    lines = [
-        f"# discovered from {url}: {len(variables)} variables"
-        + (" (EUROMAP 77 / OPC 40077 machine recognised)" if euromap else ""),
-        "[[devices]]",
-        f'name = "{name}"',
-        'protocol = "opcua"',
-        f'profile = "{profile}"',
-        f"endpoint = {_toml_str(url)}",
-        "",
-        "[devices.opcua]",
-        "# choose the security the server offers; None only for a lab",
-        'security_policy = "None"',
-        'security_mode = "None"',
-        "allow_insecure = true",
-        "",
-    ]
-    used: set[str] = set()
-    mapped: list[tuple[str, FoundVariable]] = []
-    others: list[FoundVariable] = []
-    for var in variables:
-        signal = next(
-            (s for suffix, s in EUROMAP77_SIGNALS.items() if var.path[-len(suffix) :] == suffix), None
-        ) or _zone_signal(var.path)
-        if euromap and signal and signal not in used:
-            used.add(signal)
-            mapped.append((signal, var))
-        else:
-            others.append(var)
-    for signal, var in mapped:
-        extra = _ZONE_TAG_LINES.get(var.path[-1], []) if _zone_signal(var.path) else []
-        lines += ["[[devices.tags]]", f'name = "{signal}"', f"node = {_toml_str(var.node)}", *extra, ""]
-    for event in events if euromap else ():
-        lines += [
-            "# one event per machine cycle: the per-cycle values arrive as one batch",
-            "[[devices.events]]",
-            f'name = "{event.name}"',
-            f"event_type = {_toml_str(event.event_type)}",
-            *(f"fields.{signal} = {_toml_str(path)}" for signal, path in event.fields.items()),
-            "",
-        ]
-        used.update(event.fields)
-    if others:
-        lines.append("# other variables: uncomment what the profile should see")
-    for var in others:
-        name = _unique_name(var.path, used)
-        lines += [
-            f"# [[devices.tags]]  # {'/'.join(var.path)}",
-            f'# name = "{name}"',
-            f"# node = {_toml_str(var.node)}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _unique_name(path: tuple[str, ...], used: set[str]) -> str:
-    """A tag name from the end of `path`, taking more of the path (then a number) until it is unused."""
-    name = _tag_name(path[-2:])
-    for depth in range(3, len(path) + 1):
-        if name not in used:
-            break
-        name = _tag_name(path[-depth:])
-    base, n = name, 2
-    while name in used:
-        name, n = f"{base}_{n}", n + 1
-    used.add(name)
-    return name
-
-
-# --------------------------------------------------------------------------- Modbus
-
-
-@dataclass(frozen=True)
-class RegisterRange:
-    """A run of readable registers in one table of one unit."""
-
-    unit: int
-    table: str
-    start: int
-    count: int
-
-
-async def probe_modbus(
-    host: str, port: int, units: list[int], max_address: int, response_timeout: float = 0.5
-) -> tuple[list[int], list[RegisterRange]]:
-    """Find the unit ids that answer and the readable holding/input register ranges of each."""
-    from pymodbus.client import AsyncModbusTcpClient
-    from pymodbus.exceptions import ModbusException
-
-    client = AsyncModbusTcpClient(host, port=port, timeout=response_timeout, retries=0)
-    if not await client.connect():
-        raise ConnectionError(f"cannot connect to {host}:{port}: is the device on and the port right?")
-    present: list[int] = []
-    ranges: list[RegisterRange] = []
-
-    async def readable(unit: int, table: str, address: int, count: int) -> bool | None:
-        read = client.read_holding_registers if table == "holding_register" else client.read_input_registers
-        try:
-            rr = await read(address, count=count, device_id=unit)
-        except ModbusException:
-            return None  # no answer at all: no such unit behind the gateway
-        if rr.isError() and getattr(rr, "exception_code", 0) in GATEWAY_EXCEPTIONS:
-            return None  # the gateway answered for a unit that is not there
-        return not rr.isError()
-
-    try:
-        with _progress() as progress:
-            task = progress.add_task("probing", total=None)
-            for unit in units:
-                progress.update(task, description=f"probing {host}:{port} unit {unit}")
-                answer = await readable(unit, "holding_register", 0, 1)
-                if answer is None:
-                    answer = await readable(unit, "input_register", 0, 1)
-                if answer is None:
-                    continue
-                present.append(unit)
-                for table in ("holding_register", "input_register"):
-                    start: int | None = None
-                    for address in range(0, max_address, 1):
-                        if address % 50 == 0:
-                            progress.update(task, description=f"unit {unit} {table} {address}/{max_address}")
-                        ok = await readable(unit, table, address, 1)
-                        if ok and start is None:
-                            start = address
-                        elif not ok and start is not None:
-                            ranges.append(RegisterRange(unit, table, start, address - start))
-                            start = None
-                    if start is not None:
-                        ranges.append(RegisterRange(unit, table, start, max_address - start))
-    finally:
-        client.close()
-    return present, ranges
-
-
-def modbus_skeleton(
-    host: str,
-    port: int,
-    units: list[int],
-    ranges: list[RegisterRange],
-    name: str = "machine-1",
-    profile: str = "CHOOSE_A_PROFILE",
-) -> str:
-    """A device config listing every readable register as a uint16 tag, to be renamed and typed."""
-    lines = [
-        f"# discovered at {host}:{port}: unit ids {', '.join(map(str, units)) or 'none'}",
-        "# every readable register is listed as uint16; merge pairs into 32-bit types and name them",
-        "[[devices]]",
-        f'name = "{name}"',
-        'protocol = "modbus"',
-        f'profile = "{profile}"',
-        f'endpoint = "modbus-tcp://{host}:{port}"',
-        "",
-        "[devices.modbus]",
-        f"unit_id = {units[0] if units else 1}",
-        "",
-    ]
-    for r in ranges:
-        lines.append(f"# unit {r.unit} {r.table} {r.start}..{r.start + r.count - 1} readable")
-        for address in range(r.start, r.start + r.count):
-            short = "hr" if r.table == "holding_register" else "ir"
-            lines += [
-                "[[devices.tags]]",
-                f'name = "u{r.unit}_{short}{address}"',
-                f'table = "{r.table}"',
-                f"address = {address}",
-                'type = "uint16"',
-                *([f"unit_id = {r.unit}"] if units and r.unit != units[0] else []),
-                "",
-            ]
-    return "\n".join(lines) + "\n"
-
-
-def _units(spec: str) -> list[int]:
-    out: list[int] = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        out += list(range(int(lo), int(hi or lo) + 1))
-    if not out or min(out) < 0 or max(out) > 255:
-        raise ValueError(f"unit ids {spec!r}: give numbers 0-255, e.g. 1-10 or 1,2,5")
-    return out
+    sub = parser.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
+    for protocol, discovery in _discoveries().items():
+        p = sub.add_parser(protocol, help=discovery.summary, description=discovery.summary)
+        p.add_argument("target", metavar="TARGET", help=discovery.target)
+        discovery.add_arguments(p)
+        p.add_argument("--name", default="machine-1", help="device name to write into the skeleton")
+        p.add_argument("--profile", help="equipment profile to write into the skeleton (see config/profiles)")
+    return parser
 
 
 def discover_command(args: argparse.Namespace) -> int:
-    """Run `edge-agent discover opcua URL` or `edge-agent discover modbus HOST:PORT`."""
+    """Run `edge-agent discover PROTOCOL TARGET [options]` (the words after `discover` are in args.args)."""
+    argv: Sequence[str] = args.args
+    ns = build_parser().parse_args(list(argv))
+    discovery = _discoveries()[ns.protocol]
+    where = f"discover {ns.protocol} {ns.target}"
+    # the command prints one line per failure; the libraries' own logging would only repeat it
+    for name in ("pymodbus", "asyncua"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        if args.protocol == "opcua":
-            if not args.target.startswith("opc.tcp://"):
-                print(f"discover opcua: {args.target!r} is not an opc.tcp:// URL", file=sys.stderr)
-                return 2
-            found = asyncio.run(browse_opcua(args.target, max_nodes=args.max_nodes))
-            sys.stdout.write(
-                opcua_skeleton(
-                    args.target, found.variables, found.euromap, args.name, args.profile, found.events
-                )
-            )
-            return 0
-        host, _, port_text = args.target.rpartition(":")
-        if not host or not port_text.isdigit():
-            print(f"discover modbus: {args.target!r} is not HOST:PORT, e.g. 192.0.2.10:502", file=sys.stderr)
-            return 2
-        units = _units(args.units)
-        present, ranges = asyncio.run(probe_modbus(host, int(port_text), units, args.max_address))
-        profile = args.profile or "CHOOSE_A_PROFILE"
-        sys.stdout.write(modbus_skeleton(host, int(port_text), present, ranges, args.name, profile))
-        return 0 if present else 1
-    except (OSError, ValueError, TimeoutError) as exc:
-        print(f"discover {args.protocol} {args.target}: {exc}", file=sys.stderr)
+        discovery.address(ns.target)
+        skeleton = asyncio.run(discovery.run(ns))
+    except (ValueError, DiscoveryError) as exc:
+        print(f"{where}: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, TimeoutError) as exc:
+        print(f"{where}: {exc}", file=sys.stderr)
         return 1
+    sys.stdout.write(skeleton)
+    return 0

@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 from edge_agent.config import parse_config
-from edge_agent.discover import browse_opcua, modbus_skeleton, opcua_skeleton, probe_modbus
+from edge_agent.drivers.modbus.discover import modbus_skeleton, probe_modbus
 from edge_agent.drivers.opcua.config import OpcUaDevice
+from edge_agent.drivers.opcua.discover import browse_opcua, opcua_skeleton
 from edge_agent.simulators.die_casting import DieCastingSimulator
 from edge_agent.simulators.imm import ImmSimulator
 

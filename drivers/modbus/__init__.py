@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, cast
 
 from edge_agent.drivers.base import DriverPlugin, ReadingsCallback
 from edge_agent.drivers.modbus.config import ModbusDevice, ModbusOptions, ModbusTag
+from edge_agent.drivers.modbus.discover import DISCOVERY
 
 if TYPE_CHECKING:
     from edge_agent.config_model import DeviceBase
@@ -26,6 +27,7 @@ PLUGIN = DriverPlugin(
     protocol="modbus",
     device_model=ModbusDevice,
     open=_open,
+    discovery=DISCOVERY,
     sections=(
         ('[[devices]] with protocol = "modbus"', ModbusDevice),
         ("[devices.modbus]", ModbusOptions),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, cast
 
 from edge_agent.drivers.base import DriverPlugin, ReadingsCallback
 from edge_agent.drivers.opcua.config import OpcUaDevice, OpcUaEvent, OpcUaOptions, OpcUaTag
+from edge_agent.drivers.opcua.discover import DISCOVERY
 
 if TYPE_CHECKING:
     from edge_agent.config_model import DeviceBase
@@ -26,6 +27,7 @@ PLUGIN = DriverPlugin(
     protocol="opcua",
     device_model=OpcUaDevice,
     open=_open,
+    discovery=DISCOVERY,
     sections=(
         ('[[devices]] with protocol = "opcua"', OpcUaDevice),
         ("[devices.opcua]", OpcUaOptions),
