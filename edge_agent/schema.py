@@ -1,18 +1,25 @@
 """The InfluxDB schema the agent writes, as data: measurements, their tags and fields (docs/schema.md explains it).
 
 Dashboards and tests check their queries against this module, and the pipeline takes its
-field lists from here, so a renamed field breaks a test instead of a dashboard.
+field lists from here, so a renamed field breaks a test instead of a dashboard. The equipment
+features' measurements come from their modules (features/registry.py), the raw-value
+measurements from the built-in profiles.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge_agent.features.registry import publications
+from edge_agent.profiles import BUILTIN_PROFILES_DIR, load_profile
+
 #: Tags on every line (besides `signal` where noted).
 HIERARCHY_TAGS = ("site", "area", "line", "machine")
 
-#: Measurements of raw values: one per equipment kind (the profile's `measurement`).
-EQUIPMENT_MEASUREMENTS = ("injection_molding", "die_casting", "mold_tcu", "furnace")
+#: Measurements of raw values: one per equipment kind of the built-in profiles (the profile's `measurement`).
+EQUIPMENT_MEASUREMENTS = tuple(
+    dict.fromkeys(load_profile(p).measurement for p in sorted(BUILTIN_PROFILES_DIR.glob("*.toml")))
+)
 
 RAW_FIELDS = ("value", "quality")
 
@@ -42,20 +49,7 @@ SPC_FIELDS = (
     "missing",
 )
 
-OEE_FIELDS = ("availability", "performance", "quality", "oee", "apt_s", "pq", "gq")
-FURNACE_FIELDS = (
-    "spread",
-    "all_in_band",
-    "soak_s",
-    "ramp_c_per_min",
-    "overshoot_c",
-    "time_to_temp_s",
-    "tolerance_c",
-    "valid_sensors",
-    "quench_delay_s",
-)
-HEAT_REMOVAL_FIELDS = ("heat_kw", "delta_t", "flow")
-MAINTENANCE_FIELDS = ("shots_used", "shots_to_next", "pct_used", "status")
+#: The pipeline's own device-level indicator (signal `cycle`); the equipment features' are in their modules.
 CYCLE_FIELDS = ("stopped",)
 ALARM_FIELDS = ("active", "value", "limit", "severity", "message")
 AGENT_STATUS_FIELDS = (
@@ -90,16 +84,14 @@ def measurements() -> dict[str, Measurement]:
         for m in EQUIPMENT_MEASUREMENTS
     }
     out["spc"] = Measurement("spc", per_signal, SPC_FIELDS, "SPC indicators per signal")
-    out["oee"] = Measurement("oee", per_signal, OEE_FIELDS, "OEE per machine (signal=oee)")
-    out["furnace_uniformity"] = Measurement(
-        "furnace_uniformity", per_signal, FURNACE_FIELDS, "furnace uniformity, soak, ramp (signal=uniformity)"
-    )
-    out["mold"] = Measurement(
-        "mold",
-        per_signal,
-        HEAT_REMOVAL_FIELDS + MAINTENANCE_FIELDS,
-        "mould heat removal (signal=heat_removal) and maintenance (signal=maintenance)",
-    )
+    # one measurement per feature family; a family's pseudo-signals share it (mold: heat_removal, maintenance)
+    families: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {}
+    for p in publications():
+        families.setdefault(p.family, []).append((p.signal, p.about, p.fields))
+    for family, pubs in families.items():
+        fields = tuple(dict.fromkeys(f for _, _, fs in pubs for f in fs))
+        about = " and ".join(f"{about} (signal={signal})" for signal, about, _ in pubs)
+        out[family] = Measurement(family, per_signal, fields, about)
     out["cycle"] = Measurement("cycle", per_signal, CYCLE_FIELDS, "cycle state per machine (signal=cycle)")
     out["alarm"] = Measurement(
         "alarm", (*per_signal, "rule"), ALARM_FIELDS, "alarm start (active=1) and clear (active=0) events"
