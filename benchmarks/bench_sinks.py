@@ -26,17 +26,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge_agent.outbox import Outbox  # noqa: E402
-from edge_agent.records import LineProtocolEncoder, MqttEncoder, Source  # noqa: E402
+from edge_agent.records import Source  # noqa: E402
 from edge_agent.sink_set import (  # noqa: E402
     INFLUX_WRITES_IN_FLIGHT,
     MQTT_BATCH_RECORDS,
     MQTT_BATCHES_IN_FLIGHT,
 )
 from edge_agent.sinks.delivery import DeliveryLoop  # noqa: E402
-from edge_agent.sinks.influx import InfluxWriter  # noqa: E402
-from edge_agent.sinks.influx_config import InfluxSink  # noqa: E402
-from edge_agent.sinks.mqtt import MqttPublisher  # noqa: E402
-from edge_agent.sinks.mqtt_config import MqttSink  # noqa: E402
+from edge_agent.sinks.influx.config import InfluxSink  # noqa: E402
+from edge_agent.sinks.influx.encoder import LineProtocolEncoder  # noqa: E402
+from edge_agent.sinks.influx.writer import InfluxWriter  # noqa: E402
+from edge_agent.sinks.mqtt.config import MqttSink  # noqa: E402
+from edge_agent.sinks.mqtt.encoder import MqttEncoder  # noqa: E402
+from edge_agent.sinks.mqtt.publisher import MqttPublisher  # noqa: E402
 from edge_agent.types import Readings, SignalTable  # noqa: E402
 from tests.services import Mosquitto, VictoriaMetrics  # noqa: E402
 

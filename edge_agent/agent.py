@@ -27,7 +27,7 @@ from edge_agent.drivers.registry import make_driver
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import OutboxError
 from edge_agent.pipeline import IndicatorPipeline
-from edge_agent.records import AgentStatus, MqttEncoder, Output, Record, Source
+from edge_agent.records import AgentStatus, Output, Record, Source
 from edge_agent.scheduler import DevicePoller
 from edge_agent.sinks.delivery import SinkConfigError
 from edge_agent.types import BAD_THRESHOLD, Readings
@@ -339,10 +339,6 @@ class Agent:
         return kept
 
 
-def _prefix(config: Config) -> str:
-    return config.sinks.mqtt.topic_prefix if config.sinks.mqtt else "spBv1.0-free/uns"
-
-
 async def run_once(config: Config, config_dir: Path) -> tuple[list[Record], list[str]]:
     """Poll every device once, compute, and return the records it would publish plus the devices that failed."""
     outputs: list[tuple[str, Output]] = []
@@ -370,10 +366,9 @@ async def run_once(config: Config, config_dir: Path) -> tuple[list[Record], list
 
     await asyncio.gather(*(one(n, d) for n, d in agent._devices.items()))
     agent.process_queued()
-    from edge_agent.sink_set import encode_output
+    from edge_agent.sink_set import preview
 
-    encoder = MqttEncoder(agent.pipeline.table, topic_prefix=_prefix(config))
-    return [r for _device, out in outputs for r in encode_output(encoder, out)], failed
+    return preview(config, agent.pipeline.table, [out for _device, out in outputs]), failed
 
 
 async def serve(config_path: Path, config: Config) -> int:

@@ -12,8 +12,7 @@ from pydantic_core import PydanticUndefined
 from edge_agent.config import AgentConfig, OutboxConfig, SiteConfig
 from edge_agent.config_model import DeviceBase, SpecLimits
 from edge_agent.drivers.registry import DRIVERS
-from edge_agent.sinks.influx_config import InfluxSink
-from edge_agent.sinks.mqtt_config import MqttSink, TlsOptions
+from edge_agent.sinks.registry import SINKS
 
 # Sections in reading order: (TOML header as a user writes it, model).
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -21,9 +20,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("[site]", SiteConfig),
     *(section for plugin in DRIVERS.values() for section in plugin.sections),
     ("[devices.limits.SIGNAL]", SpecLimits),
-    ("[sinks.mqtt]", MqttSink),
-    ("[sinks.mqtt.tls]", TlsOptions),
-    ("[sinks.influx]", InfluxSink),
+    *(section for plugin in SINKS.values() for section in plugin.sections),
     ("[outbox]", OutboxConfig),
 ]
 

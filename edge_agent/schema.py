@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from edge_agent.features.registry import publications
 from edge_agent.profiles import BUILTIN_PROFILES_DIR, load_profile
+from edge_agent.sinks.registry import SINKS
 
 #: Tags on every line (besides `signal` where noted).
 HIERARCHY_TAGS = ("site", "area", "line", "machine")
@@ -61,8 +62,7 @@ AGENT_STATUS_FIELDS = (
     "values_read",
     "overruns",
     "read_errors",
-    "outbox_mqtt",
-    "outbox_influx",
+    *(f"outbox_{name}" for name in SINKS),  # records waiting in each sink's outbox
 )
 
 

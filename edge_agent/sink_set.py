@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from edge_agent.config import Config
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, stored_size
-from edge_agent.records import AgentStatus, LineProtocolEncoder, MqttEncoder, Output, Record, Source
+from edge_agent.records import AgentStatus, Output, Record, Source
 from edge_agent.sinks.delivery import Backoff, DeliveryLoop, Sink
+from edge_agent.sinks.influx.encoder import LineProtocolEncoder
+from edge_agent.sinks.mqtt.encoder import MqttEncoder
 from edge_agent.types import SignalTable
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,13 @@ def encode_output(encoder: MqttEncoder | LineProtocolEncoder, out: Output) -> li
     records += [encoder.alarm(src, a) for src, a in out.alarms]
     # a KPI line set with every indicator NaN encodes to nothing: no empty record in the outbox
     return [r for r in records if r.payload]
+
+
+def preview(config: Config, table: SignalTable, outputs: list[Output]) -> list[Record]:
+    """The records `run --once` prints: MQTT topics and JSON payloads of the outputs."""
+    mqtt = config.sinks.mqtt
+    encoder = MqttEncoder(table, topic_prefix=mqtt.topic_prefix if mqtt else "spBv1.0-free/uns")
+    return [r for out in outputs for r in encode_output(encoder, out)]
 
 
 @dataclass
@@ -107,7 +116,7 @@ class SinkSet:
         """Open the outboxes (backlog first), connect the sinks, start delivering."""
         cfg = self.config.sinks
         if cfg.mqtt is not None and self.mqtt_encoder is not None:
-            from edge_agent.sinks.mqtt import MqttPublisher
+            from edge_agent.sinks.mqtt.publisher import MqttPublisher
 
             online = self.mqtt_encoder.status(self.source, status)
             will = self.mqtt_encoder.status(self.source, AgentStatus(status.t_ns, "offline", {}), will=True)
@@ -126,7 +135,7 @@ class SinkSet:
                 status=lambda st: mqtt_encoder.status(self.source, st),
             )
         if cfg.influx is not None:
-            from edge_agent.sinks.influx import InfluxWriter
+            from edge_agent.sinks.influx.writer import InfluxWriter
 
             dead_letter = cfg.influx.dead_letter or self.config.outbox.dir / "influx.deadletter"
             writer = InfluxWriter(cfg.influx, dead_letter=dead_letter)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_agent.records import LineProtocolEncoder, Source
+from edge_agent.records import Source
+from edge_agent.sinks.influx.encoder import LineProtocolEncoder
 from edge_agent.types import Readings, SignalTable
 
 T = 1_790_000_000_000_000_000

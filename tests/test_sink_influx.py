@@ -17,10 +17,11 @@ import orjson
 import pytest
 
 from edge_agent.outbox import Outbox, stored_size
-from edge_agent.records import Kind, LineProtocolEncoder, Record, Source
+from edge_agent.records import Kind, Record, Source
 from edge_agent.sinks.delivery import Backoff, DeliveryLoop, SinkError
-from edge_agent.sinks.influx import InfluxWriter, parse_retry_after
-from edge_agent.sinks.influx_config import InfluxSink
+from edge_agent.sinks.influx.config import InfluxSink
+from edge_agent.sinks.influx.encoder import LineProtocolEncoder
+from edge_agent.sinks.influx.writer import InfluxWriter, parse_retry_after
 from edge_agent.types import Quality, Readings, SignalTable
 from tests.services import VictoriaMetrics, free_port
 from tests.sink_services import TunedVictoriaMetrics
@@ -109,10 +110,10 @@ async def test_raw_values_land_with_tags_units_quality(victoria: VictoriaMetrics
 CHILD = textwrap.dedent(
     """
     import asyncio, sys
-    from edge_agent.sinks.influx_config import InfluxSink
+    from edge_agent.sinks.influx.config import InfluxSink
     from edge_agent.outbox import Outbox
     from edge_agent.sinks.delivery import Backoff, DeliveryLoop, SinkError
-    from edge_agent.sinks.influx import InfluxWriter
+    from edge_agent.sinks.influx.writer import InfluxWriter
     from tests.test_sink_influx import _lines
 
     async def main(path, url):

@@ -17,10 +17,11 @@ import pytest
 from pydantic import SecretStr
 
 from edge_agent.outbox import Outbox
-from edge_agent.records import AgentStatus, Kind, MqttEncoder, Record, Source
+from edge_agent.records import AgentStatus, Kind, Record, Source
 from edge_agent.sinks.delivery import Backoff, DeliveryLoop, SinkConfigError, SinkError
-from edge_agent.sinks.mqtt import MqttPublisher
-from edge_agent.sinks.mqtt_config import MqttSink, TlsOptions
+from edge_agent.sinks.mqtt.config import MqttSink, TlsOptions
+from edge_agent.sinks.mqtt.encoder import MqttEncoder
+from edge_agent.sinks.mqtt.publisher import MqttPublisher
 from edge_agent.types import Quality, Readings, SignalTable
 from tests.services import Mosquitto
 from tests.sink_services import PersistentMosquitto, Subscriber, TlsMosquitto, make_tls_files
@@ -345,9 +346,10 @@ async def test_last_will_when_the_agent_is_killed(tmp_path: Path, mosquitto: Mos
     script = tmp_path / "agent.py"
     script.write_text(
         "import asyncio, sys, time\n"
-        "from edge_agent.config import MqttSink\n"
-        "from edge_agent.records import AgentStatus, Kind, MqttEncoder, Record, Source\n"
-        "from edge_agent.sinks.mqtt import MqttPublisher\n"
+        "from edge_agent.records import AgentStatus, Kind, Record, Source\n"
+        "from edge_agent.sinks.mqtt.config import MqttSink\n"
+        "from edge_agent.sinks.mqtt.encoder import MqttEncoder\n"
+        "from edge_agent.sinks.mqtt.publisher import MqttPublisher\n"
         "from edge_agent.types import SignalTable\n"
         "async def main():\n"
         "    encoder = MqttEncoder(SignalTable(), topic_prefix='will')\n"

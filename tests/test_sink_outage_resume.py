@@ -20,13 +20,14 @@ from typing import Any, Literal
 import pytest
 
 from edge_agent.outbox import Outbox
-from edge_agent.records import Kind, MqttEncoder, Record
+from edge_agent.records import Kind, Record
 from edge_agent.sink_set import INFLUX_WRITES_IN_FLIGHT, MQTT_BATCH_RECORDS, MQTT_BATCHES_IN_FLIGHT
 from edge_agent.sinks.delivery import DeliveryLoop
-from edge_agent.sinks.influx import InfluxWriter
-from edge_agent.sinks.influx_config import InfluxSink
-from edge_agent.sinks.mqtt import MqttPublisher
-from edge_agent.sinks.mqtt_config import MqttSink
+from edge_agent.sinks.influx.config import InfluxSink
+from edge_agent.sinks.influx.writer import InfluxWriter
+from edge_agent.sinks.mqtt.config import MqttSink
+from edge_agent.sinks.mqtt.encoder import MqttEncoder
+from edge_agent.sinks.mqtt.publisher import MqttPublisher
 from tests.sink_services import PersistentMosquitto, Subscriber, TunedVictoriaMetrics
 from tests.test_sink_mqtt import MACHINES, _assert_in_order, _poll, _table
 

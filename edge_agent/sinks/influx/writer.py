@@ -21,9 +21,9 @@ from influxdb_client.service.write_service import WriteService
 
 from edge_agent.records import Record
 from edge_agent.sinks.delivery import SinkError
-from edge_agent.sinks.influx_config import InfluxSink
+from edge_agent.sinks.influx.config import InfluxSink
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edge_agent.sinks.influx")
 
 #: While the server does not answer, how often `wait_ready` asks it (GET /ping: no data, no token needed),
 #: and how long one such question may take

@@ -1,7 +1,7 @@
 """MQTT sink (paho-mqtt 2.x, MQTT 3.1.1 or 5): QoS 1 publishing acknowledged by PUBACK, retained status, last will, TLS.
 
-The paho session (`edge_agent.sinks.mqtt_io`) runs on a thread of the agent by default, or with
-`sinks.mqtt.publisher = "process"` in a publisher process of its own (mqtt_io explains why); this
+The paho session (`edge_agent.sinks.mqtt.session`) runs on a thread of the agent by default, or with
+`sinks.mqtt.publisher = "process"` in a publisher process of its own (session.py explains why); this
 module is the agent's side of either: it hands the session batches, awaits their PUBACKs, mirrors
 its connection state and replaces it if it fails.
 """
@@ -27,13 +27,13 @@ from urllib.parse import urlsplit
 
 from edge_agent.records import Kind, Record
 from edge_agent.sinks.delivery import SinkConfigError, SinkError
-from edge_agent.sinks.mqtt_config import MqttSink
-from edge_agent.sinks.mqtt_io import Message, PahoSession, Settings, open_session
+from edge_agent.sinks.mqtt.config import MqttSink
+from edge_agent.sinks.mqtt.session import Message, PahoSession, Settings, open_session
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edge_agent.sinks.mqtt")
 
 #: The directory that holds the `edge_agent` package, for the publisher process's import path.
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 _RESTART_MIN_S = 1.0
 _RESTART_MAX_S = 30.0
 
@@ -158,7 +158,7 @@ class MqttPublisher:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         with theirs:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent.sinks.mqtt_io", str(theirs.fileno())],
+                [sys.executable, "-m", "edge_agent.sinks.mqtt.session", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 env=env,

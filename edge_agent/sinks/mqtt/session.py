@@ -7,7 +7,7 @@ second idled. Here paho gets its own interpreter; the agent hands it batches of
 (topic, payload, retain) over a `multiprocessing.connection` pipe and gets one reply per batch.
 
 This module imports only the standard library and paho, so the process stays small (no numpy,
-pydantic or the agent's config). The agent side is `edge_agent.sinks.mqtt.MqttPublisher`.
+pydantic or the agent's config). The agent side is `edge_agent.sinks.mqtt.publisher.MqttPublisher`.
 
 Pipe protocol (pickled tuples), agent -> publisher: ("settings", Settings) first, then
 ("batch", id, [Message]) and ("stop",). Publisher -> agent: ("opened", config_error | None),
@@ -546,7 +546,7 @@ def serve(conn: Connection) -> None:
 
 
 def main() -> None:
-    """Entry point of the publisher process: `python -m edge_agent.sinks.mqtt_io FD`."""
+    """Entry point of the publisher process: `python -m edge_agent.sinks.mqtt.session FD`."""
     serve(Connection(int(sys.argv[1])))
 
 
