@@ -4,17 +4,22 @@ Run from the repository root after changing a profile or this script, and commit
     .venv/bin/python deploy/grafana/make_dashboards.py          # writes deploy/grafana/dashboards/*.json
     .venv/bin/python deploy/grafana/make_dashboards.py --check  # exit 1 if the committed JSON is stale
 
-The signals of each dashboard come from config/profiles/<kind>.toml; measurement and field names are
-written out literally in the Flux text, and tests/test_deploy.py checks them against edge_agent/schema.py,
-so a renamed field fails a test instead of leaving an empty panel.
+One dashboard per profile in config/profiles (titled with the first clause of the profile's description);
+its sections are those of the equipment features the profile configures, in the order of
+edge_agent/features/registry.py. A feature has a tailored section in SECTIONS (and a panel in the
+overview in OVERVIEW) or, without one, a generic section: one time series of every field of each
+of its pseudo-signals. Measurement and field names are written out literally in the Flux text,
+and tests/test_deploy.py checks them against edge_agent/schema.py, so a renamed field fails a test
+instead of leaving an empty panel.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from edge_agent.core.constants import AMS2750_TOLERANCE_C  # noqa: E402
+from edge_agent.features.base import Feature  # noqa: E402
+from edge_agent.features.registry import FEATURES  # noqa: E402
 from edge_agent.profiles import Profile, ProfileSignal, load_profile  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parent / "dashboards"
@@ -32,13 +39,8 @@ PROFILES_DIR = ROOT / "config" / "profiles"
 DATASOURCE = {"type": "influxdb", "uid": "influxdb-edge"}
 #: the bucket the agent writes (deploy/agent.toml [sinks.influx]); a hidden constant variable, so one edit moves every query
 BUCKET = "process"
-KINDS = ("injection_molding", "die_casting", "mold_tcu", "furnace")
-TITLES = {
-    "injection_molding": "Injection moulding",
-    "die_casting": "Die casting",
-    "mold_tcu": "Mould temperature controller",
-    "furnace": "Heat-treatment furnace",
-}
+#: One dashboard per built-in profile.
+KINDS = tuple(sorted(p.stem for p in PROFILES_DIR.glob("*.toml")))
 SCHEMA_VERSION = 39
 
 # Grafana unit ids of the profiles' units; anything else is shown with its own text as a suffix
@@ -322,8 +324,13 @@ def live_values(lay: Layout, profile: Profile) -> None:
     for s in continuous:
         by_unit.setdefault(s.unit, []).append(s)
     setpoints = {s.setpoint for s in profile.signals if s.setpoint}
-    if profile.furnace is not None:
-        setpoints.add(profile.furnace.setpoint)
+    # a feature's `setpoint` key (a furnace's temperature setpoint) is drawn as one too
+    setpoints |= {
+        name
+        for feature, spec in profile.features()
+        for where, name in feature.references(spec)
+        if where.endswith(".setpoint")
+    }
     for unit, signals in by_unit.items():
         measured = [s.name for s in signals if s.name not in setpoints]
         targets = [s.name for s in signals if s.name in setpoints]
@@ -420,10 +427,12 @@ def spc_charts(lay: Layout, profile: Profile) -> None:
         lay.row("SPC: EWMA and CUSUM", collapsed=inner)
 
 
-def oee(lay: Layout, profile: Profile) -> None:
+#: A dashboard section of one equipment feature: (layout, profile, the feature's table in the profile).
+Section = Callable[[Layout, Profile, Any], None]
+
+
+def oee(lay: Layout, profile: Profile, spec: Any) -> None:
     """OEE and its factors (signal `oee` of measurement `oee`), and whether the machine is stopped."""
-    if profile.oee is None:
-        return
     lay.row("OEE")
     factors = ("oee", "availability", "performance", "quality")
     pct = _thresholds((RED, None), (YELLOW, 0.6), (GREEN, 0.85))
@@ -444,11 +453,8 @@ def oee(lay: Layout, profile: Profile) -> None:
         lay.add(stat("Cycle", q, mappings=[state], description="no cycle for two nominal cycle times"), 8, 8)
 
 
-def furnace(lay: Layout, profile: Profile) -> None:
+def furnace(lay: Layout, profile: Profile, spec: Any) -> None:
     """Zone temperatures vs setpoint, uniformity spread vs tolerance, soak timer, overshoot, ramp, quench."""
-    spec = profile.furnace
-    if spec is None:
-        return
     lay.row("Furnace: temperature uniformity and soak")
     sensors = [*spec.sensors, "load_temp"] if profile.signal("load_temp") else list(spec.sensors)
     q = flux(profile.measurement, ["value"], signals=sensors, tail=_per("signal"))
@@ -507,11 +513,8 @@ def furnace(lay: Layout, profile: Profile) -> None:
     lay.add(timeseries("Soak timer, ramp rate, overshoot", q, description="s, °C/min, °C"), 24, 8)
 
 
-def mould(lay: Layout, profile: Profile) -> None:
+def mould(lay: Layout, profile: Profile, spec: Any) -> None:
     """Heat removed, supply-return ΔT and flow (signal heat_removal), and mould maintenance."""
-    spec = profile.mold
-    if spec is None:
-        return
     lay.row("Mould heat removal and maintenance")
     q = flux("mold", ["heat_kw"], signals=["heat_removal"], tail=_per("_field"))
     lay.add(timeseries("Heat removed", q, unit="kwatt"), 8, 8)
@@ -548,6 +551,28 @@ def mould(lay: Layout, profile: Profile) -> None:
     )
     q = flux("mold", ["status"], signals=["maintenance"], tail=one)
     lay.add(stat("Maintenance status", q, mappings=[status]), 8, 6)
+
+
+def generic_section(feature: Feature[Any, Any]) -> Section:
+    """The section of a feature without a tailored one: every field of each of its pseudo-signals over time."""
+
+    def section(lay: Layout, profile: Profile, spec: Any) -> None:
+        lay.row(feature.about.rstrip("."))
+        for p in feature.publishes:
+            q = flux(p.family, list(p.fields), signals=[p.signal], tail=_per("_field", "last"))
+            lay.add(timeseries(f"{p.about} ({p.signal})", q, description=", ".join(p.fields)), 12, 8)
+
+    return section
+
+
+#: Tailored sections by feature (its profile table); a registered feature without one gets generic_section.
+SECTIONS: dict[str, Section] = {"oee": oee, "furnace": furnace, "mold": mould}
+
+
+def features(lay: Layout, profile: Profile) -> None:
+    """The sections of the equipment features the profile configures, in registry order."""
+    for feature, spec in profile.features():
+        SECTIONS.get(feature.table, generic_section(feature))(lay, profile, spec)
 
 
 ALARM_COLUMNS = '["_time", "machine", "signal", "rule", "active", "severity", "value", "limit", "message"]'
@@ -695,27 +720,69 @@ def _dashboard(
     }
 
 
+def profile_title(profile: Profile) -> str:
+    """A dashboard title from the profile's description: its first clause, without parentheses."""
+    return re.sub(r"\s*\([^)]*\)", "", profile.description.split(":")[0]).strip()
+
+
 def kind_dashboard(kind: str) -> dict[str, Any]:
     """The dashboard of one equipment kind."""
     profile = load_profile(PROFILES_DIR / f"{kind}.toml")
     lay = Layout()
     live_values(lay, profile)
     spc_charts(lay, profile)
-    oee(lay, profile)
-    furnace(lay, profile)
-    mould(lay, profile)
+    features(lay, profile)
     alarms(lay)
+    title = profile_title(profile)
     return _dashboard(
         f"edge-{kind.replace('_', '-')}",
-        f"{TITLES[kind]} ({kind})",
+        f"{title} ({kind})",
         lay.panels,
         _variables(profile.measurement),
         ["edge-agent", kind],
     )
 
 
+def oee_overview(lay: Layout) -> None:
+    """OEE of every machine of the site."""
+    q = flux("oee", ["oee"], signals=["oee"], machine=False, tail=_last_per("machine"))
+    pct = _thresholds((RED, None), (YELLOW, 0.6), (GREEN, 0.85))
+    oee_bars = stat(
+        "OEE by machine",
+        q,
+        kind="bargauge",
+        rows=True,
+        unit="percentunit",
+        thresholds=pct,
+        min_max=(0.0, 1.0),
+    )
+    lay.add(oee_bars, 9, 6)
+
+
+def furnace_overview(lay: Layout) -> None:
+    """Uniformity spread of every furnace of the site."""
+    q = flux(
+        "furnace_uniformity", ["spread"], signals=["uniformity"], machine=False, tail=_per("machine", "max")
+    )
+    lay.add(timeseries("Furnace uniformity spread", q, label="machine", unit="celsius"), 12, 8)
+
+
+def mould_overview(lay: Layout) -> None:
+    """Supply-return ΔT of every mould of the site."""
+    q = flux("mold", ["delta_t"], signals=["heat_removal"], machine=False, tail=_per("machine"))
+    lay.add(timeseries("Mould return - supply ΔT", q, label="machine", unit="celsius"), 12, 8)
+
+
+#: Site-wide panels by feature, in the overview after the active alarms (registry order).
+OVERVIEW: dict[str, Callable[[Layout], None]] = {
+    "oee": oee_overview,
+    "furnace": furnace_overview,
+    "mold": mould_overview,
+}
+
+
 def overview_dashboard() -> dict[str, Any]:
-    """One site at a glance: last data, OEE and active alarms per machine, furnace and mould, the latest alarms."""
+    """One site at a glance: last data and active alarms per machine, each feature's site-wide panel, the latest alarms."""
     lay = Layout()
     lay.row("Site overview")
     # every machine writes `x` of its signals at least every kpi interval: its last one says the data flows
@@ -736,18 +803,6 @@ def overview_dashboard() -> dict[str, Any]:
         ],
     )
     lay.add(table("Last data by machine", q, description="time of the newest indicator line"), 6, 6)
-    q = flux("oee", ["oee"], signals=["oee"], machine=False, tail=_last_per("machine"))
-    pct = _thresholds((RED, None), (YELLOW, 0.6), (GREEN, 0.85))
-    oee_bars = stat(
-        "OEE by machine",
-        q,
-        kind="bargauge",
-        rows=True,
-        unit="percentunit",
-        thresholds=pct,
-        min_max=(0.0, 1.0),
-    )
-    lay.add(oee_bars, 9, 6)
     q = flux(
         "alarm",
         ["active"],
@@ -767,12 +822,9 @@ def overview_dashboard() -> dict[str, Any]:
         9,
         6,
     )
-    q = flux(
-        "furnace_uniformity", ["spread"], signals=["uniformity"], machine=False, tail=_per("machine", "max")
-    )
-    lay.add(timeseries("Furnace uniformity spread", q, label="machine", unit="celsius"), 12, 8)
-    q = flux("mold", ["delta_t"], signals=["heat_removal"], machine=False, tail=_per("machine"))
-    lay.add(timeseries("Mould return - supply ΔT", q, label="machine", unit="celsius"), 12, 8)
+    for name in FEATURES:
+        if name in OVERVIEW:
+            OVERVIEW[name](lay)
     alarms(lay, machine=False)
     return _dashboard(
         "edge-overview",
