@@ -110,6 +110,12 @@ class ProfileBase(Model):
         return [(f, spec) for f, spec in specs if spec is not None]
 
 
+_clash = sorted(set(FEATURES) & set(ProfileBase.model_fields))
+if _clash:
+    raise RuntimeError(
+        f"features/registry.py: feature table {', '.join(_clash)} is a key every profile has already"
+    )
+
 if TYPE_CHECKING:
     Profile = ProfileBase
 else:

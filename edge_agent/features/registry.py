@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from edge_agent.features.base import AlarmCondition, Feature, Publication
@@ -35,22 +36,22 @@ def alarm_conditions() -> list[AlarmCondition]:
     return [c for f in FEATURES.values() for c in f.alarms]
 
 
-def _check() -> None:
-    """Refuse a registry whose features would collide: a pseudo-signal or alarm rule twice."""
-    for what, names in (
-        ("pseudo-signal", [p.signal for p in publications()]),
-        ("alarm rule", [c.rule for c in alarm_conditions()]),
-    ):
+def check_features(features: Mapping[str, Feature[Any, Any]]) -> None:
+    """Refuse features that would collide: a pseudo-signal or alarm rule claimed twice, an alarm filed elsewhere."""
+    pubs = [p.signal for f in features.values() for p in f.publishes]
+    rules = [c.rule for f in features.values() for c in f.alarms]
+    for what, names in (("pseudo-signal", pubs), ("alarm rule", rules)):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
-            raise RuntimeError(f"features/registry.py: {what} {', '.join(twice)} is claimed by two features")
-    for f in FEATURES.values():
+            raise RuntimeError(f"features/registry.py: {what} {', '.join(twice)} is claimed twice")
+    for f in features.values():
         own = set(f.pseudo_signals())
         stray = [c.rule for c in f.alarms if c.signal not in own]
         if stray:
             raise RuntimeError(
-                f"features/{f.table}: alarm {', '.join(stray)} is filed under a pseudo-signal the feature does not publish"
+                f"features/{f.table}: alarm {', '.join(stray)} is filed under a pseudo-signal "
+                "the feature does not publish"
             )
 
 
-_check()
+check_features(FEATURES)
