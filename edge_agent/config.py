@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model, field_validator
 
 from edge_agent.config_model import (
     ConfigError,
@@ -23,6 +25,9 @@ from edge_agent.config_model import (
 )
 from edge_agent.drivers.registry import DRIVERS, Device
 from edge_agent.sinks.registry import SINKS
+
+if TYPE_CHECKING:
+    from edge_agent.profiles import Profile
 
 __all__ = ["Config", "ConfigError", "Device", "load_config", "parse_config", "profile_dirs"]
 
@@ -148,80 +153,123 @@ class Config(Model):
 # --------------------------------------------------------------------------- error reporting
 
 
-def _profile_problems(config: Config, config_dir: Path) -> list[str]:
-    dirs = profile_dirs(config, config_dir)
-    known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.toml")})
-    problems = []
-    for i, device in enumerate(config.devices):
-        if device.profile not in known:
-            close = difflib.get_close_matches(device.profile, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(
-                f"devices[{i}].profile: unknown profile {device.profile!r}{hint} "
-                f"(known: {', '.join(known) or 'none'})"
-            )
-    return problems
+@functools.cache
+def _device_adapter() -> TypeAdapter[DeviceBase]:
+    """Validates one `[[devices]]` entry alone (built once, on first need)."""
+    return TypeAdapter(Device)
 
 
-def _profile_binding_problems(config: Config, config_dir: Path) -> list[str]:
-    """What the pipeline could not do with a device and its profile: reversed spec limits, per-cycle signals without the cycle counter."""
-    # imported here: profiles.py builds on this module's Model and ConfigError
-    from edge_agent.profiles import Profile, find_profile
-
-    dirs = profile_dirs(config, config_dir)
-    profiles: dict[str, Profile] = {}
-    problems = []
-    for i, device in enumerate(config.devices):
-        if device.profile not in profiles:
-            try:
-                profiles[device.profile] = find_profile(device.profile, dirs)
-            except ConfigError as exc:
-                problems += [f"devices[{i}].profile: {exc.source}: {p}" for p in exc.problems]
-                continue
-        profile = profiles[device.profile]
-        names = set(device.signal_names())
-        from_events = device.event_signals()
-        # a per-cycle value polled without the counter would be charted once per poll: the same
-        # shot's value over and over, a sigma of ~0 and alarms on every shot
-        polled = [
-            s.name
-            for s in profile.signals
-            if s.sampling == "per_cycle" and s.name in names and s.name not in from_events
-        ]
-        for s in profile.signals:
-            # a device's entry replaces the profile's limits, and SpecLimits checks its own order
-            given = s.name in names and s.name not in device.limits
-            if given and s.lsl is not None and s.usl is not None and s.lsl >= s.usl:
-                problems.append(
-                    f"devices[{i}] ({device.name}): signal {s.name} gets lsl ({s.lsl}) >= usl ({s.usl}) "
-                    f"from profile {device.profile!r}; correct the profile, or give the device "
-                    f"`limits.{s.name} = {{ lsl = ..., usl = ... }}`, which replaces the profile's limits"
-                )
-        counter = profile.cycle.counter if profile.cycle else None
-        if polled and (counter is None or counter not in names):
-            need = (
-                f"the cycle counter {counter!r} of profile {device.profile!r} to be latched once per "
-                f"cycle; add a tag named {counter!r}"
-                if counter
-                else f"a cycle counter to be latched once per cycle, and profile {device.profile!r} has none"
-            )
-            events = " or read them from a cycle event" if device.event_signals() else ""
-            problems.append(
-                f"devices[{i}] ({device.name}): per-cycle signals {', '.join(polled)} need {need}{events}"
-            )
-    return problems
+def _profile_dirs(profiles_dir: Path | None, config_dir: Path) -> list[Path]:
+    dirs = []
+    if profiles_dir is not None:
+        dirs.append(profiles_dir if profiles_dir.is_absolute() else config_dir / profiles_dir)
+    dirs.append(config_dir / "profiles")
+    dirs.append(BUILTIN_PROFILES_DIR)
+    return dirs
 
 
 def profile_dirs(config: Config, config_dir: Path) -> list[Path]:
     """Folders searched for equipment profiles, first match wins."""
-    dirs = []
-    if config.profiles_dir is not None:
-        dirs.append(
-            config.profiles_dir if config.profiles_dir.is_absolute() else config_dir / config.profiles_dir
+    return _profile_dirs(config.profiles_dir, config_dir)
+
+
+def _unknown_profile(where: str, profile: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(profile, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{where}.profile: unknown profile {profile!r}{hint} (known: {', '.join(known) or 'none'})"
+
+
+def _binding_problems(where: str, device: DeviceBase, profile: Profile) -> list[str]:
+    """What the pipeline could not do with a device and its profile: reversed spec limits, per-cycle signals
+    without the cycle counter."""
+    problems = []
+    names = set(device.signal_names())
+    from_events = device.event_signals()
+    for s in profile.signals:
+        # a device's entry replaces the profile's limits, and SpecLimits checks its own order
+        given = s.name in names and s.name not in device.limits
+        if given and s.lsl is not None and s.usl is not None and s.lsl >= s.usl:
+            problems.append(
+                f"{where} ({device.name}): signal {s.name} gets lsl ({s.lsl}) >= usl ({s.usl}) "
+                f"from profile {device.profile!r}; correct the profile, or give the device "
+                f"`limits.{s.name} = {{ lsl = ..., usl = ... }}`, which replaces the profile's limits"
+            )
+    # a per-cycle value polled without the counter would be charted once per poll: the same
+    # shot's value over and over, a sigma of ~0 and alarms on every shot
+    polled = [
+        s.name
+        for s in profile.signals
+        if s.sampling == "per_cycle" and s.name in names and s.name not in from_events
+    ]
+    counter = profile.cycle.counter if profile.cycle else None
+    if polled and (counter is None or counter not in names):
+        need = (
+            f"the cycle counter {counter!r} of profile {device.profile!r} to be latched once per "
+            f"cycle; add a tag named {counter!r}"
+            if counter
+            else f"a cycle counter to be latched once per cycle, and profile {device.profile!r} has none"
         )
-    dirs.append(config_dir / "profiles")
-    dirs.append(BUILTIN_PROFILES_DIR)
-    return dirs
+        events = " or read them from a cycle event" if from_events else ""
+        problems.append(f"{where} ({device.name}): per-cycle signals {', '.join(polled)} need {need}{events}")
+    return problems
+
+
+def _check_devices(
+    devices: list[tuple[int, DeviceBase]], dirs: list[Path], config_dir: Path, bind: bool
+) -> tuple[list[str], dict[int, DeviceBase]]:
+    """Problems of devices that validated (their own checks, their profiles) and the devices whose profiles
+    loaded, by index. `bind`: also check the devices against their profiles' contents."""
+    # imported here: profiles.py builds on config_model, and loading it is only needed past validation
+    from edge_agent.profiles import find_profile
+
+    known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.toml")})
+    loaded: dict[str, Profile | list[str]] = {}
+    problems: list[str] = []
+    ready: dict[int, DeviceBase] = {}
+    for i, device in devices:
+        where = f"devices[{i}]"
+        problems += device.problems(where, config_dir)
+        if device.profile not in known:
+            problems.append(_unknown_profile(where, device.profile, known))
+            continue
+        if device.profile not in loaded:
+            try:
+                loaded[device.profile] = find_profile(device.profile, dirs)
+            except ConfigError as exc:
+                loaded[device.profile] = [f"{exc.source}: {p}" for p in exc.problems]
+        profile = loaded[device.profile]
+        if isinstance(profile, list):
+            problems += [f"{where}.profile: {p}" for p in profile]
+            continue
+        if bind:
+            problems += _binding_problems(where, device, profile)
+        ready[i] = device
+    return problems, ready
+
+
+_PATH_PART = re.compile(r"\.?([^.\[\]\s:]+)|\[(\d+)\]")
+
+
+def _file_order(problem: str, data: Any) -> tuple[int, ...]:
+    """Sort key of a problem line: the positions in the file's tables and arrays along the path it starts with.
+
+    Tables keep their keys in file order; a missing key sorts after the keys of its table.
+    """
+    key: list[int] = []
+    node = data
+    pos = 0
+    while match := _PATH_PART.match(problem, pos):
+        pos = match.end()
+        name, index = match.groups()
+        if index is not None:
+            i = int(index)
+            key.append(i)
+            node = node[i] if isinstance(node, list) and i < len(node) else None
+        else:
+            keys = list(node) if isinstance(node, dict) else []
+            key.append(keys.index(name) if name in keys else len(keys))
+            node = node.get(name) if isinstance(node, dict) else None
+    return tuple(key)
 
 
 #: what an empty config file is told; both ways out exist in every installation from the sources
@@ -233,7 +281,7 @@ EMPTY_FILE = (
 
 
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
-    """Parse and validate TOML text; raises ConfigError with one line per problem.
+    """Parse and validate TOML text; raises ConfigError with one line per problem, every problem at once, in file order.
 
     With `base_dir` (the config file's folder, as load_config gives it) the devices are also
     checked against the contents of their profiles; without it a relative `profiles_dir`
@@ -242,18 +290,31 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     if not text.strip():
         raise ConfigError(source, [EMPTY_FILE])
     data = loads_toml(text, source)
+    config_dir = base_dir or Path.cwd()
+    config: Config | None = None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [describe(e, data, Config, DEVICE_MODELS) for e in exc.errors()]) from None
-    config_dir = base_dir or Path.cwd()
-    problems = [p for i, d in enumerate(config.devices) for p in d.problems(f"devices[{i}]", config_dir)]
-    problems += _profile_problems(config, config_dir)
-    if not problems and base_dir is not None:
-        # only once every profile exists: this reads them
-        problems = _profile_binding_problems(config, config_dir)
-    if problems:
-        raise ConfigError(source, problems)
+        problems = [describe(e, data, Config, DEVICE_MODELS) for e in exc.errors()]
+        # the devices that validate on their own still get their other checks in this same pass
+        entries = data.get("devices")
+        devices = []
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            try:
+                devices.append((i, _device_adapter().validate_python(entry)))
+            except ValidationError:
+                continue
+        given = data.get("profiles_dir")
+        dirs = _profile_dirs(Path(given) if isinstance(given, str) else None, config_dir)
+    else:
+        problems = []
+        devices = list(enumerate(config.devices))
+        dirs = profile_dirs(config, config_dir)
+    more, ready = _check_devices(devices, dirs, config_dir, bind=base_dir is not None)
+    problems += more
+    if problems or config is None:
+        raise ConfigError(source, sorted(problems, key=lambda p: _file_order(p, data)))
+    config = config.model_copy(update={"devices": [ready[i] for i in range(len(config.devices))]})
     if base_dir is not None:
         config = _relative_to(config, base_dir)
     return config

@@ -280,3 +280,47 @@ def test_sink_file_paths_are_relative_to_the_config_file(
     )
     assert config.sinks.influx.dead_letter == tmp_path / "var/dead.jsonl"  # type: ignore[union-attr]
     assert config.outbox.dir == tmp_path / "var/outbox"
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("devices = 3\nprofiles_dir = 7\n", "devices: Input should be a valid list"),
+        ('devices = [1, "x"]\n', "devices[0]: Input should be a valid dictionary"),
+        ('profiles_dir = 7\n[[devices]]\nname = "a"\nprotocol = "modbus"\nprofile = "nope"\n', "profiles_dir"),
+        ('[[devices]]\nprotocol = "modbus"\ntags = "x"\n[sinks]\nmqtt = 1\n', "devices[0].tags"),
+    ],
+)
+def test_partly_valid_input_is_reported_not_raised(text: str, first: str) -> None:
+    """The extra checks run on the devices that validated; whatever else is broken, the answer is a ConfigError."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert info.value.problems[0].startswith(first), info.value.problems
+
+
+def test_devices_that_validate_get_their_profile_checks_beside_schema_errors(tmp_path: Path) -> None:
+    text = """
+[[devices]]
+name = "a"
+protocol = "modbus"
+profile = "die_castin"
+endpoint = "modbus-tcp://h:1"
+tags = [{ name = "x", address = 0 }]
+
+[[devices]]
+name = "b"
+protocol = "modbus"
+profile = "die_casting"
+endpoint = "modbus-tcp://h:1"
+tags = [{ name = "x", address = "zero" }]
+
+[outbox]
+max_bytes = 10
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "agent.toml", tmp_path)
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "devices[0].profile",
+        "devices[1].tags[0].address",
+        "outbox.max_bytes",
+    ]
