@@ -180,11 +180,12 @@ def _unknown_profile(where: str, profile: str, known: list[str]) -> str:
 
 
 def _binding_problems(where: str, device: DeviceBase, profile: Profile) -> list[str]:
-    """What the pipeline could not do with a device and its profile: reversed spec limits, per-cycle signals
-    without the cycle counter."""
+    """What the pipeline could not do with a device and its profile: reversed spec limits or valid ranges,
+    per-cycle signals without the cycle counter."""
     problems = []
     names = set(device.signal_names())
     from_events = device.event_signals()
+    tags = {t.name: t for t in device.tags}
     for s in profile.signals:
         # a device's entry replaces the profile's limits, and SpecLimits checks its own order
         given = s.name in names and s.name not in device.limits
@@ -193,6 +194,14 @@ def _binding_problems(where: str, device: DeviceBase, profile: Profile) -> list[
                 f"{where} ({device.name}): signal {s.name} gets lsl ({s.lsl}) >= usl ({s.usl}) "
                 f"from profile {device.profile!r}; correct the profile, or give the device "
                 f"`limits.{s.name} = {{ lsl = ..., usl = ... }}`, which replaces the profile's limits"
+            )
+        tag = tags.get(s.name)
+        takes_range = tag is not None and tag.valid_min is None and tag.valid_max is None
+        if takes_range and s.valid_min is not None and s.valid_max is not None and s.valid_min >= s.valid_max:
+            problems.append(
+                f"{where} ({device.name}): tag {s.name} gets valid_min ({s.valid_min}) >= valid_max "
+                f"({s.valid_max}) from profile {device.profile!r}; correct the profile, or give the tag "
+                "`valid_min` and `valid_max`, which replace the profile's"
             )
     # a per-cycle value polled without the counter would be charted once per poll: the same
     # shot's value over and over, a sigma of ~0 and alarms on every shot
@@ -214,11 +223,29 @@ def _binding_problems(where: str, device: DeviceBase, profile: Profile) -> list[
     return problems
 
 
+def _with_profile_validity(device: DeviceBase, profile: Profile) -> DeviceBase:
+    """The device with its profile's valid ranges copied onto the tags of those signals that give none."""
+    tags = []
+    changed = False
+    for tag in device.tags:
+        signal = profile.signal(tag.name)
+        if (
+            signal is not None
+            and (signal.valid_min is not None or signal.valid_max is not None)
+            and tag.valid_min is None
+            and tag.valid_max is None
+        ):
+            tag = tag.model_copy(update={"valid_min": signal.valid_min, "valid_max": signal.valid_max})
+            changed = True
+        tags.append(tag)
+    return device.model_copy(update={"tags": tags}) if changed else device
+
+
 def _check_devices(
     devices: list[tuple[int, DeviceBase]], dirs: list[Path], config_dir: Path, bind: bool
 ) -> tuple[list[str], dict[int, DeviceBase]]:
-    """Problems of devices that validated (their own checks, their profiles) and the devices whose profiles
-    loaded, by index. `bind`: also check the devices against their profiles' contents."""
+    """Problems of devices that validated (their own checks, their profiles) and the devices with the
+    profile defaults applied, by index. `bind`: also check the devices against their profiles' contents."""
     # imported here: profiles.py builds on config_model, and loading it is only needed past validation
     from edge_agent.profiles import find_profile
 
@@ -243,7 +270,7 @@ def _check_devices(
             continue
         if bind:
             problems += _binding_problems(where, device, profile)
-        ready[i] = device
+        ready[i] = _with_profile_validity(device, profile)
     return problems, ready
 
 
@@ -285,7 +312,8 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
 
     With `base_dir` (the config file's folder, as load_config gives it) the devices are also
     checked against the contents of their profiles; without it a relative `profiles_dir`
-    has no folder to be relative to, so only the profiles' existence is checked.
+    has no folder to be relative to, so only the profiles' existence is checked. Tags that give
+    no valid range take their profile signal's.
     """
     if not text.strip():
         raise ConfigError(source, [EMPTY_FILE])

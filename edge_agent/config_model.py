@@ -91,6 +91,28 @@ class TagBase(Model):
     """Signal name, unique within the device (used in topics and series)."""
     unit: str = ""
     """Engineering unit shown with the value (°C, bar, mm/s, ...)."""
+    valid_min: float | None = None
+    """Lowest value the sensor can truly read, in the engineering unit; below it the reading is
+    published as BAD_SENSOR_FAILURE with no value (a broken thermocouple reading far downscale).
+    Unset on both ends, the tag takes `valid_min` and `valid_max` of its profile signal, if any;
+    setting either replaces both."""
+    valid_max: float | None = None
+    """Highest value the sensor can truly read; above it the reading is BAD_SENSOR_FAILURE (an
+    open thermocouple driven upscale, a transmitter's over-range value)."""
+    sentinels: list[float] = Field(default_factory=list, max_length=16)
+    """Raw values, as the device sends them before any `scale` and `offset`, that mean "no valid
+    reading", e.g. `[32767, -32768]` for an int16 input whose module reports a broken wire so; read
+    as BAD_SENSOR_FAILURE with no value."""
+
+    @model_validator(mode="after")
+    def _valid_range_ordered(self) -> TagBase:
+        if self.valid_min is not None and self.valid_max is not None and self.valid_min >= self.valid_max:
+            raise ValueError(f"valid_min ({self.valid_min}) must be below valid_max ({self.valid_max})")
+        return self
+
+    def validity(self) -> tuple[float | None, float | None, list[float]]:
+        """(valid_min, valid_max, sentinels): what edge_agent.types.ValidityRules takes per tag."""
+        return self.valid_min, self.valid_max, self.sentinels
 
 
 class DeviceBase(Model):

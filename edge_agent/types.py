@@ -133,6 +133,69 @@ class Readings:
         return Readings(self.signal[index], self.t_ns[index], self.value[index], self.quality[index])
 
 
+@dataclass(frozen=True, slots=True)
+class ValidityRules:
+    """Per-value plausibility of a batch of tags: a range of engineering values and raw values that mean a broken sensor.
+
+    A value outside its range, or whose raw value is one of its sentinels (e.g. 32767 on an int16
+    thermocouple input), is BAD_SENSOR_FAILURE with the value NaN: a number the sensor cannot mean
+    must never be published as GOOD. Checked with a few array operations per batch, never per value.
+    """
+
+    low: NDArray[np.float64]
+    """Lowest valid engineering value per tag (-inf: no bound)."""
+    high: NDArray[np.float64]
+    """Highest valid engineering value per tag (+inf: no bound)."""
+    sentinels: NDArray[np.float64]
+    """Raw sentinel values, shape (tags, most sentinels of a tag), padded with NaN (which equals nothing)."""
+
+    @classmethod
+    def of(
+        cls, rules: Sequence[tuple[float | None, float | None, Sequence[float]]]
+    ) -> ValidityRules | None:
+        """From (valid_min, valid_max, sentinels) per tag; None when no tag has a rule (nothing to check)."""
+        if not any(lo is not None or hi is not None or sent for lo, hi, sent in rules):
+            return None
+        width = max(len(sent) for _, _, sent in rules)
+        sentinels = np.full((len(rules), width), np.nan)
+        for i, (_, _, sent) in enumerate(rules):
+            sentinels[i, : len(sent)] = sent
+        return cls(
+            np.array([-np.inf if lo is None else lo for lo, _, _ in rules], dtype=np.float64),
+            np.array([np.inf if hi is None else hi for _, hi, _ in rules], dtype=np.float64),
+            sentinels,
+        )
+
+    def take(self, index: NDArray) -> ValidityRules:
+        """The rules of the tags at `index` (integer positions), in that order."""
+        return ValidityRules(self.low[index], self.high[index], self.sentinels[index])
+
+    def invalid(self, value: NDArray[np.float64], raw: NDArray | None = None) -> NDArray[np.bool_]:
+        """Mask of the values outside their range or whose raw value (default: the value) is a sentinel."""
+        bad = (value < self.low) | (value > self.high)
+        if self.sentinels.shape[1]:
+            bad |= (np.asarray(raw if raw is not None else value)[:, None] == self.sentinels).any(axis=1)
+        return bad
+
+    def apply(
+        self,
+        value: NDArray[np.float64],
+        quality: NDArray[np.uint8],
+        raw: NDArray | None = None,
+        at: NDArray[np.intp] | None = None,
+    ) -> None:
+        """Set BAD_SENSOR_FAILURE and NaN, in place, where a value breaks its rule.
+
+        The rules' tags are `value[at]`, `quality[at]` (all of them, in order, without `at`); `raw`
+        holds their raw values in rule order when they differ from the values (scaled registers).
+        """
+        bad = self.invalid(value if at is None else value[at], raw)
+        if bad.any():
+            where = np.flatnonzero(bad) if at is None else at[bad]
+            value[where] = np.nan
+            quality[where] = Quality.BAD_SENSOR_FAILURE
+
+
 class SignalTable:
     """Gives every (device, tag) a row number; the engine's state arrays are indexed by it.
 

@@ -73,7 +73,7 @@ def test_bytes_decode_equals_word_decode(
     members = [(i, t[2], _tag(i, *t), t[1] if t[0] != "bit" else "ABCD") for i, t in enumerate(tags)]
     got = np.full(len(tags), -1.0)
     for batch in build_batches(members):  # type: ignore[arg-type]
-        batch.decode_into(payload, got)
+        batch.decode_into(payload, got, np.zeros(len(got), np.uint8))
     for i, (type_, order, offset, bit, scale, add) in enumerate(tags):
         if type_ == "bit":
             expected = decode_register_bits(block[offset : offset + 1], np.array([bit]))[0]
@@ -100,7 +100,7 @@ def test_back_to_back_layouts_are_read_in_place() -> None:
     assert batch.direct and batch.wire == np.dtype("<f4")
     payload = np.array([1.5, -2.0, 3.25], dtype="<f4").tobytes()
     out = np.zeros(3)
-    batch.decode_into(payload, out)
+    batch.decode_into(payload, out, np.zeros(len(out), np.uint8))
     assert out.tolist() == [1.5, -2.0, 3.25]
     # a gap or a word swap needs the gather
     gap = [(0, 0, ModbusTag(name="a", address=0), "ABCD"), (1, 2, ModbusTag(name="b", address=2), "ABCD")]
@@ -121,7 +121,7 @@ def test_flags_from_packed_bytes(bits: list[bool], data: st.DataObject) -> None:
     (batch,) = build_batches(members)  # type: ignore[arg-type]
     payload = np.packbits(np.array(bits, dtype=bool), bitorder="little").tobytes()
     out = np.full(len(picks), -1.0)
-    batch.decode_into(payload, out)
+    batch.decode_into(payload, out, np.zeros(len(out), np.uint8))
     assert out.tolist() == [float(bits[p]) for p in picks]
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.drivers.modbus.config import ByteOrder, ModbusTag
+from edge_agent.types import ValidityRules
 
 #: Registers a value of each numeric type occupies (bool on a register uses one).
 REGISTER_WIDTH: dict[str, int] = {
@@ -180,6 +181,8 @@ class DecodeBatch:
     """Added after scaling."""
     identity: bool = False
     """True when every scale is 1 and every offset 0 (the arithmetic is skipped)."""
+    validity: ValidityRules | None = None
+    """Valid range and sentinel raw values of the tags, in batch order; None when no tag has any."""
     steps: NDArray[np.float64] | None = field(init=False)
     """Integer kinds with scaling: 10**decimals per tag that the engineering values are rounded to;
     None when nothing is rounded (floats, identity scaling, scales without a short decimal)."""
@@ -264,9 +267,15 @@ class DecodeBatch:
 
         Integer registers are rounded to the decimals their scale and offset imply.
         """
+        return self.scaled(self.unscaled(payload))
+
+    def unscaled(self, payload: bytes) -> NDArray:
+        """The raw values, and for kind "bit" the bits of the registers: what `sentinels` are compared with."""
         raw = self.raw(payload)
-        if self.kind == "bit":
-            raw = decode_register_bits(raw, self.bits)
+        return decode_register_bits(raw, self.bits) if self.kind == "bit" else raw
+
+    def scaled(self, raw: NDArray) -> NDArray:
+        """raw * scale + offset, integers rounded to the decimals the scale and offset imply."""
         if self.identity:
             return raw
         value = raw * self.scale + self.offset
@@ -281,22 +290,36 @@ class DecodeBatch:
             return np.where(keep if self.unrounded is None else keep | self.unrounded, value, rounded)
         return rounded if self.unrounded is None else np.where(self.unrounded, value, rounded)
 
-    def decode_into(self, payload: bytes, value: NDArray[np.float64]) -> None:
-        """Store the engineering values of the batch's tags, from a response's data bytes, at `out` in `value`."""
+    def decode_into(self, payload: bytes, value: NDArray[np.float64], quality: NDArray[np.uint8]) -> None:
+        """Store the engineering values of the batch's tags, from a response's data bytes, at `out` in `value`.
+
+        A value its tag's validity rules refuse becomes NaN with BAD_SENSOR_FAILURE in `quality`.
+        """
         # the assignment converts to float64 in place, without a temporary
         if self.direct:
             # positional arguments: keywords cost frombuffer a third of its time here
             value[self.target] = np.frombuffer(payload, self.wire, self.out.shape[0], self.first_byte)
-        else:
+            if self.validity is not None:
+                self.validity.apply(value, quality, at=self.out)
+        elif self.validity is None:
             value[self.target] = self.engineering(payload)
+        else:
+            # sentinels are raw values: 32767 on the wire, whatever the scale makes of it
+            raw = self.unscaled(payload)
+            value[self.target] = self.scaled(raw)
+            self.validity.apply(value, quality, raw=raw, at=self.out)
 
     def decode(self, block: NDArray | Sequence[int] | Sequence[bool]) -> NDArray[np.float64]:
-        """Engineering values of the batch's tags from one response block (registers or bits)."""
+        """Engineering values of the batch's tags from one response block (registers or bits), NaN where invalid."""
         if self.kind == "flag":
             payload = np.packbits(np.asarray(block, dtype=bool), bitorder="little").tobytes()
         else:
             payload = np.ascontiguousarray(block, dtype=">u2").tobytes()
-        return np.asarray(self.engineering(payload), dtype=np.float64)
+        raw = self.unscaled(payload)
+        value = np.array(self.scaled(raw), dtype=np.float64)
+        if self.validity is not None:
+            self.validity.apply(value, np.zeros(value.shape, np.uint8), raw=raw)
+        return value
 
 
 def build_batches(
@@ -334,6 +357,7 @@ def build_batches(
                 scale=np.array([m[2].scale for m in members], dtype=np.float64),
                 offset=np.array([m[2].offset for m in members], dtype=np.float64),
                 identity=all(m[2].scale == 1.0 and m[2].offset == 0.0 for m in members),
+                validity=ValidityRules.of([m[2].validity() for m in members]),
             )
         )
     return batches

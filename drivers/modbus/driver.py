@@ -293,7 +293,7 @@ class ModbusDriver:
             else:
                 t_ns[at] = time.time_ns()
                 for batch in planned.batches:
-                    batch.decode_into(payload, value)
+                    batch.decode_into(payload, value, quality)
                 if planned.strings:
                     self._decode_strings(planned, payload)
                 continue

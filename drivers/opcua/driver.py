@@ -25,7 +25,7 @@ from edge_agent.drivers.base import ReadingsCallback, TagGroup, scan_groups
 from edge_agent.drivers.opcua.address import split_browse_path, split_node_id
 from edge_agent.drivers.opcua.config import OpcUaDevice, OpcUaOptions, OpcUaTag
 from edge_agent.drivers.opcua.quality import quality_from_opcua_status
-from edge_agent.types import Quality, Readings
+from edge_agent.types import Quality, Readings, ValidityRules
 
 log = logging.getLogger(__package__)  # edge_agent.drivers.opcua, as users filter it
 _TRUSTSTORE_LOG = logging.getLogger("asyncuagds.validate")  # asyncua.crypto.truststore's logger
@@ -146,8 +146,16 @@ def _as_float(value: Any) -> float | None:
     return None
 
 
-def datavalues_to_readings(rows: NDArray[np.int32], values: Sequence[ua.DataValue], now_ns: int) -> Readings:
-    """Convert DataValues (one per row) to Readings: status to quality, source then server timestamp, else now."""
+def datavalues_to_readings(
+    rows: NDArray[np.int32],
+    values: Sequence[ua.DataValue],
+    now_ns: int,
+    validity: ValidityRules | None = None,
+) -> Readings:
+    """Convert DataValues (one per row) to Readings: status to quality, source then server timestamp, else now.
+
+    `validity` (one rule per row) turns implausible values into BAD_SENSOR_FAILURE.
+    """
     n = len(values)
     val = np.empty(n, np.float64)
     q = np.empty(n, np.uint8)
@@ -165,6 +173,8 @@ def datavalues_to_readings(rows: NDArray[np.int32], values: Sequence[ua.DataValu
         q[i] = quality
         stamp = dv.SourceTimestamp or dv.ServerTimestamp
         ts[i] = datetime_to_ns(stamp) if stamp is not None else now_ns
+    if validity is not None:
+        validity.apply(val, q)
     return Readings.of(rows, ts, val, q)
 
 
@@ -180,6 +190,8 @@ class _GroupPlan:
     """Read requests, each within MaxNodesPerRead."""
     quality: NDArray[np.uint8] = field(default_factory=lambda: np.empty(0, np.uint8))
     """BAD_CONFIG where the node did not resolve, GOOD elsewhere."""
+    validity: ValidityRules | None = None
+    """Valid range and sentinels of the group's tags, in `rows` order; None when no tag has any."""
 
 
 @dataclass(slots=True)
@@ -248,10 +260,15 @@ class OpcUaDriver:
             [(t.name, t.interval, t.mode == "poll") for t in device.tags], device.poll_interval
         )
         self._plans: dict[TagGroup, _GroupPlan] = {
-            g: _GroupPlan(np.array([self._rows[t] for t in g.tags], np.int32)) for g in self._groups
+            g: _GroupPlan(
+                np.array([self._rows[t] for t in g.tags], np.int32),
+                validity=ValidityRules.of([self._tags[t].validity() for t in g.tags]),
+            )
+            for g in self._groups
         }
         self._subscribed = [t for t in device.tags if t.mode == "subscribe"]
         self._sub_rows = np.array([self._rows[t.name] for t in self._subscribed], np.int32)
+        self._sub_validity = ValidityRules.of([t.validity() for t in self._subscribed])
         self._event_rows = [np.array([self._rows[s] for s in e.fields], np.int32) for e in device.events]
         self._check_security()
         self._client: Client | None = None
@@ -311,7 +328,7 @@ class OpcUaDriver:
             return Readings.of(plan.rows, now_ns, np.full(len(plan.rows), np.nan), Quality.BAD_NOT_CONNECTED)
         values = [dv for part in parts for dv in part]
         if len(plan.readable) == len(plan.rows):
-            return datavalues_to_readings(plan.rows, values, now_ns)
+            return datavalues_to_readings(plan.rows, values, now_ns, plan.validity)
         good = datavalues_to_readings(plan.rows[plan.readable], values, now_ns)
         out_val = np.full(len(plan.rows), np.nan)
         out_q = plan.quality.copy()
@@ -319,6 +336,8 @@ class OpcUaDriver:
         out_val[plan.readable] = good.value
         out_q[plan.readable] = good.quality
         out_t[plan.readable] = good.t_ns
+        if plan.validity is not None:
+            plan.validity.apply(out_val, out_q)
         return Readings.of(plan.rows, out_t, out_val, out_q)
 
     async def read_subscribed(self) -> Readings:
@@ -350,6 +369,8 @@ class OpcUaDriver:
         out_val[readable] = good.value
         out_q[readable] = good.quality
         out_t[readable] = good.t_ns
+        if self._sub_validity is not None:
+            self._sub_validity.apply(out_val, out_q)
         return Readings.of(rows, out_t, out_val, out_q)
 
     def event_of_signal(self) -> dict[str, str]:
@@ -892,7 +913,8 @@ class OpcUaDriver:
             self.stats.overflows += overflow
             log.warning("%s: server queue overflow on %d item(s): raise queue_size", self.name, overflow)
         self.stats.notifications += n
-        self.on_readings(datavalues_to_readings(self._sub_rows[handles], values, now_ns))
+        validity = self._sub_validity.take(handles) if self._sub_validity is not None else None
+        self.on_readings(datavalues_to_readings(self._sub_rows[handles], values, now_ns, validity))
 
     def _on_events(self, events: list[ua.EventFieldList], now_ns: int) -> None:
         base = len(self._subscribed)
