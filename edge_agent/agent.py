@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from edge_agent.config import Config, ConfigError, load_config, profile_dirs
+from edge_agent.config import Config, ConfigError, config_warnings, load_config, profile_dirs
 from edge_agent.config_model import DeviceBase
 from edge_agent.drivers.base import Driver, TagGroup
 from edge_agent.drivers.registry import make_driver
@@ -467,6 +467,8 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     _setup_logging(config.agent.log_format)
     limit_malloc_arenas()
+    for warning in config_warnings(config, path.resolve().parent):
+        log.warning("%s: %s", path, warning)  # once at start; a reload does not repeat them
     if args.once:
         records, failed = asyncio.run(run_once(config, path.resolve().parent))
         write = sys.stdout.buffer.write

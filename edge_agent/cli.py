@@ -20,7 +20,9 @@ SIMULATORS = {
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from edge_agent.config import ConfigError, load_config
+    from pathlib import Path
+
+    from edge_agent.config import ConfigError, config_warnings, load_config
 
     try:
         config = load_config(args.file)
@@ -29,6 +31,8 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"{exc.source}: {problem}", file=sys.stderr)
         print(f"{len(exc.problems)} problem(s); nothing was started.", file=sys.stderr)
         return 2
+    for warning in config_warnings(config, Path(args.file).resolve().parent):
+        print(f"warning: {args.file}: {warning}", file=sys.stderr)
     print(f"OK {args.file}: {config.summary()}")
     return 0
 

@@ -29,7 +29,15 @@ from edge_agent.sinks.registry import SINKS
 if TYPE_CHECKING:
     from edge_agent.profiles import Profile
 
-__all__ = ["Config", "ConfigError", "Device", "load_config", "parse_config", "profile_dirs"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Device",
+    "config_warnings",
+    "load_config",
+    "parse_config",
+    "profile_dirs",
+]
 
 #: Where the built-in equipment profiles ship: package data (config/profiles in the sources). Wheels install
 #: unzipped, so this is a real folder, which messages can name.
@@ -385,3 +393,56 @@ def load_config(path: str | Path) -> Config:
     """Read, parse and validate a config file; raises ConfigError naming the file."""
     path = Path(path)
     return parse_config(read_text(path), str(path), path.resolve().parent)
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def _computed_from(profile: Profile) -> list[str]:
+    """The profile's signals something is computed from (indicators, the cycle counter, a feature's inputs), in profile order."""
+    used = {s.name for s in profile.signals if s.indicators}
+    used |= {s.setpoint for s in profile.signals if s.indicators and s.setpoint is not None}
+    if profile.cycle is not None:
+        used.add(profile.cycle.counter)
+    for feature, spec in profile.features():
+        used |= {ref for _, ref in feature.references(spec) if ref is not None}
+    return [s.name for s in profile.signals if s.name in used]
+
+
+def config_warnings(config: Config, config_dir: Path) -> list[str]:
+    """What is valid but likely not meant, one line each: no sink, profile signals no tag of a device provides.
+
+    `config_dir` is the config file's folder (profiles are looked up from it); check-config prints
+    these and `run` logs them once at start.
+    """
+    # imported here like in _check_devices: a valid config has loadable profiles
+    from edge_agent.profiles import find_profile
+
+    warnings = []
+    dirs = profile_dirs(config, config_dir)
+    profiles: dict[str, Profile] = {}
+    for i, device in enumerate(config.devices):
+        if not device.enabled:
+            continue
+        if device.profile not in profiles:
+            profiles[device.profile] = find_profile(device.profile, dirs)
+        profile = profiles[device.profile]
+        names = set(device.signal_names())
+        missing = [s for s in _computed_from(profile) if s not in names]
+        if not missing:
+            continue
+        if any(profile.signal(n) is not None for n in names):
+            what = f"no tag provides these signals of profile {device.profile!r}, so nothing that needs them is computed"
+        else:
+            # a discover skeleton names its tags after the machine's nodes or registers
+            what = (
+                f"none of its tags is named after a signal of profile {device.profile!r}, so only raw values "
+                "are published and no indicator is computed"
+            )
+        warnings.append(
+            f"devices[{i}] ({device.name}): {what}: {', '.join(missing)}; name a tag after each of them the machine has"
+        )
+    if not configured_sinks(config.sinks):
+        sinks = " or ".join(f"[sinks.{name}]" for name in SINKS)
+        warnings.append(f"sinks: no sink configured, so nothing read or computed is published; add {sinks}")
+    return warnings

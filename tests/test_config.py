@@ -287,7 +287,10 @@ def test_sink_file_paths_are_relative_to_the_config_file(
     [
         ("devices = 3\nprofiles_dir = 7\n", "devices: Input should be a valid list"),
         ('devices = [1, "x"]\n', "devices[0]: Input should be a valid dictionary"),
-        ('profiles_dir = 7\n[[devices]]\nname = "a"\nprotocol = "modbus"\nprofile = "nope"\n', "profiles_dir"),
+        (
+            'profiles_dir = 7\n[[devices]]\nname = "a"\nprotocol = "modbus"\nprofile = "nope"\n',
+            "profiles_dir",
+        ),
         ('[[devices]]\nprotocol = "modbus"\ntags = "x"\n[sinks]\nmqtt = 1\n', "devices[0].tags"),
     ],
 )
@@ -323,4 +326,68 @@ max_bytes = 10
         "devices[0].profile",
         "devices[1].tags[0].address",
         "outbox.max_bytes",
+    ]
+
+
+SKELETON = """
+[[devices]]
+name = "machine-1"
+protocol = "modbus"
+profile = "mold_tcu"
+endpoint = "modbus-tcp://127.0.0.1:1"
+tags = [{ name = "hr_0", address = 0 }, { name = "hr_1", address = 1 }]
+
+[[devices]]
+name = "tcu-2"
+protocol = "modbus"
+profile = "mold_tcu"
+endpoint = "modbus-tcp://127.0.0.1:1"
+tags = [{ name = "supply_temp", address = 0 }, { name = "setpoint", address = 1 }, { name = "hr_9", address = 9 }]
+
+[[devices]]
+name = "spare"
+protocol = "modbus"
+profile = "mold_tcu"
+endpoint = "modbus-tcp://127.0.0.1:1"
+enabled = false
+tags = [{ name = "hr_0", address = 0 }]
+"""
+
+SKELETON_WARNINGS = [
+    "devices[0] (machine-1): none of its tags is named after a signal of profile 'mold_tcu', so only raw "
+    "values are published and no indicator is computed: supply_temp, return_temp, flow, setpoint, "
+    "mold_shot_counter; name a tag after each of them the machine has",
+    "devices[1] (tcu-2): no tag provides these signals of profile 'mold_tcu', so nothing that needs them is "
+    "computed: return_temp, flow, mold_shot_counter; name a tag after each of them the machine has",
+    "sinks: no sink configured, so nothing read or computed is published; add [sinks.mqtt] or [sinks.influx]",
+]
+
+
+def test_valid_but_unlikely_configs_get_warnings(tmp_path: Path) -> None:
+    from edge_agent.config import config_warnings
+
+    config = parse_config(SKELETON, "agent.toml", tmp_path)
+    assert config_warnings(config, tmp_path) == SKELETON_WARNINGS
+    full = (REPO / "config" / "mold-tcu.toml").read_text(encoding="utf-8")
+    sink = '\n[sinks.mqtt]\nurl = "mqtt://127.0.0.1:1883"\n'
+    assert config_warnings(parse_config(full + sink, "agent.toml", REPO / "config"), REPO / "config") == []
+
+
+def test_check_config_prints_warnings_and_exits_0(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(SKELETON, encoding="utf-8")
+    done = _cli("check-config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"OK {path}: 3 devices (modbus), 6 tags, 0 sinks (none)\n"
+    assert done.stderr.splitlines() == [f"warning: {path}: {w}" for w in SKELETON_WARNINGS]
+
+
+def test_run_logs_the_warnings_once_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(SKELETON.replace("127.0.0.1:1", "127.0.0.1:9"), encoding="utf-8")
+    done = _cli("run", "--once", "-c", str(path))
+    assert "Traceback" not in done.stderr
+    logged = [line for line in done.stderr.splitlines() if " WARNING edge_agent.agent: " in line]
+    assert [line.split(" WARNING edge_agent.agent: ", 1)[1] for line in logged] == [
+        f"{path}: {w}" for w in SKELETON_WARNINGS
     ]
