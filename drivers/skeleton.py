@@ -25,14 +25,16 @@ def device_header(name: str, protocol: str, profile: str, endpoint: str) -> list
 
 
 def progress() -> Progress:
-    """A spinner on stderr that disappears when done, so stdout carries only the skeleton."""
+    """A spinner on stderr (a terminal only) that disappears when done, so stdout carries only the skeleton."""
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    console = Console(stderr=True)
     return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
         transient=True,
-        console=Console(stderr=True),
+        console=console,
+        disable=not console.is_terminal,  # in a log or a pipe it would leave an empty line
     )

@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("read", help="poll every configured device once and print one JSON line per tag")
     p.add_argument("-c", "--config", required=True, help="agent config (TOML)")
     p.add_argument("--device", action="append", help="only this device (repeatable)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="wait this long for a device that refuses connections, e.g. one just started (default 10)",
+    )
     p.set_defaults(func=_read)
 
     p = sub.add_parser("simulate", help="run a simulated machine until Ctrl-C")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
@@ -23,6 +25,54 @@ from edge_agent.types import Quality, Readings, SignalTable
 
 #: Qualities that mean "the device did not answer" (as opposed to answering with an error).
 NO_ANSWER = frozenset({Quality.BAD_NOT_CONNECTED, Quality.BAD_TIMEOUT})
+
+#: Seconds `read` and `discover` wait for a device that refuses connections (it may be starting).
+DEFAULT_WAIT_S = 10.0
+
+
+async def wait_until_listening(
+    host: str, port: int, wait_s: float, note: Callable[[str], None] | None = None
+) -> bool:
+    """Wait up to `wait_s` for host:port to accept a TCP connection; only "refused" is retried.
+
+    A device started a moment ago (a simulator put in the background) refuses until it listens;
+    anything else (a name that does not resolve, no route, no answer) is not waited for: the
+    caller's own connect reports it. True if a connection was accepted.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    delay = 0.1
+    told = False
+    while True:
+        try:
+            # a dropped SYN is not a refusal: one bounded attempt, then the caller's connect reports
+            async with asyncio.timeout(min(max(deadline - loop.time(), 1.0), 3.0)):
+                _, writer = await asyncio.open_connection(host, port)
+        except ConnectionRefusedError:
+            if loop.time() + delay > deadline:
+                return False
+            if note is not None and not told:
+                note(f"nothing listens at {host}:{port} yet (connection refused); waiting up to {wait_s:g} s")
+                told = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            continue
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+
+def endpoint_address(endpoint: str) -> tuple[str, int] | None:
+    """(host, port) of a device endpoint URL, or None when it names no port."""
+    parts = urlsplit(endpoint)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname and port else None
 
 
 @dataclass
@@ -42,9 +92,9 @@ def _iso(t_ns: int) -> str:
 
 
 async def read_device(
-    device: DeviceBase, table: SignalTable, config_dir: Path, timeout_s: float = 30.0
+    device: DeviceBase, table: SignalTable, config_dir: Path, timeout_s: float = 30.0, wait_s: float = 0.0
 ) -> DeviceResult:
-    """Connect, read every group once, close; failures become `error`, never exceptions."""
+    """Connect (waiting up to `wait_s` for a refusing device), read every group once, close; failures become `error`."""
     from edge_agent.drivers.registry import make_driver
 
     result = DeviceResult(device.name)
@@ -58,6 +108,11 @@ async def read_device(
     except (ValueError, KeyError) as exc:
         result.error = f"{where}: {exc}"
         return result
+    address = endpoint_address(device.endpoint)
+    if address is not None and wait_s > 0:
+        await wait_until_listening(
+            *address, wait_s, note=lambda text: print(f"{where}: {text}", file=sys.stderr)
+        )
     units = device.units()
     answered = False
 
@@ -144,18 +199,18 @@ async def _check_events(driver: Subscribing, result: DeviceResult) -> None:
 
 
 async def read_devices(
-    config: Config, config_dir: Path, names: Sequence[str] | None = None
+    config: Config, config_dir: Path, names: Sequence[str] | None = None, wait_s: float = 0.0
 ) -> list[DeviceResult]:
     """Read the selected devices (all enabled ones if `names` is None) concurrently, in config order."""
     devices = [
         d for d in config.devices if (names is None and d.enabled) or (names is not None and d.name in names)
     ]
     table = SignalTable()
-    return list(await asyncio.gather(*(read_device(d, table, config_dir) for d in devices)))
+    return list(await asyncio.gather(*(read_device(d, table, config_dir, wait_s=wait_s) for d in devices)))
 
 
 def read_command(args: argparse.Namespace) -> int:
-    """Entry of `edge-agent read -c FILE [--device NAME]`: 0 if every device answered, 1 if not, 2 on bad input."""
+    """Entry of `edge-agent read -c FILE [--device NAME] [--wait S]`: 0 if every device answered, 1 if not, 2 on bad input."""
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -177,7 +232,8 @@ def read_command(args: argparse.Namespace) -> int:
     # reason line below, so the drivers' and pymodbus' own lines would only repeat it.
     for name in ("pymodbus", "edge_agent.modbus", "asyncua"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    results = asyncio.run(read_devices(config, Path(args.config).resolve().parent, names))
+    wait_s = getattr(args, "wait", DEFAULT_WAIT_S)
+    results = asyncio.run(read_devices(config, Path(args.config).resolve().parent, names, wait_s))
     out = sys.stdout.buffer
     for result in results:
         for record in result.records:

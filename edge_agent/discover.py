@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from edge_agent.commissioning import DEFAULT_WAIT_S, wait_until_listening
 from edge_agent.drivers.base import Discovery, DiscoveryError
 
 
@@ -30,11 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
         discovery.add_arguments(p)
         p.add_argument("--name", default="machine-1", help="device name to write into the skeleton")
         p.add_argument("--profile", help="equipment profile to write into the skeleton (see config/profiles)")
+        p.add_argument(
+            "--wait",
+            type=float,
+            default=DEFAULT_WAIT_S,
+            metavar="SECONDS",
+            help=f"wait this long for a device that refuses connections, e.g. one just started "
+            f"(default {DEFAULT_WAIT_S:g})",
+        )
     return parser
 
 
 def discover_command(args: argparse.Namespace) -> int:
-    """Run `edge-agent discover PROTOCOL TARGET [options]` (the words after `discover` are in args.args)."""
+    """Run `edge-agent discover PROTOCOL TARGET [options]` (words after `discover` in args.args): 0, or 2 and one line."""
     argv: Sequence[str] = args.args
     ns = build_parser().parse_args(list(argv))
     discovery = _discoveries()[ns.protocol]
@@ -43,13 +52,19 @@ def discover_command(args: argparse.Namespace) -> int:
     for name in ("pymodbus", "asyncua"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        discovery.address(ns.target)
-        skeleton = asyncio.run(discovery.run(ns))
-    except (ValueError, DiscoveryError) as exc:
+        skeleton = asyncio.run(_discover(discovery, ns, where))
+    except (ValueError, DiscoveryError, OSError, TimeoutError) as exc:
+        # nothing on stdout: `discover ... > file.toml` leaves no half skeleton behind
         print(f"{where}: {exc}", file=sys.stderr)
         return 2
-    except (OSError, TimeoutError) as exc:
-        print(f"{where}: {exc}", file=sys.stderr)
-        return 1
     sys.stdout.write(skeleton)
     return 0
+
+
+async def _discover(discovery: Discovery, ns: argparse.Namespace, where: str) -> str:
+    host, port = discovery.address(ns.target)
+    if ns.wait > 0:
+        await wait_until_listening(
+            host, port, ns.wait, note=lambda text: print(f"{where}: {text}", file=sys.stderr)
+        )
+    return await discovery.run(ns)

@@ -61,7 +61,7 @@ async def test_read_prints_every_tag_and_exits_by_answer(tmp_path: Path) -> None
         assert dcm["fill_time"]["quality"] == "GOOD"
         assert dcm["fill_time"]["timestamp"].endswith("+00:00")
 
-        code, records, err = await run_read("-c", str(with_dead))
+        code, records, err = await run_read("-c", str(with_dead), "--wait", "0.5")
         assert code == 1
         gone = [r for r in records if r["device"] == "tcu_gone"]
         assert {r["quality"] for r in gone} == {"BAD_NOT_CONNECTED"}
@@ -84,6 +84,30 @@ async def test_read_prints_every_tag_and_exits_by_answer(tmp_path: Path) -> None
     finally:
         await die.stop()
         await tcu.stop()
+
+
+async def test_read_waits_for_a_device_that_starts_listening_late(tmp_path: Path) -> None:
+    # the tutorial backgrounds a simulator and reads at once: the port is not open yet
+    port = await free_dead_port()
+    die = DieCastingSimulator(speed=0, seed=1)
+    path = tmp_path / "late.toml"
+    path.write_text(die.device_config(endpoint=f"modbus-tcp://127.0.0.1:{port}"), encoding="utf-8")
+    proc = await asyncio.create_subprocess_exec(
+        *EDGE_AGENT, "read", "-c", str(path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    try:
+        note = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+        assert f"device dcm1 (modbus-tcp://127.0.0.1:{port}): nothing listens at 127.0.0.1:{port} yet" in note
+        await die.start("127.0.0.1", port)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await die.stop()
+    assert proc.returncode == 0, err.decode()
+    records = [orjson.loads(line) for line in out.splitlines()]
+    assert len(records) == len(die.FIELDS)
+    assert {r["quality"] for r in records} == {"GOOD"}
+    assert {r["tag"]: r["value"] for r in records}["melt_temp"] == die.values()["melt_temp"]
 
 
 async def test_missing_driver_module_is_reported_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
