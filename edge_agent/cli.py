@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-h", "--help", action=_DiscoverHelp)
     p.add_argument("args", nargs=argparse.REMAINDER, help="PROTOCOL TARGET [options]; see --help")
     p.set_defaults(func=_discover)
+
+    p = sub.add_parser("schema", help="print the config file's JSON Schema, for editors")
+    p.set_defaults(func=lambda args: _delegate("edge_agent.config", "schema_command")(args))  # type: ignore[operator]
     return parser
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import functools
+import json
 import re
 from collections.abc import Callable
 from importlib import resources
@@ -34,6 +36,7 @@ __all__ = [
     "ConfigError",
     "Device",
     "config_warnings",
+    "json_schema",
     "load_config",
     "parse_config",
     "profile_dirs",
@@ -446,3 +449,43 @@ def config_warnings(config: Config, config_dir: Path) -> list[str]:
         sinks = " or ".join(f"[sinks.{name}]" for name in SINKS)
         warnings.append(f"sinks: no sink configured, so nothing read or computed is published; add {sinks}")
     return warnings
+
+
+# --------------------------------------------------------------------------- JSON Schema for editors
+
+#: The JSON Schema version the generated schema follows: the one editors' TOML tooling (Taplo) reads.
+SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
+
+
+def _for_editors(node: Any) -> Any:
+    """The schema tree with refs under `definitions` and a ref's own description kept beside it.
+
+    In draft 7 the keys next to a `$ref` are ignored, so a field's description would be lost where
+    its type is a table of its own; `allOf` with the single ref keeps both.
+    """
+    if isinstance(node, list):
+        return [_for_editors(item) for item in node]
+    if isinstance(node, str):
+        # refs, and the discriminator's mapping (an OpenAPI keyword, kept as a hint), name the definitions
+        return "#/definitions/" + node.removeprefix("#/$defs/") if node.startswith("#/$defs/") else node
+    if not isinstance(node, dict):
+        return node
+    out = {key: _for_editors(value) for key, value in node.items()}
+    if "$ref" in out and len(out) > 1:
+        out["allOf"] = [{"$ref": out.pop("$ref")}]
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 7) of the config file, with the field docstrings as descriptions, for editors."""
+    schema = Config.model_json_schema()
+    definitions = schema.pop("$defs", {})
+    out: dict[str, Any] = {"$schema": SCHEMA_DIALECT, **_for_editors(schema)}
+    out["definitions"] = _for_editors(definitions)
+    return out
+
+
+def schema_command(args: argparse.Namespace) -> int:
+    """`edge-agent schema`: print the config file's JSON Schema."""
+    print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
+    return 0

@@ -391,3 +391,35 @@ def test_run_logs_the_warnings_once_at_start(tmp_path: Path) -> None:
     assert [line.split(" WARNING edge_agent.agent: ", 1)[1] for line in logged] == [
         f"{path}: {w}" for w in SKELETON_WARNINGS
     ]
+
+
+def test_json_schema_accepts_the_shipped_configs_and_refuses_wrong_types() -> None:
+    import json
+    import tomllib
+
+    import jsonschema
+
+    from edge_agent.drivers.modbus.config import ModbusTag
+
+    done = _cli("schema")
+    assert done.returncode == 0, done.stderr
+    schema = json.loads(done.stdout)
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    for example in sorted(REPO.glob("config/*.toml")):
+        data = tomllib.loads(example.read_text(encoding="utf-8"))
+        assert [e.message for e in validator.iter_errors(data)] == [], example.name
+    # the field docstrings are the editor's hover text
+    tag = schema["definitions"]["ModbusTag"]["properties"]
+    assert tag["scale"]["description"] == ModbusTag.model_fields["scale"].description
+    assert schema["properties"]["outbox"]["description"] == "Store-and-forward."
+    device = '[[devices]]\nname = "a"\nprotocol = "modbus"\nprofile = "p"\nendpoint = "modbus-tcp://h:1"\n'
+    good = tomllib.loads(device + 'tags = [{ name = "t", address = 0, scale = 0.1 }]\n')
+    assert validator.is_valid(good)
+    for wrong in (
+        'poll_interval = "fast"\ntags = [{ name = "t", address = 0 }]\n',  # a string for seconds
+        'tags = [{ name = "t", address = "zero" }]\n',  # a string for an address
+        'tags = [{ name = "t", address = 0, sacle = 0.1 }]\n',  # an unknown key
+    ):
+        assert not validator.is_valid(tomllib.loads(device + wrong)), wrong
+    assert not validator.is_valid({"outbox": {"max_bytes": "1 GB"}})
