@@ -273,11 +273,14 @@ def names_a_place(problem: str, profile: Path | None) -> bool:
 
 
 def assert_clean_exit(path: Path, profile: Path | None, code: int, out: str, err: str) -> None:
-    """Exit 0 with the summary, or exit 2 with one placed problem per line; never anything else."""
+    """Exit 0 with the summary (and placed warnings), or exit 2 with one placed problem per line; never anything else."""
     assert code in (0, 2), f"exit {code}\n{err}"
     assert "Traceback" not in err
     if code == 0:
-        assert out.startswith(f"OK {path}: ") and err == ""
+        assert out.startswith(f"OK {path}: ")
+        for line in err.splitlines():
+            assert line.startswith(f"warning: {path}: "), line
+            assert names_a_place(line[len(f"warning: {path}: ") :], None), line
         return
     lines = err.splitlines()
     assert out == "" and len(lines) >= 2, err
