@@ -100,18 +100,21 @@ class Zone:
 class FurnaceSimulator(OpcUaSimulator):
     """A sealed-quench furnace running CARBURIZING in a loop; `speed=240` runs the 4 h program in a minute.
 
-    Faults (`set_fault(name, on, **params)`):
-    thermocouple_burnout (zone 1..4, mode "upscale" or "ambient"): the reading jumps;
-    zone_heater_failure (zone, max_output 0..1, default 3 and 0.6): one zone cannot hold set point;
-    overshoot (ti_s, default 150): a controller with too short an integral time overshoots ~14 °C after a ramp;
-    calibration_drift (zone, rate °C per hour, default 1 and 2.0): one reading drifts away from the truth.
+    Faults (`set_fault(name, on, **params)`): FAULTS, name -> what it does and its parameters.
     """
 
     kind: ClassVar[str] = "furnace"
     default_port: ClassVar[int] = 4841
-    FAULTS: ClassVar[frozenset[str]] = frozenset(
-        {"thermocouple_burnout", "zone_heater_failure", "overshoot", "calibration_drift"}
-    )
+    FAULTS: ClassVar[dict[str, str]] = {
+        "thermocouple_burnout": "the thermocouple of `zone` 1..4 (default 1) breaks: it reads upscale "
+        "(`mode` upscale, the default) or ambient (`mode` ambient)",
+        "zone_heater_failure": "the heaters of `zone` (default 3) give at most `max_output` 0..1 (default 0.6): "
+        "the zone cannot hold its set point",
+        "overshoot": "a controller with too short an integral time `ti_s` (default 150 s) overshoots ~14 °C "
+        "after a ramp",
+        "calibration_drift": "the thermocouple of `zone` (default 1) drifts away from the truth by `rate` °C "
+        "per hour (default 2)",
+    }
     max_substep_s: float = 5.0
 
     def __init__(

@@ -73,17 +73,19 @@ class CycleRecord:
 class ImmSimulator(OpcUaSimulator):
     """An injection-moulding machine producing one cycle every `cycle_s` simulated seconds.
 
-    Faults (`set_fault(name, on, **params)`):
-    check_ring_wear (rate cm³/cycle, default 0.02): cushion drifts towards 0, injection time rises;
-    heater_band_failure (zone 1..3, drop °C, default 2 and 25): one barrel zone falls below set point;
-    material_change (factor, default 1.07): peak pressure steps by the factor;
-    short_shot (probability, default 1.0): low peak pressure and cushion, bad part.
+    Faults (`set_fault(name, on, **params)`): FAULTS, name -> what it does and its parameters.
     """
 
     kind: ClassVar[str] = "imm"
-    FAULTS: ClassVar[frozenset[str]] = frozenset(
-        {"check_ring_wear", "heater_band_failure", "material_change", "short_shot"}
-    )
+    FAULTS: ClassVar[dict[str, str]] = {
+        "check_ring_wear": "worn check ring: cushion drifts towards 0 by `rate` cm³ per cycle (default 0.02), "
+        "injection time rises",
+        "heater_band_failure": "barrel heater band of `zone` 1..3 (default 2) fails: the zone falls `drop` °C "
+        "(default 25) below its set point",
+        "material_change": "a new material lot: peak pressure steps by `factor` (default 1.07)",
+        "short_shot": "the mould is not filled: low peak pressure and cushion, a bad part, with `probability` "
+        "(default 1) per cycle",
+    }
 
     def __init__(
         self,

@@ -23,6 +23,8 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
+from edge_agent.simulators.command import bind_error, cannot_listen, fault_list
+
 log = logging.getLogger("edge_agent.simulators.modbus")
 
 TABLES = ("coil", "discrete_input", "holding_register", "input_register")
@@ -278,10 +280,19 @@ class RegisterMapServer:
         placeholder = SimDevice(0, simdata=SimData(0))
         server = ModbusTcpServer(placeholder, address=(host, port), ignore_missing_devices=True)
         server.context = self._context
-        await server.serve_forever(background=True)
+        # pymodbus logs the bind error and raises a RuntimeError without it: the OSError says why
+        pymodbus_log = logging.getLogger("pymodbus")
+        level = pymodbus_log.level
+        pymodbus_log.setLevel(logging.CRITICAL)
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError:
+            raise bind_error(host, port) from None
+        finally:
+            pymodbus_log.setLevel(level)
         sockets = getattr(server.transport, "sockets", None)
         if not sockets:
-            raise RuntimeError(f"could not listen on {host}:{port}")
+            raise bind_error(host, port)
         self._server = server
         self._context.wake = asyncio.Event()
         self.host, self.port = host, int(sockets[0].getsockname()[1])
@@ -420,6 +431,8 @@ class ModbusMachine:
     KIND = ""
     """Name on the command line (`edge-agent simulate KIND`)."""
     DEFAULT_NAME = ""
+    DEFAULT_PORT = 5020
+    """Port of `edge-agent simulate KIND` when none is given: the one in the shipped config/KIND.toml."""
     PROCESS_FAULTS: ClassVar[dict[str, str]] = {}
     STEP_S = 1.0
     """Simulated seconds per physics step."""
@@ -609,15 +622,21 @@ def simulator_main(machine_cls: type[ModbusMachine], argv: Sequence[str] | None)
     import argparse
     import sys
 
-    faults = "\n".join(f"  {k}: {v}" for k, v in sorted(machine_cls.known_faults().items()))
     parser = argparse.ArgumentParser(
         prog=f"edge-agent simulate {machine_cls.KIND}",
         description=f"Simulated {machine_cls.KIND} behind a Modbus TCP server.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"faults (--fault NAME or NAME:key=value,...):\n{faults}",
+        epilog=fault_list(machine_cls.known_faults()),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5020, help="TCP port (default 5020; 0 picks a free one)")
+    port = machine_cls.DEFAULT_PORT
+    config = f"config/{machine_cls.KIND}.toml"
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=port,
+        help=f"TCP port (default {port}, as in {config}; 0 picks a free one)",
+    )
     parser.add_argument(
         "--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)"
     )
@@ -656,9 +675,6 @@ def simulator_main(machine_cls: type[ModbusMachine], argv: Sequence[str] | None)
     except KeyboardInterrupt:
         return 0
     except OSError as exc:
-        print(
-            f"edge-agent simulate {machine_cls.KIND}: cannot listen on {args.host}:{args.port}: {exc}",
-            file=sys.stderr,
-        )
-        return 1
+        print(cannot_listen(machine_cls.KIND, args.host, args.port, exc), file=sys.stderr)
+        return 2
     return 0

@@ -43,6 +43,7 @@ class MoldTcuSimulator(ModbusMachine):
     PROFILE = "mold_tcu"
     KIND = "mold-tcu"
     DEFAULT_NAME = "tcu1"
+    DEFAULT_PORT = 5021
     PROCESS_FAULTS: ClassVar[dict[str, str]] = {
         "flow_loss": "flow falls to `factor` (default 0.4) of nominal (a kinked hose, scale): return temperature "
         "and supply-return difference rise",

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import re
 import socket
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from edge_agent.simulators.command import cannot_listen, fault_list
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +173,8 @@ class OpcUaSimulator:
 
     kind: ClassVar[str] = "sim"
     default_port: ClassVar[int] = 4840
-    FAULTS: ClassVar[frozenset[str]] = frozenset()
+    FAULTS: ClassVar[dict[str, str]] = {}
+    """Fault name -> what it does and its parameters (`edge-agent simulate KIND --help` lists them)."""
     tick_s: float = 0.1
 
     def __init__(
@@ -308,7 +312,14 @@ class OpcUaSimulator:
             uris = [f"urn:edge-agent:sim:{self.kind}:padding", *reversed(uris)]
         self.ns = {uri: await server.register_namespace(uri) for uri in uris}
         await self.build(server)
-        await server.start()
+        # asyncua logs a failed bind with its traceback before raising the OSError, which says it all
+        server_log = logging.getLogger("asyncua.server.server")
+        level = server_log.level
+        server_log.setLevel(logging.CRITICAL)
+        try:
+            await server.start()
+        finally:
+            server_log.setLevel(level)
         self.server = server
         await self.publish(server)
         log.info("%s simulator serving %s (namespaces %s)", self.kind, self.endpoint, self.ns)
@@ -394,7 +405,12 @@ def _toml_value(value: Any) -> str:
 
 def simulator_main(cls: type[OpcUaSimulator], argv: list[str] | None, description: str) -> int:
     """Command line of a simulator: `edge-agent simulate <kind> [--port N] [--speed X] [--fault F] [--secure DIR]`."""
-    parser = argparse.ArgumentParser(prog=f"edge-agent simulate {cls.kind}", description=description)
+    parser = argparse.ArgumentParser(
+        prog=f"edge-agent simulate {cls.kind}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=fault_list(cls.FAULTS),
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument(
         "--port",
@@ -408,7 +424,7 @@ def simulator_main(cls: type[OpcUaSimulator], argv: list[str] | None, descriptio
         "--fault",
         action="append",
         default=[],
-        help=f"inject a fault, NAME or NAME:key=value,...; one of {', '.join(sorted(cls.FAULTS))}",
+        help="inject a fault from the start, NAME or NAME:key=value,... (repeatable; listed below)",
     )
     parser.add_argument(
         "--secure",
@@ -454,8 +470,8 @@ def simulator_main(cls: type[OpcUaSimulator], argv: list[str] | None, descriptio
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
-        print(f"cannot listen on {args.host}:{args.port}: {exc}; pick another --port", flush=True)
-        return 1
+        print(cannot_listen(cls.kind, args.host, args.port, exc), file=sys.stderr)
+        return 2
     return 0
 
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import socket
+import subprocess
+import sys
+from types import ModuleType
+
 import numpy as np
 import pytest
 
@@ -184,3 +190,42 @@ async def test_wall_clock_speed_runs_simulated_time() -> None:
         await sim.stop()
     assert sim.sim_time_s == pytest.approx(300.0, rel=0.25)
     assert sim.values()["shot_counter"] >= 3
+
+
+@pytest.mark.parametrize(
+    ("module", "path"), [(die_casting, "config/die-casting.toml"), (mold_tcu, "config/mold-tcu.toml")]
+)
+def test_default_port_is_the_shipped_configs(
+    module: ModuleType, path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert module.main(["--print-config"]) == 0
+    with open(path, encoding="utf-8") as f:
+        assert capsys.readouterr().out == f.read()
+
+
+@pytest.mark.parametrize("machine", ["die-casting", "mold-tcu"])
+def test_a_busy_port_is_one_line_and_exit_2(machine: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "edge_agent.cli", "simulate", machine, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.splitlines()
+    assert f"cannot listen on 127.0.0.1:{port}" in line and "--port" in line
+
+
+@pytest.mark.parametrize("module", [die_casting, mold_tcu])
+def test_help_describes_every_fault(module: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    text = capsys.readouterr().out
+    machine = {die_casting: DieCastingSimulator, mold_tcu: MoldTcuSimulator}[module]
+    for name in machine.known_faults():
+        (described,) = re.findall(rf"(?m)^  {name}: (\S.*)$", text)
+        assert len(described.split()) >= 3, name

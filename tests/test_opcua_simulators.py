@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ import pytest_asyncio
 from edge_agent.config import parse_config
 from edge_agent.drivers.opcua.config import OpcUaDevice
 from edge_agent.drivers.opcua.driver import OpcUaDriver
+from edge_agent.simulators import furnace as furnace_module
+from edge_agent.simulators import imm as imm_module
 from edge_agent.simulators.furnace import TYPE_K_UPSCALE_C, FurnaceSimulator
 from edge_agent.simulators.imm import ImmSimulator
 from edge_agent.types import Quality, Readings
@@ -171,3 +176,31 @@ async def test_simulate_command_logs_its_own_start_not_every_asyncua_node() -> N
     assert [line for line in lines if " asyncua." in line] == []
     assert len(lines) == 2, lines
     assert " INFO edge_agent.simulators.opcua_server: imm simulator serving opc.tcp://" in lines[0]
+
+
+@pytest.mark.parametrize("machine", ["imm", "furnace"])
+async def test_a_busy_port_is_one_line_and_exit_2(machine: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge_agent.cli", "simulate", machine, "--port", str(port),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert out == b""
+    (line,) = err.decode().splitlines()  # no asyncua traceback
+    assert f"cannot listen on 127.0.0.1:{port}" in line and "--port" in line
+
+
+@pytest.mark.parametrize("module", [imm_module, furnace_module])
+async def test_help_describes_every_fault(module: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    text = capsys.readouterr().out
+    machine = {imm_module: ImmSimulator, furnace_module: FurnaceSimulator}[module]
+    for name in machine.FAULTS:
+        (described,) = re.findall(rf"(?m)^  {name}: (\S.*)$", text)
+        assert len(described.split()) >= 3, name
