@@ -150,9 +150,7 @@ class ValidityRules:
     """Raw sentinel values, shape (tags, most sentinels of a tag), padded with NaN (which equals nothing)."""
 
     @classmethod
-    def of(
-        cls, rules: Sequence[tuple[float | None, float | None, Sequence[float]]]
-    ) -> ValidityRules | None:
+    def of(cls, rules: Sequence[tuple[float | None, float | None, Sequence[float]]]) -> ValidityRules | None:
         """From (valid_min, valid_max, sentinels) per tag; None when no tag has a rule (nothing to check)."""
         if not any(lo is not None or hi is not None or sent for lo, hi, sent in rules):
             return None
