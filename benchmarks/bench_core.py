@@ -20,6 +20,12 @@ signals and ticks (they are slow) and are normalized per sample. pandas computes
 same statistics in one batch over the whole block (rolling mean/std/min/max, ewm,
 rolling zone counts for the rules, moving ranges) plus a row loop for the recursive
 CUSUM: a batch is pandas' best case, the engine works tick by tick.
+
+`--traces` runs the trace row instead: per-cycle indicators of S forging strokes of 720 points
+(0.5° of crank angle) in one batch (edge_agent/core/traces.py: peak and its angle, % of rated,
+reverse load, % of a capacity-vs-height curve, energy, deviation from a reference signature in
+four crank-angle windows), against the pure-Python reference (tests/traces_reference.py) on
+`--ref-traces` strokes in the same run, per sample.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge_agent.core.spc import SpcEngine, SpcParams
 from edge_agent.types import Readings
+from tests import traces_reference as tref
 from tests.core_reference import RefSpc
 
 PARAMS = dict(window=50, phase1_n=50, subgroup_n=5, lsl=-4.0, usl=4.0)
@@ -203,6 +210,75 @@ def bench_pandas(S: int, ticks: int, seed: int) -> float:
     return S * ticks / elapsed
 
 
+TRACE_POINTS = 720
+TRACE_WINDOWS = [(150.0, 170.0), (170.0, 180.0), (180.0, 190.0), (190.0, 210.0)]
+
+
+def forging_strokes(S: int, rng: np.random.Generator) -> np.ndarray:
+    """S force signatures over 0..359.5° (TDC 0°): load from touch to a peak near BDC, a reverse lobe after, noise."""
+    angle = np.arange(TRACE_POINTS) * 360.0 / TRACE_POINTS
+    peak = rng.uniform(6000.0, 7000.0, (S, 1))
+    at = rng.uniform(175.0, 179.0, (S, 1))
+    rise = np.clip((angle - (at - 25.0)) / 25.0, 0, None) ** 3 * (angle <= at)
+    fall = np.exp(-(((angle - at) / 3.0) ** 2)) * (angle > at)
+    lobe = -0.06 * np.exp(-(((angle - at - 10.0) / 3.0) ** 2))
+    return peak * (rise + fall + lobe) + rng.normal(0.0, 30.0, (S, TRACE_POINTS))
+
+
+def bench_traces(a: argparse.Namespace) -> None:
+    """The trace row: S strokes of 720 points per batch, samples/s and the ratio against pure Python."""
+    from edge_agent.core import traces as T
+
+    rng = np.random.default_rng(a.seed)
+    angle = np.arange(TRACE_POINTS) * 360.0 / TRACE_POINTS
+    height = T.ram_height(angle, 200.0, 800.0)
+    cap_h, cap = T.mechanical_capacity_curve(10_000.0, 12.7, 200.0, 800.0)
+    reference = T.reference_curve(forging_strokes(50, rng))
+
+    def suite(f: np.ndarray) -> None:
+        T.stroke_indicators(f, angle, 10_000.0, height=height, capacity_height=cap_h, capacity=cap)
+        T.signature_deviation(f, reference, angle, TRACE_WINDOWS)
+
+    ref_f = forging_strokes(a.ref_traces, rng).tolist()
+    lists = (angle.tolist(), height.tolist(), cap_h.tolist(), cap.tolist(), reference.tolist())
+    start = time.perf_counter()
+    for f in ref_f:
+        tref.stroke(f, lists[0], 10_000.0, lists[1], lists[2], lists[3])
+        tref.signature(f, lists[4], lists[0], TRACE_WINDOWS)
+    py = a.ref_traces * TRACE_POINTS / (time.perf_counter() - start)
+    for S in a.trace_counts:
+        f = forging_strokes(S, rng)
+        suite(f)  # first call: page faults and caches, not the steady state
+        times = []
+        for _ in range(a.repeats):
+            start = time.perf_counter()
+            suite(f)
+            times.append(time.perf_counter() - start)
+        batch_s = statistics.median(times)
+        sps = S * TRACE_POINTS / batch_s
+        rec = {
+            "name": "trace_indicators",
+            "traces": S,
+            "points": TRACE_POINTS,
+            "batch_ms": round(batch_s * 1e3, 3),
+            "traces_per_s": round(S / batch_s),
+            "samples_per_s": round(sps),
+            "python_samples_per_s": round(py),
+            "ratio_vs_python": round(sps / py, 1),
+            "note": f"stroke_indicators + signature_deviation (4 windows) on one [S, 720] batch, median of "
+            f"{a.repeats} runs; python on {a.ref_traces} strokes, per sample",
+        }
+        if a.json:
+            print(orjson.dumps(rec).decode(), flush=True)
+        else:
+            print(
+                f"{'trace_indicators':26s} S={S:>7d} x {TRACE_POINTS} points  batch {rec['batch_ms']:9.3f} ms "
+                f"{sps / 1e6:7.2f} M samples/s  {rec['traces_per_s']:>9d} traces/s  "
+                f"x{rec['ratio_vs_python']} python",
+                flush=True,
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark; --json prints one JSON object per line."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -222,7 +298,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ref-signals", type=int, default=200, help="signals for the Python/pandas comparison")
     ap.add_argument("--ref-ticks", type=int, default=200, help="ticks for the Python/pandas comparison")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--traces", action="store_true", help="run the trace row (S strokes of 720 points) only")
+    ap.add_argument("--trace-counts", type=int, nargs="+", default=[1_000, 10_000], help="S of the trace row")
+    ap.add_argument(
+        "--ref-traces", type=int, default=100, help="strokes for the trace row's Python reference"
+    )
     a = ap.parse_args(argv)
+    if a.traces:
+        bench_traces(a)
+        return
     py = bench_python(a.ref_signals, a.ref_ticks, a.seed)
     pdr = bench_pandas(max(a.ref_signals, 1000), max(a.ref_ticks, 1000), a.seed)
     engines: list[tuple[str, type]] = [("current", SpcEngine)]

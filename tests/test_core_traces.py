@@ -102,6 +102,12 @@ def test_stroke_indicators_equal_the_reference_on_random_strokes() -> None:
         assert same(float(out.energy[k]), want["energy"], rel=1e-9, abs_=1e-6), k
     assert out.reason[5:9].tolist() == [R.OK, R.NO_DATA, R.NAN_POINTS, R.SHORT]
     assert np.isnan(out.peak[6:9]).all()
+    # without a NaN anywhere the core takes its fast path (no filled copies, one weighted sum): same numbers
+    rows = np.r_[0:5, 9:60]
+    fast = T.stroke_indicators(f[rows], angle, 10000.0, height=height, capacity_height=cap_h, capacity=cap)
+    for name in ("peak", "peak_angle", "reverse", "curve_pct", "curve_angle"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(out, name)[rows])
+    np.testing.assert_allclose(fast.energy, out.energy[rows], rtol=1e-12)
 
 
 def test_stroke_indicators_by_hand() -> None:
@@ -170,6 +176,15 @@ def test_reference_and_signature_deviation_equal_the_reference() -> None:
             ):
                 assert same(float(got), exp), (k, j)
     assert np.isnan(out.peak_shift[4, 2]) and out.rms[4, 2] > 0.3
+    rows = np.r_[0:3, 4:30]
+    fast = T.signature_deviation(f[rows], r, angle, windows)  # no NaN: the fast path
+    np.testing.assert_allclose(fast.rms, out.rms[rows], rtol=1e-12)
+    np.testing.assert_array_equal(fast.max_abs, out.max_abs[rows])
+    np.testing.assert_array_equal(fast.peak_shift, out.peak_shift[rows])
+    shuffled = np.random.default_rng(3).permutation(720)  # an angle axis out of order: gathered windows
+    slow = T.signature_deviation(f[rows][:, shuffled], r[shuffled], angle[shuffled], windows)
+    np.testing.assert_allclose(slow.rms, fast.rms, rtol=1e-12)
+    np.testing.assert_array_equal(slow.peak_shift, fast.peak_shift)
     assert np.isnan(out.peak_shift[:, 0]).all()  # the reference has no peak before touch
     none = T.signature_deviation(f, np.full(720, np.nan), angle, windows, max_nan_fraction=0.01)
     assert (none.reason == R.NO_REFERENCE).all() and np.isnan(none.rms).all()

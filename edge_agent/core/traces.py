@@ -114,15 +114,26 @@ def pack_traces(flat: ArrayLike, lengths: ArrayLike, n_points: int) -> tuple[F64
 
 def check_traces(x: ArrayLike, reason: ArrayLike | None = None, max_nan_fraction: float = 0.0) -> U8:
     """Reason per trace: an earlier reason stays; else NO_DATA (no finite point), NAN_POINTS (too many NaN), OK."""
+    return _check(_traces(x, "check_traces"), reason, max_nan_fraction)[0]
+
+
+def _check(a: F64, reason: ArrayLike | None, max_nan_fraction: float) -> tuple[U8, bool]:
+    """(reason per trace, whether every point of every trace is finite: the fast paths need no NaN handling)."""
     if not 0.0 <= max_nan_fraction <= 1.0:
         raise ValueError(f"check_traces: max_nan_fraction must be in [0, 1], got {max_nan_fraction}")
-    a = _traces(x, "check_traces")
     out = _reason_in(reason, a.shape[0], "check_traces")
-    finite = np.isfinite(a).sum(axis=1)
-    ok = out == TraceReason.OK
-    out[ok & (finite < a.shape[1] * (1.0 - max_nan_fraction) - 1e-9)] = TraceReason.NAN_POINTS
-    out[ok & (finite == 0)] = TraceReason.NO_DATA
-    return out
+    # a row sum is finite only if every point is (or it overflows, which the slow path then sorts out):
+    # one pass without a temporary, and the per-point count only for the rows that need it
+    dirty = np.flatnonzero(~np.isfinite(a.sum(axis=1)))
+    if dirty.shape[0] == 0:
+        return out, True
+    finite = np.isfinite(a[dirty]).sum(axis=1)
+    ok = out[dirty] == TraceReason.OK
+    sub = out[dirty]
+    sub[ok & (finite < a.shape[1] * (1.0 - max_nan_fraction) - 1e-9)] = TraceReason.NAN_POINTS
+    sub[ok & (finite == 0)] = TraceReason.NO_DATA
+    out[dirty] = sub
+    return out, False
 
 
 def _blank(reason: U8, *arrays: F64) -> None:
@@ -132,20 +143,23 @@ def _blank(reason: U8, *arrays: F64) -> None:
             a[bad] = np.nan
 
 
-def _row_max(a: F64) -> tuple[F64, NDArray[np.intp]]:
-    """(nan-aware max per row, its column); rows with no finite value give NaN and column 0."""
-    filled = np.where(np.isnan(a), -np.inf, a)
+def _row_max(a: F64, clean: bool = False) -> tuple[F64, NDArray[np.intp]]:
+    """(nan-aware max per row, its column); rows with no finite value give NaN and column 0.
+
+    `clean`: the caller knows `a` holds no NaN, so no filled copy is made.
+    """
+    filled = a if clean else np.where(np.isnan(a), -np.inf, a)
     col = np.argmax(filled, axis=1)
     top = np.take_along_axis(filled, col[:, None], axis=1)[:, 0]
-    return np.where(np.isneginf(top), np.nan, top), col
+    return (top if clean else np.where(np.isneginf(top), np.nan, top)), col
 
 
-def _row_min(a: F64) -> tuple[F64, NDArray[np.intp]]:
+def _row_min(a: F64, clean: bool = False) -> tuple[F64, NDArray[np.intp]]:
     """(nan-aware min per row, its column); rows with no finite value give NaN and column 0."""
-    filled = np.where(np.isnan(a), np.inf, a)
+    filled = a if clean else np.where(np.isnan(a), np.inf, a)
     col = np.argmin(filled, axis=1)
     low = np.take_along_axis(filled, col[:, None], axis=1)[:, 0]
-    return np.where(np.isposinf(low), np.nan, low), col
+    return (low if clean else np.where(np.isposinf(low), np.nan, low)), col
 
 
 def _nan_divide(num: ArrayLike, den: ArrayLike) -> F64:
@@ -244,19 +258,27 @@ def stroke_indicators(
     if rated <= 0:
         raise ValueError(f"{where}: rated force must be > 0, got {rated}")
     angle = _axis(angle_deg, n, where, "angle_deg")
-    r = check_traces(f, _reason_in(reason, s, where), max_nan_fraction)
-    peak, col = _row_max(f)
+    r, clean = _check(f, _reason_in(reason, s, where), max_nan_fraction)
+    peak, col = _row_max(f, clean)
     peak_angle = np.broadcast_to(angle, f.shape)[np.arange(s), col].astype(np.float64)
-    low, _ = _row_min(f)
+    low, _ = _row_min(f, clean)
     reverse = np.maximum(-low, 0.0)
     curve_pct = np.full(s, np.nan)
     curve_angle = np.full(s, np.nan)
     energy = np.full(s, np.nan)
     if height is not None:
         h = _axis(height, n, where, "height")
-        travel = np.broadcast_to(h[..., :-1] - h[..., 1:], (s, n - 1))
-        seg = 0.5 * (f[:, 1:] + f[:, :-1]) * travel
-        energy = np.where(np.isnan(seg), 0.0, seg).sum(axis=1)
+        if clean and h.ndim == 1:
+            # the trapezoid over one shared axis is a weighted sum: one matrix-vector product
+            half = 0.5 * (h[:-1] - h[1:])
+            w = np.zeros(n)
+            w[:-1] += half
+            w[1:] += half
+            energy = np.einsum("ij,j->i", f, w)  # no BLAS threads: they fight over a shared machine
+        else:
+            travel = np.broadcast_to(h[..., :-1] - h[..., 1:], (s, n - 1))
+            seg = 0.5 * (f[:, 1:] + f[:, :-1]) * travel
+            energy = np.where(np.isnan(seg), 0.0, seg).sum(axis=1)
         if (capacity_height is None) != (capacity is None):
             raise ValueError(f"{where}: give capacity_height and capacity together (the press's curve)")
         if capacity_height is not None and capacity is not None:
@@ -266,8 +288,8 @@ def stroke_indicators(
                 raise ValueError(
                     f"{where}: the capacity curve needs ascending heights and positive capacities, one each"
                 )
-            cap = np.interp(h, ch, cv)
-            pct, pcol = _row_max(100.0 * f / cap)
+            scale = 100.0 / np.interp(h, ch, cv)
+            pct, pcol = _row_max(f * scale, clean)
             curve_pct = pct
             curve_angle = np.broadcast_to(angle, f.shape)[np.arange(s), pcol].astype(np.float64)
     elif capacity is not None:
@@ -344,7 +366,7 @@ def signature_deviation(
     angle = _axis(angle_deg, n, where, "angle_deg").reshape(-1)
     if not windows:
         raise ValueError(f"{where}: give at least one crank-angle window, e.g. [(150.0, 200.0)]")
-    r = check_traces(f, _reason_in(reason, s, where), max_nan_fraction)
+    r, clean = _check(f, _reason_in(reason, s, where), max_nan_fraction)
     k = len(windows)
     rms = np.full((s, k), np.nan)
     max_abs = np.full((s, k), np.nan)
@@ -353,25 +375,37 @@ def signature_deviation(
     if not np.isfinite(ref).all() or not ref_top > 0:
         r[r == TraceReason.OK] = TraceReason.NO_REFERENCE
         return SignatureDeviation(rms, max_abs, shift, r)
-    d = f - ref
+    ascending = bool((np.diff(angle) > 0).all())
     for j, (lo, hi) in enumerate(windows):
-        cols = np.flatnonzero((angle >= lo) & (angle < hi))
-        if cols.shape[0] == 0:
+        if ascending:  # a window is a slice: views, no gather
+            a, b = np.searchsorted(angle, [lo, hi], side="left")
+            cols: slice | NDArray[np.intp] = slice(int(a), int(b))
+            width = int(b - a)
+        else:
+            cols = np.flatnonzero((angle >= lo) & (angle < hi))
+            width = int(cols.shape[0])
+        if width == 0:
             raise ValueError(
                 f"{where}: window {j} [{lo}, {hi}) holds no point of the angle axis "
                 f"({angle.min():g}..{angle.max():g}); widen or move it"
             )
-        dw = d[:, cols]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a window of NaN only stays NaN
-            rms[:, j] = np.sqrt(np.nanmean(dw * dw, axis=1)) / ref_top
-        max_abs[:, j], _ = _row_max(np.abs(dw))
         fw = f[:, cols]
-        top, fcol = _row_max(fw)
-        rcol = int(np.argmax(ref[cols]))
-        ref_win_top = ref[cols][rcol]
+        rw = ref[cols]
+        dw = fw - rw
+        if clean:
+            rms[:, j] = np.sqrt(np.einsum("ij,ij->i", dw, dw) / width) / ref_top
+            max_abs[:, j] = np.maximum(dw.max(axis=1), -dw.min(axis=1))
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a window of NaN only stays NaN
+                rms[:, j] = np.sqrt(np.nanmean(dw * dw, axis=1)) / ref_top
+            max_abs[:, j], _ = _row_max(np.abs(dw))
+        top, fcol = _row_max(fw, clean)
+        rcol = int(np.argmax(rw))
+        ref_win_top = rw[rcol]
         if ref_win_top >= min_peak_fraction * ref_top:  # else the window holds no reference peak to place
-            shift[:, j] = angle[cols][fcol] - angle[cols][rcol]
+            axis = angle[cols]
+            shift[:, j] = axis[fcol] - axis[rcol]
             shift[~(top >= min_peak_fraction * ref_win_top), j] = np.nan
     bad = r != TraceReason.OK
     rms[bad] = max_abs[bad] = shift[bad] = np.nan
