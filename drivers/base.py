@@ -87,6 +87,8 @@ class Discovery:
     """Adds the driver's own options; the command adds TARGET, --name, --profile and --wait."""
     run: Callable[[argparse.Namespace], Coroutine[Any, Any, str]]
     """Browses the target and returns the config skeleton; raises DiscoveryError if there is nothing to write."""
+    quiet_loggers: tuple[str, ...] = ()
+    """Loggers of the protocol library that discovery silences: the command reports a failure in one line."""
 
 
 #: Builds a device's driver: (device config, signal name -> signal-table row, config folder, callback).

@@ -48,8 +48,8 @@ def discover_command(args: argparse.Namespace) -> int:
     ns = build_parser().parse_args(list(argv))
     discovery = _discoveries()[ns.protocol]
     where = f"discover {ns.protocol} {ns.target}"
-    # the command prints one line per failure; the libraries' own logging would only repeat it
-    for name in ("pymodbus", "asyncua"):
+    # the command prints one line per failure; the library's own logging would only repeat it
+    for name in discovery.quiet_loggers:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         skeleton = asyncio.run(_discover(discovery, ns, where))

@@ -280,4 +280,5 @@ DISCOVERY = Discovery(
     address=_address,
     add_arguments=_add_arguments,
     run=_run,
+    quiet_loggers=("asyncua",),
 )
