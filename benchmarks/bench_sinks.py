@@ -26,16 +26,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge_agent.outbox import Outbox  # noqa: E402
-from edge_agent.records import Source  # noqa: E402
-from edge_agent.sink_set import (  # noqa: E402
-    INFLUX_WRITES_IN_FLIGHT,
-    MQTT_BATCH_RECORDS,
-    MQTT_BATCHES_IN_FLIGHT,
-)
-from edge_agent.sinks.delivery import DeliveryLoop  # noqa: E402
+from edge_agent.records import RecordPacker, Source  # noqa: E402
+from edge_agent.sinks.base import Delivery  # noqa: E402
+from edge_agent.sinks.delivery import DeliveryLoop, Sink  # noqa: E402
+from edge_agent.sinks.influx import PLUGIN as INFLUX  # noqa: E402
 from edge_agent.sinks.influx.config import InfluxSink  # noqa: E402
 from edge_agent.sinks.influx.encoder import LineProtocolEncoder  # noqa: E402
 from edge_agent.sinks.influx.writer import InfluxWriter  # noqa: E402
+from edge_agent.sinks.mqtt import PLUGIN as MQTT  # noqa: E402
 from edge_agent.sinks.mqtt.config import MqttSink  # noqa: E402
 from edge_agent.sinks.mqtt.encoder import MqttEncoder  # noqa: E402
 from edge_agent.sinks.mqtt.publisher import MqttPublisher  # noqa: E402
@@ -64,8 +62,20 @@ def _polls(table: SignalTable, polls: int) -> list[list[Readings]]:
     return [[_poll(table, m, k) for m in MACHINES] for k in range(polls)]
 
 
+def _loop(outbox: Outbox, sink: Sink, delivery: Delivery) -> DeliveryLoop:
+    """A delivery loop with the agent's settings for the sink."""
+    return DeliveryLoop(
+        outbox,
+        sink,
+        batch_records=delivery.batch_records,
+        batch_values=delivery.batch_values,
+        linger=delivery.linger,
+        in_flight=delivery.in_flight,
+    )
+
+
 class _Writer:
-    """Puts as the agent's outbox writer task does: the next batch is encoded while the last one is on disk."""
+    """Puts as the agent's outbox writer task does: the next batch is packed while the last one is on disk."""
 
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
@@ -141,24 +151,21 @@ class _Counter:
 async def mqtt_through_outbox(
     broker: Mosquitto, workdir: Path, messages: int, run: int, publisher_in: Literal["thread", "process"]
 ) -> dict:
-    """Encode, put (100 messages per transaction), deliver with PUBACKs; count at a subscriber.
+    """Pack, put (100 messages per transaction), deliver (encoding at send) with PUBACKs; count at a subscriber.
 
     `publisher_in` is sinks.mqtt.publisher: paho on a thread of this process, or in a process of its own.
     """
     table = _table()
-    encoder = MqttEncoder(table, topic_prefix=f"bench{run}{publisher_in}")
+    packer = RecordPacker(table)
     polls = _polls(table, -(-messages // len(MACHINES)) + 5)
     counter = _Counter(broker.port, f"bench{run}{publisher_in}/#", workdir)
     outbox = Outbox(
         workdir / f"mqtt{run}{publisher_in}.db", max_bytes=1 << 30
     )  # default sync="full": fsync per put
-    publisher = MqttPublisher(
-        MqttSink(url=broker.url, publisher=publisher_in), client_id=f"bench-pub-{run}-{publisher_in}"
-    )
+    config = MqttSink(url=broker.url, publisher=publisher_in, topic_prefix=f"bench{run}{publisher_in}")
+    publisher = MqttPublisher(config, client_id=f"bench-pub-{run}-{publisher_in}")
     await publisher.start()
-    loop = DeliveryLoop(
-        outbox, publisher, batch_records=MQTT_BATCH_RECORDS, in_flight=MQTT_BATCHES_IN_FLIGHT
-    )  # as the agent runs it
+    loop = _loop(outbox, publisher, MQTT.delivery(config))  # as the agent runs it
     writer = _Writer(outbox)
     t0 = time.perf_counter()
     loop.start()
@@ -166,7 +173,7 @@ async def mqtt_through_outbox(
     while k * len(MACHINES) < messages:
         batch = []
         for _ in range(5):
-            batch += [encoder.raw(m, r) for m, r in zip(MACHINES, polls[k], strict=True)]
+            batch += [packer.raw(m, r) for m, r in zip(MACHINES, polls[k], strict=True)]
             k += 1
         await writer.put(batch[: messages - (k - 5) * len(MACHINES)])
     await writer.flush()
@@ -194,10 +201,10 @@ def mqtt_reference(broker: Mosquitto, workdir: Path, messages: int, run: int) ->
     paho's speed. Without it, paho writes every message at once and the socket buffers are the window.
     """
     table = _table()
-    encoder = MqttEncoder(table, topic_prefix=f"ref{run}")
-    payloads = [
-        encoder.raw(m, _poll(table, m, k)) for k in range(messages // len(MACHINES) + 1) for m in MACHINES
-    ]
+    packer = RecordPacker(table)
+    payloads = MqttEncoder(topic_prefix=f"ref{run}").encode(
+        [packer.raw(m, _poll(table, m, k)) for k in range(messages // len(MACHINES) + 1) for m in MACHINES]
+    )
     counter = _Counter(broker.port, f"ref{run}/#", workdir)
     # the protocol the sink speaks by default, so the two rows compare like with like
     protocol = mqtt.MQTTv5 if MqttSink().protocol == "5" else mqtt.MQTTv311
@@ -218,15 +225,14 @@ def mqtt_reference(broker: Mosquitto, workdir: Path, messages: int, run: int) ->
 
 
 async def influx_through_outbox(vm: VictoriaMetrics, workdir: Path, points: int, run: int) -> dict:
-    """Encode line protocol from arrays, put, deliver in 5,000-line gzip bodies; count by export."""
+    """Pack, put, deliver (line protocol encoded at send, columnar per batch) in gzip bodies; count by export."""
     table = _table()
-    encoder = LineProtocolEncoder(table)
+    packer = RecordPacker(table)
     outbox = Outbox(workdir / f"influx{run}.db", max_bytes=1 << 30)  # default sync="full": fsync per put
-    writer = InfluxWriter(InfluxSink(url=vm.url), workdir / "dead.jsonl")
+    config = InfluxSink(url=vm.url, flush_interval=0.05)
+    writer = InfluxWriter(config, workdir / "dead.jsonl")
     await writer.start()
-    loop = DeliveryLoop(
-        outbox, writer, batch_records=1000, batch_values=5000, linger=0.05, in_flight=INFLUX_WRITES_IN_FLIGHT
-    )
+    loop = _loop(outbox, writer, INFLUX.delivery(config))
     measurement = f"benchrun{run}"
     sources = [Source(m.machine, equipment=measurement) for m in MACHINES]
     polls = _polls(table, -(-points // (len(sources) * VALUES_PER_MESSAGE)) + 25)
@@ -237,7 +243,7 @@ async def influx_through_outbox(vm: VictoriaMetrics, workdir: Path, points: int,
     while k * len(sources) * VALUES_PER_MESSAGE < points:
         batch = []
         for _ in range(25):  # 25 polls of 20 machines per transaction
-            batch += [encoder.raw(s, r) for s, r in zip(sources, polls[k], strict=True)]
+            batch += [packer.raw(s, r) for s, r in zip(sources, polls[k], strict=True)]
             k += 1
         await producer.put(batch)
     await producer.flush()
@@ -255,12 +261,10 @@ async def influx_through_outbox(vm: VictoriaMetrics, workdir: Path, points: int,
 async def influx_reference(vm: VictoriaMetrics, points: int, run: int) -> dict:
     """Pre-serialized 5,000-line bodies posted directly (gzip level 1), no outbox: the ceiling."""
     table = _table()
-    encoder = LineProtocolEncoder(table)
+    packer = RecordPacker(table)
     sources = [Source(m.machine, equipment=f"benchref{run}") for m in MACHINES]
-    body = b"".join(
-        encoder.raw(s, _poll(table, m, k)).payload
-        for k in range(13)
-        for s, m in zip(sources, MACHINES, strict=True)
+    body = LineProtocolEncoder().encode(
+        [packer.raw(s, _poll(table, m, k)) for k in range(13) for s, m in zip(sources, MACHINES, strict=True)]
     )
     lines = body.splitlines(keepends=True)[:5000]
     chunk = b"".join(lines)

@@ -1,70 +1,48 @@
-"""The agent's sinks at run time: per sink an encoder, an outbox on disk, the sink and its delivery loop."""
+"""The agent's sinks at run time: records packed once, per sink an outbox on disk, the sink and its delivery loop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import socket
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edge_agent.config import Config
+from edge_agent.config import Config, configured_sinks
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, stored_size
-from edge_agent.records import AgentStatus, Output, Record, Source
-from edge_agent.sinks.delivery import Backoff, DeliveryLoop, Sink
-from edge_agent.sinks.influx.encoder import LineProtocolEncoder
-from edge_agent.sinks.mqtt.encoder import MqttEncoder
+from edge_agent.records import AgentStatus, Output, Record, RecordPacker, Source, StatusData, unpack
+from edge_agent.sinks.base import Delivery, RunningSink, SinkContext
+from edge_agent.sinks.delivery import Backoff, DeliveryLoop
+from edge_agent.sinks.registry import SINKS
 from edge_agent.types import SignalTable
 
 log = logging.getLogger(__name__)
 
-Encode = Callable[[Output], list[Record]]
-
-#: MQTT delivery: records per take and batches on the wire at once (the publisher's own window,
-#: sinks.mqtt.max_inflight, still caps the messages without PUBACK). A second batch lets a put go out
-#: while the last batch waits for its PUBACKs; more batches or smaller ones cost throughput with a
-#: backlog (bench_sinks: 2000 x 1 12.4k msg/s, 2000 x 2 11.3k, 1000 x 4 11.1k, 200 x 8 10.6k).
-MQTT_BATCH_RECORDS = 1000
-MQTT_BATCHES_IN_FLIGHT = 2
-#: InfluxDB writes in flight at once: the next body is compressed and sent while the server stores the last
-#: (bench_sinks: 1 in flight 261k points/s, 2 286k, 3 304k)
-INFLUX_WRITES_IN_FLIGHT = 3
 #: Bytes of records (counted as the outbox counts them) a sink keeps in memory while its outbox cannot store
 #: them (disk full or failing); the outbox's own cap applies if it is smaller. Past it, records are dropped
 #: by the outbox's policy and counted as its drops. The outbox's cap is sized for a disk, not for RAM.
 PENDING_MAX_BYTES = 64 * 1024 * 1024
 
 
-def encode_output(encoder: MqttEncoder | LineProtocolEncoder, out: Output) -> list[Record]:
-    """One batch of pipeline output as records of one sink's encoding."""
-    records = [encoder.raw(src, r) for src, r in out.raw]
-    records += [encoder.kpi(src, b) for src, b in out.kpi]
-    records += [encoder.alarm(src, a) for src, a in out.alarms]
-    # a KPI line set with every indicator NaN encodes to nothing: no empty record in the outbox
-    return [r for r in records if r.payload]
-
-
 def preview(config: Config, table: SignalTable, outputs: list[Output]) -> list[Record]:
-    """The records `run --once` prints: MQTT topics and JSON payloads of the outputs."""
-    mqtt = config.sinks.mqtt
-    encoder = MqttEncoder(table, topic_prefix=mqtt.topic_prefix if mqtt else "spBv1.0-free/uns")
-    return [r for out in outputs for r in encode_output(encoder, out)]
+    """The records `run --once` prints, in the encoding of the first registered sink that can show one."""
+    packer = RecordPacker(table)
+    records = [r for out in outputs for r in packer.output(out)]
+    for name, plugin in SINKS.items():
+        if plugin.preview is not None:
+            return plugin.preview(getattr(config.sinks, name), records)
+    return records
 
 
 @dataclass
 class SinkChannel:
-    """One output: how to encode for it, where its records wait, and the loop that delivers them."""
+    """One output: where its records wait, the sink, and the loop that delivers them."""
 
     name: str
-    encode: Encode
     outbox: Outbox
-    sink: Sink
+    sink: RunningSink
     loop: DeliveryLoop
-    encode_status: Callable[[AgentStatus], Record] | None = None
     pending: list[Record] = field(default_factory=list)
     pending_bytes: int = 0
     pending_max_bytes: int = PENDING_MAX_BYTES
@@ -82,7 +60,11 @@ class SinkChannel:
 
 
 class SinkSet:
-    """Every configured sink; `publish` never blocks: encoding is in memory, the outbox write on its thread."""
+    """Every configured sink; `publish` never blocks: packing is in memory, the outbox writes on their threads.
+
+    A batch is packed once and the same records go to every sink's outbox; each sink encodes them
+    when it sends them.
+    """
 
     def __init__(self, config: Config, table: SignalTable, metrics: AgentMetrics) -> None:
         self.config = config
@@ -91,12 +73,8 @@ class SinkSet:
         self.channels: list[SinkChannel] = []
         site = config.site
         self.source = Source(config.agent.name, "agent", site.site, site.area, site.line, site.enterprise)
-        mqtt_cfg = config.sinks.mqtt
-        self.mqtt_encoder = (
-            MqttEncoder(table, topic_prefix=mqtt_cfg.topic_prefix, topic_template=mqtt_cfg.topic_template)
-            if mqtt_cfg
-            else None
-        )
+        #: one run of records: (boot, seq) numbers them across restarts, whatever sink they go to
+        self.packer = RecordPacker(table)
         self._metrics_task: asyncio.Task[None] | None = None
         #: pauses between failed outbox writes and between restarts of a delivery loop that died
         self.backoff = Backoff()
@@ -114,80 +92,39 @@ class SinkSet:
 
     async def start(self, status: AgentStatus) -> None:
         """Open the outboxes (backlog first), connect the sinks, start delivering."""
-        cfg = self.config.sinks
-        if cfg.mqtt is not None and self.mqtt_encoder is not None:
-            from edge_agent.sinks.mqtt.publisher import MqttPublisher
-
-            online = self.mqtt_encoder.status(self.source, status)
-            will = self.mqtt_encoder.status(self.source, AgentStatus(status.t_ns, "offline", {}), will=True)
-            client_id = cfg.mqtt.client_id or f"edge-agent-{self.config.agent.name}-{socket.gethostname()}"
-            publisher = MqttPublisher(cfg.mqtt, client_id=client_id, online=online, will=will)
-            outbox = self._outbox("mqtt")
-            await self._start_sink(publisher, outbox)
-            mqtt_encoder = self.mqtt_encoder
-            self._add(
-                "mqtt",
-                functools.partial(encode_output, mqtt_encoder),
-                outbox,
-                publisher,
-                batch_records=MQTT_BATCH_RECORDS,
-                in_flight=MQTT_BATCHES_IN_FLIGHT,
-                status=lambda st: mqtt_encoder.status(self.source, st),
-            )
-        if cfg.influx is not None:
-            from edge_agent.sinks.influx.writer import InfluxWriter
-
-            dead_letter = cfg.influx.dead_letter or self.config.outbox.dir / "influx.deadletter"
-            writer = InfluxWriter(cfg.influx, dead_letter=dead_letter)
-            outbox = self._outbox("influx")
-            await self._start_sink(writer, outbox)
-            line_encoder = LineProtocolEncoder(self.table)
-            self._add(
-                "influx",
-                functools.partial(encode_output, line_encoder),
-                outbox,
-                writer,
-                batch_records=1000,
-                batch_values=cfg.influx.batch_size,
-                linger=cfg.influx.flush_interval,
-                in_flight=INFLUX_WRITES_IN_FLIGHT,
-                status=lambda st: line_encoder.status(self.source, st),
-            )
+        online = unpack(self.packer.status(self.source, status))
+        assert isinstance(online, StatusData)
+        context = SinkContext(self.config.agent.name, self.config.outbox.dir, online)
+        for name, section in configured_sinks(self.config.sinks).items():
+            plugin = SINKS[name]
+            sink = plugin.open(section, context)
+            outbox = self._outbox(name)
+            await self._start_sink(sink, outbox)
+            self._add(name, outbox, sink, plugin.delivery(section))
         self._metrics_task = asyncio.create_task(self._export_metrics(), name="sink-metrics")
 
     @staticmethod
-    async def _start_sink(sink: Sink, outbox: Outbox) -> None:
+    async def _start_sink(sink: RunningSink, outbox: Outbox) -> None:
         """Start `sink`; if it cannot start, close its outbox (and its lock) before raising, so a later set can open it."""
         try:
-            await sink.start()  # type: ignore[attr-defined]
+            await sink.start()
         except BaseException:
             with contextlib.suppress(Exception):
-                await sink.stop()  # type: ignore[attr-defined]
+                await sink.stop()
             await outbox.close_async()
             raise
 
-    def _add(
-        self,
-        name: str,
-        encode: Encode,
-        outbox: Outbox,
-        sink: Sink,
-        batch_records: int,
-        batch_values: int | None = None,
-        linger: float = 0.0,
-        in_flight: int = 2,
-        status: Callable[[AgentStatus], Record] | None = None,
-    ) -> None:
+    def _add(self, name: str, outbox: Outbox, sink: RunningSink, delivery: Delivery) -> None:
         loop = DeliveryLoop(
             outbox,
             sink,
-            batch_records=batch_records,
-            batch_values=batch_values,
-            linger=linger,
-            in_flight=in_flight,
+            batch_records=delivery.batch_records,
+            batch_values=delivery.batch_values,
+            linger=delivery.linger,
+            in_flight=delivery.in_flight,
             backoff=self.backoff,
         )
-        channel = SinkChannel(name, encode, outbox, sink, loop, encode_status=status)
+        channel = SinkChannel(name, outbox, sink, loop)
         channel.pending_max_bytes = min(PENDING_MAX_BYTES, outbox.max_bytes)
         channel.writer = asyncio.create_task(self._write(channel), name=f"outbox-writer-{name}")
         loop.start()
@@ -195,21 +132,25 @@ class SinkSet:
         self.channels.append(channel)
 
     def publish_status(self, status: AgentStatus) -> None:
-        """Queue the agent's health for every sink (retained on MQTT, `agent_status` in InfluxDB)."""
-        for channel in self.channels:
-            if channel.encode_status is not None:
-                self._queue(channel, [channel.encode_status(status)])
+        """Queue the agent's health for every sink (its status topic, its status measurement)."""
+        if self.channels:
+            self.publish_records([self.packer.status(self.source, status)])
 
     def publish(self, out: Output) -> None:
-        """Encode one batch of output for every sink and queue it for that sink's outbox writer."""
-        for channel in self.channels:
-            records = channel.encode(out)
-            if records:
-                self._queue(channel, records)
+        """Pack one batch of output and queue it for every sink's outbox writer."""
+        if self.channels:
+            self.publish_records(self.packer.output(out))
 
-    def _queue(self, channel: SinkChannel, records: list[Record]) -> None:
+    def publish_records(self, records: list[Record]) -> None:
+        """Queue packed records for every sink's outbox writer (the same records: they are immutable)."""
+        if records:
+            size = sum(map(stored_size, records))
+            for channel in self.channels:
+                self._queue(channel, records, size)
+
+    def _queue(self, channel: SinkChannel, records: list[Record], size: int) -> None:
         channel.pending.extend(records)
-        channel.pending_bytes += sum(stored_size(r) for r in records)
+        channel.pending_bytes += size
         if channel.pending_bytes > channel.pending_max_bytes:
             _shed(channel)
         channel.wake.set()
@@ -304,10 +245,10 @@ class SinkSet:
             m.dropped.labels(ch.name).inc(dropped - ch.published_dropped)
             m.retries.labels(ch.name).inc(retries - ch.published_retries)
             ch.published_sent, ch.published_dropped, ch.published_retries = sent, dropped, retries
-            connected = getattr(ch.sink, "connected", None)  # the MQTT publisher's; HTTP has no connection
+            connected = getattr(ch.sink, "connected", None)  # a sink that holds a connection says so
             if connected is not None:
                 m.sink_connected.labels(ch.name).set(int(connected))
-            # the MQTT publisher's own restarts, and the delivery loop's after it died (any sink)
+            # the sink's own restarts (a publisher process, a session), and the delivery loop's after it died
             restarts = getattr(ch.sink, "restarts", 0) + ch.delivery_restarts
             m.sink_restarts.labels(ch.name).inc(restarts - ch.published_restarts)
             ch.published_restarts = restarts
@@ -367,10 +308,7 @@ class SinkSet:
         self.export_metrics()
         for channel in self.channels:
             with contextlib.suppress(Exception):
-                if channel.name == "mqtt":
-                    await channel.sink.stop(publish_offline=False)  # type: ignore[attr-defined]
-                else:
-                    await channel.sink.stop()  # type: ignore[attr-defined]
+                await channel.sink.stop()
             try:
                 await channel.outbox.close_async()
             except Exception:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from edge_agent.outbox import Outbox, stored_size
-from edge_agent.records import Kind, Record, Source
+from edge_agent.records import Kind, Record, RecordPacker, Source
 from edge_agent.sinks.delivery import Backoff, DeliveryLoop, SinkError
 from edge_agent.sinks.influx.config import InfluxSink
 from edge_agent.sinks.influx.encoder import LineProtocolEncoder
@@ -68,7 +68,7 @@ async def _deliver_all(outbox: Outbox, writer: InfluxWriter, timeout: float = 30
 
 async def test_raw_values_land_with_tags_units_quality(victoria: VictoriaMetrics, tmp_path: Path) -> None:
     table = _furnace_table()
-    encoder = LineProtocolEncoder(table)
+    packer = RecordPacker(table)
     source = Source("furnace-1", equipment="it_furnace", site="p1", area="ht", line="l2")
     rows = table.rows_of("furnace-1")
     batches = [
@@ -81,7 +81,7 @@ async def test_raw_values_land_with_tags_units_quality(victoria: VictoriaMetrics
         for k in range(3)
     ]
     outbox = Outbox(tmp_path / "influx.db")
-    await outbox.put_async([encoder.raw(source, r) for r in batches])
+    await outbox.put_async([packer.raw(source, r) for r in batches])
     writer = InfluxWriter(InfluxSink(url=victoria.url), tmp_path / "dead.jsonl")
     await _deliver_all(outbox, writer)
     await writer.stop()
@@ -430,9 +430,10 @@ def test_retry_after_forms() -> None:
 def test_line_protocol_escapes_and_skips_nan() -> None:
     table = SignalTable()
     table.add("m 1", "temp,zone=1", "deg C")
-    encoder = LineProtocolEncoder(table)
-    record = encoder.raw(Source("m 1", equipment="oven"), Readings.of([0, 0], [5, 6], [1.0, np.nan]))
-    assert record.payload == (
+    record = RecordPacker(table).raw(
+        Source("m 1", equipment="oven"), Readings.of([0, 0], [5, 6], [1.0, np.nan])
+    )
+    assert LineProtocolEncoder().encode([record]) == (
         b"oven,area=area1,line=line1,machine=m\\ 1,site=plant1,signal=temp\\,zone\\=1,unit=deg\\ C "
         b"value=1.0,quality=0i 5\n"
         b"oven,area=area1,line=line1,machine=m\\ 1,site=plant1,signal=temp\\,zone\\=1,unit=deg\\ C "

@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from edge_agent.outbox import Outbox
-from edge_agent.records import AgentStatus, Kind, Record, Source
+from edge_agent.records import AgentStatus, Kind, Record, RecordPacker, Source, unpack
 from edge_agent.sinks.delivery import Backoff, DeliveryLoop, SinkConfigError, SinkError
 from edge_agent.sinks.mqtt.config import MqttSink, TlsOptions
 from edge_agent.sinks.mqtt.encoder import MqttEncoder
@@ -68,13 +68,16 @@ async def test_records_arrive_with_schema_status_and_will(
     table = _table()
     # a prefix per protocol: the retained status of one run must not meet the other
     prefix = f"t{protocol}{where}/uns"
-    encoder = MqttEncoder(table, topic_prefix=prefix)
+    packer = RecordPacker(table)
+    encoder = MqttEncoder(topic_prefix=prefix)
     agent = Source("edge-1", equipment="agent")
-    online = encoder.status(agent, AgentStatus(time.time_ns(), "online", {"uptime_s": 0}))
-    offline = encoder.status(agent, AgentStatus(time.time_ns(), "offline"))
+    online = encoder.message(
+        unpack(packer.status(agent, AgentStatus(time.time_ns(), "online", {"uptime_s": 0})))
+    )
+    offline = encoder.message(unpack(packer.status(agent, AgentStatus(time.time_ns(), "offline"))))
     sub = Subscriber(mosquitto.port, f"{prefix}/#", client_id=f"sub-schema-{protocol}-{where}")
     publisher = MqttPublisher(
-        MqttSink(url=mosquitto.url, protocol=protocol, publisher=where),
+        MqttSink(url=mosquitto.url, protocol=protocol, publisher=where, topic_prefix=prefix),
         client_id=f"pub-schema-{protocol}-{where}",
         online=online,
         will=offline,
@@ -83,7 +86,7 @@ async def test_records_arrive_with_schema_status_and_will(
     loop = DeliveryLoop(outbox, publisher, batch_records=100)
     loop.start()
     try:
-        await outbox.put_async([encoder.raw(MACHINES[0], _poll(table, MACHINES[0], k)) for k in range(5)])
+        await outbox.put_async([packer.raw(MACHINES[0], _poll(table, MACHINES[0], k)) for k in range(5)])
         assert await asyncio.to_thread(sub.wait_for, 6, 10) == 6  # online status + 5 polls
     finally:
         await loop.stop(drain_timeout=5)
@@ -123,10 +126,11 @@ async def test_broker_outage_loses_nothing_and_keeps_order(
     broker = PersistentMosquitto(tmp_path / "broker")
     broker.start()
     table = _table()
-    encoder = MqttEncoder(table, topic_prefix="outage")
+    packer = RecordPacker(table)
     sub = Subscriber(broker.port, "outage/#", client_id="sub-outage")
     publisher = MqttPublisher(
-        MqttSink(url=broker.url, keepalive=5, publisher=where), client_id=f"pub-outage-{where}"
+        MqttSink(url=broker.url, keepalive=5, publisher=where, topic_prefix="outage"),
+        client_id=f"pub-outage-{where}",
     )
     await publisher.start()
     loop = DeliveryLoop(outbox, publisher, batch_records=200, backoff=Backoff(initial=0.1, maximum=1.0))
@@ -144,7 +148,7 @@ async def test_broker_outage_loses_nothing_and_keeps_order(
             if stopped and not restarted and elapsed > 1.5 + OUTAGE_S:
                 await asyncio.to_thread(broker.start)
                 restarted = True
-            await outbox.put_async([encoder.raw(m, _poll(table, m, k)) for m in MACHINES])
+            await outbox.put_async([packer.raw(m, _poll(table, m, k)) for m in MACHINES])
             sent += len(MACHINES)
             k += 1
             await asyncio.sleep(0.02)
@@ -163,14 +167,14 @@ async def test_broker_outage_loses_nothing_and_keeps_order(
         sub.close()
         broker.stop()
     assert loop.counters.failures >= 1
-    _assert_in_order(sub, encoder, sent)
+    _assert_in_order(sub, packer, sent)
 
 
-def _assert_in_order(sub: Subscriber, encoder: MqttEncoder, sent: int) -> None:
+def _assert_in_order(sub: Subscriber, packer: RecordPacker, sent: int) -> None:
     """Every machine's messages 1..N arrived, in order once duplicates are dropped."""
     per_machine: dict[str, list[int]] = {}
     for topic, message in sub.messages:
-        assert message["boot"] == encoder.boot_ms
+        assert message["boot"] == packer.boot_ms
         per_machine.setdefault(topic.split("/")[-2], []).append(message["seq"])
     assert sorted(per_machine) == [m.machine for m in MACHINES]
     for machine, seqs in per_machine.items():
@@ -262,9 +266,11 @@ async def test_publisher_process_killed_is_restarted_and_loses_nothing(
     mosquitto: Mosquitto, outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:
     table = _table()
-    encoder = MqttEncoder(table, topic_prefix="killed")
+    packer = RecordPacker(table)
     sub = Subscriber(mosquitto.port, "killed/#", client_id="sub-killed")
-    publisher = MqttPublisher(MqttSink(url=mosquitto.url, publisher="process"), client_id="pub-killed")
+    publisher = MqttPublisher(
+        MqttSink(url=mosquitto.url, publisher="process", topic_prefix="killed"), client_id="pub-killed"
+    )
     await publisher.start()
     first_pid = publisher.pid
     loop = DeliveryLoop(outbox, publisher, batch_records=50, backoff=Backoff(initial=0.1, maximum=0.5))
@@ -281,7 +287,7 @@ async def test_publisher_process_killed_is_restarted_and_loses_nothing(
             if k == 50:
                 assert first_pid is not None
                 os.kill(first_pid, signal.SIGKILL)  # mid-stream, batches in flight
-            await outbox.put_async([encoder.raw(m, _poll(table, m, k)) for m in MACHINES])
+            await outbox.put_async([packer.raw(m, _poll(table, m, k)) for m in MACHINES])
             sent += len(MACHINES)
             await asyncio.sleep(0.01)
         assert await loop.wait_drained(30)
@@ -293,7 +299,7 @@ async def test_publisher_process_killed_is_restarted_and_loses_nothing(
     assert publisher.restarts == 1 and publisher.pid != first_pid
     assert any("publisher process exited (code -9)" in r.getMessage() for r in caplog.records)
     assert outbox.counters.acked_records == sent and len(outbox) == 0
-    _assert_in_order(sub, encoder, sent)
+    _assert_in_order(sub, packer, sent)
 
 
 @pytest.mark.parametrize("where", ["process", "thread"])
@@ -346,17 +352,16 @@ async def test_last_will_when_the_agent_is_killed(tmp_path: Path, mosquitto: Mos
     script = tmp_path / "agent.py"
     script.write_text(
         "import asyncio, sys, time\n"
-        "from edge_agent.records import AgentStatus, Kind, Record, Source\n"
+        "from pathlib import Path\n"
+        "from edge_agent.records import AgentStatus, RecordPacker, Source, unpack\n"
+        "from edge_agent.sinks.base import SinkContext\n"
+        "from edge_agent.sinks.mqtt import PLUGIN\n"
         "from edge_agent.sinks.mqtt.config import MqttSink\n"
-        "from edge_agent.sinks.mqtt.encoder import MqttEncoder\n"
-        "from edge_agent.sinks.mqtt.publisher import MqttPublisher\n"
         "from edge_agent.types import SignalTable\n"
         "async def main():\n"
-        "    encoder = MqttEncoder(SignalTable(), topic_prefix='will')\n"
-        "    agent = Source('edge-9', equipment='agent')\n"
-        "    online = encoder.status(agent, AgentStatus(time.time_ns(), 'online'))\n"
-        "    will = encoder.status(agent, AgentStatus(time.time_ns(), 'offline'), will=True)\n"
-        f"    publisher = MqttPublisher(MqttSink(url='{mosquitto.url}', publisher='process'), client_id='pub-will', online=online, will=will)\n"
+        "    online = unpack(RecordPacker(SignalTable()).status(Source('edge-9', equipment='agent'), AgentStatus(time.time_ns(), 'online')))\n"
+        f"    config = MqttSink(url='{mosquitto.url}', publisher='process', client_id='pub-will', topic_prefix='will')\n"
+        "    publisher = PLUGIN.open(config, SinkContext('edge-9', Path('.'), online))\n"
         "    await publisher.start()\n"
         "    print(publisher.pid, flush=True)\n"
         "    await asyncio.sleep(60)\n"
@@ -413,8 +418,7 @@ async def test_tls_with_password_file(
         await publisher.start()
         assert publisher.connected
         table = _table()
-        encoder = MqttEncoder(table, topic_prefix="tls")
-        await outbox.put_async([encoder.raw(MACHINES[1], _poll(table, MACHINES[1], 1))])
+        await outbox.put_async([RecordPacker(table).raw(MACHINES[1], _poll(table, MACHINES[1], 1))])
         loop = DeliveryLoop(outbox, publisher)
         loop.start()
         await loop.stop(drain_timeout=10)
@@ -452,9 +456,9 @@ async def test_tls_with_password_file(
 
 def test_raw_payload_is_columnar_and_vectorized() -> None:
     table = _table()
-    encoder = MqttEncoder(table, boot_ms=123)
+    packer = RecordPacker(table, boot_ms=123)
     readings = Readings.of(np.array([2, 0]), [10**18, 10**18 + 5_000_000], [1.5, 2.5])
-    record = encoder.raw(MACHINES[0], readings)
+    [record] = MqttEncoder().encode([packer.raw(MACHINES[0], readings)])
     assert record.key == "spBv1.0-free/uns/plant1/area1/line1/imm-0/raw"
     assert record.n == 2
     import orjson

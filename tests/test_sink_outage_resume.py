@@ -20,13 +20,13 @@ from typing import Any, Literal
 import pytest
 
 from edge_agent.outbox import Outbox
-from edge_agent.records import Kind, Record
-from edge_agent.sink_set import INFLUX_WRITES_IN_FLIGHT, MQTT_BATCH_RECORDS, MQTT_BATCHES_IN_FLIGHT
+from edge_agent.records import Kind, Record, RecordPacker
 from edge_agent.sinks.delivery import DeliveryLoop
+from edge_agent.sinks.influx import PLUGIN as INFLUX
 from edge_agent.sinks.influx.config import InfluxSink
 from edge_agent.sinks.influx.writer import InfluxWriter
+from edge_agent.sinks.mqtt import PLUGIN as MQTT
 from edge_agent.sinks.mqtt.config import MqttSink
-from edge_agent.sinks.mqtt.encoder import MqttEncoder
 from edge_agent.sinks.mqtt.publisher import MqttPublisher
 from tests.sink_services import PersistentMosquitto, Subscriber, TunedVictoriaMetrics
 from tests.test_sink_mqtt import MACHINES, _assert_in_order, _poll, _table
@@ -138,19 +138,21 @@ async def test_mqtt_delivery_resumes_within_2_s_of_the_broker_coming_back(
     broker = PersistentMosquitto(tmp_path / "broker")
     broker.start()
     table = _table()
-    encoder = MqttEncoder(table, topic_prefix="resume")
+    packer = RecordPacker(table)
     sub = Subscriber(broker.port, "resume/#", client_id=f"sub-resume-{where}")
-    publisher = MqttPublisher(MqttSink(url=broker.url, publisher=where), client_id=f"pub-resume-{where}")
+    config = MqttSink(url=broker.url, publisher=where, topic_prefix="resume")
+    publisher = MqttPublisher(config, client_id=f"pub-resume-{where}")
     await publisher.start()
     outbox = Outbox(tmp_path / "mqtt.sqlite")
     # the agent's own settings, and its default back-off (up to 30 s)
-    loop = DeliveryLoop(outbox, publisher, batch_records=MQTT_BATCH_RECORDS, in_flight=MQTT_BATCHES_IN_FLIGHT)
+    delivery = MQTT.delivery(config)
+    loop = DeliveryLoop(outbox, publisher, batch_records=delivery.batch_records, in_flight=delivery.in_flight)
     loop.start()
     try:
         outage, ticks = await _outage(
             outbox,
             loop,
-            lambda k: [encoder.raw(m, _poll(table, m, k)) for m in MACHINES],
+            lambda k: [packer.raw(m, _poll(table, m, k)) for m in MACHINES],
             broker.stop,
             broker.start,
         )
@@ -166,7 +168,7 @@ async def test_mqtt_delivery_resumes_within_2_s_of_the_broker_coming_back(
     assert outage.backoff_s > BACKOFF_GROWN_S
     assert outage.resume_s <= RESUME_LIMIT_S + SLACK_S
     assert outbox.counters.acked_records == sent and outbox.counters.dropped_records == 0
-    _assert_in_order(sub, encoder, sent)
+    _assert_in_order(sub, packer, sent)
     assert [c.get("message") for c in unretrieved] == []
 
 
@@ -196,14 +198,14 @@ async def test_influx_delivery_resumes_within_2_s_of_the_server_coming_back(
     vm.start()
     writer = InfluxWriter(InfluxSink(url=vm.url), tmp_path / "dead.jsonl")
     outbox = Outbox(tmp_path / "influx.sqlite")
-    default = InfluxSink(url=vm.url)
+    delivery = INFLUX.delivery(InfluxSink(url=vm.url))  # the agent's own settings
     loop = DeliveryLoop(
         outbox,
         writer,
-        batch_records=1000,
-        batch_values=default.batch_size,
-        linger=default.flush_interval,
-        in_flight=INFLUX_WRITES_IN_FLIGHT,
+        batch_records=delivery.batch_records,
+        batch_values=delivery.batch_values,
+        linger=delivery.linger,
+        in_flight=delivery.in_flight,
     )
     loop.start()
     try:

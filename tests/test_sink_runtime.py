@@ -16,6 +16,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox, stored_size
 from edge_agent.records import AgentStatus, Kind, Record
 from edge_agent.sink_set import SinkSet
+from edge_agent.sinks.base import Delivery
 from edge_agent.sinks.delivery import Backoff
 from edge_agent.types import SignalTable
 from tests.services import free_port
@@ -83,8 +84,7 @@ def _sink_set(tmp_path: Path, outbox: Outbox, sink: RecordingSink) -> SinkSet:
     config = parse_config(f'[agent]\nname = "t"\n[outbox]\ndir = "{tmp_path}"\n', "test.toml", tmp_path)
     sinks = SinkSet(config, SignalTable(), AgentMetrics())
     sinks.backoff = Backoff(0.01, 0.05)
-    # the "output" handed to publish is already the records: the encoding is not what is tested here
-    sinks._add("rec", lambda out: list(out), outbox, sink, batch_records=100)  # type: ignore[arg-type]
+    sinks._add("rec", outbox, sink, Delivery(batch_records=100))  # type: ignore[arg-type]
     return sinks
 
 
@@ -114,7 +114,7 @@ async def test_the_outbox_writer_keeps_records_while_the_disk_is_full_and_stores
     outbox, sink, sinks = _on_a_full_disk(tmp_path)
     channel = sinks.channels[0]
     for k in range(5):
-        sinks.publish(_records(k * 10, 10))  # type: ignore[arg-type]
+        sinks.publish_records(_records(k * 10, 10))
         await asyncio.sleep(0.05)  # several failed puts in between
     assert channel.writer is not None and not channel.writer.done()
     assert [int(r.payload) for r in channel.pending] == list(range(50)) and len(outbox) == 0
@@ -143,7 +143,7 @@ async def test_records_past_the_memory_cap_are_dropped_oldest_first_and_counted_
     channel = sinks.channels[0]
     channel.pending_max_bytes = 20 * stored_size(_records(0, 1)[0])  # room for 20 records
     for k in range(10):
-        sinks.publish(_records(k * 5, 5))  # type: ignore[arg-type]
+        sinks.publish_records(_records(k * 5, 5))
         await asyncio.sleep(0.02)
     kept = [int(r.payload) for r in channel.pending]
     assert 15 <= len(kept) <= 20 and kept == list(range(50 - len(kept), 50))  # the newest, in order
@@ -167,7 +167,7 @@ async def test_a_delivery_loop_that_dies_is_logged_at_once_and_restarted(
     outbox = Outbox(tmp_path / "rec.sqlite")
     sink = RecordingSink(fail_first=RuntimeError("a bug in the sink"))
     sinks = _sink_set(tmp_path, outbox, sink)
-    sinks.publish(_records(0, 30))  # type: ignore[arg-type]
+    sinks.publish_records(_records(0, 30))
     await _until(lambda: outbox.counters.acked_records == 30)
     assert sink.accepted == list(range(30))  # the batch of the dead loop is offered again, from the oldest
     assert outbox.counters.acked_records == 30 and len(outbox) == 0

@@ -1,1 +1,1 @@
-"""Publishers: MQTT and InfluxDB, fed from the disk outbox."""
+"""The sinks: one package per output (registry.py lists them), fed from its disk outbox by delivery.py."""

@@ -1,14 +1,33 @@
-"""InfluxDB line protocol (docs/schema.md), vectorized over a device's batch arrays."""
+"""InfluxDB line protocol (docs/schema.md), encoded from outbox records when they are sent, columnar over a batch."""
 
 from __future__ import annotations
 
+import logging
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 
-from edge_agent.records import AgentStatus, AlarmEvent, IndicatorBatch, Kind, Record, SignalNames, Source
-from edge_agent.types import BAD_THRESHOLD, Readings, SignalTable
+from edge_agent.records import (
+    AlarmData,
+    KpiData,
+    RawData,
+    Record,
+    RecordData,
+    RecordFormatError,
+    Source,
+    StatusData,
+    is_packed,
+    unpack,
+)
+from edge_agent.types import BAD_THRESHOLD
+
+log = logging.getLogger("edge_agent.sinks.influx")
+
+#: Line-prefix lists kept (per source, measurement and set of signals) before the cache starts over.
+_PREFIX_CACHE_SIZE = 4096
 
 # Line protocol escaping (https://docs.influxdata.com/influxdb/v2/reference/syntax/line-protocol/#special-characters)
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\\": "\\\\", "\n": r"\n"})
@@ -36,34 +55,61 @@ def _float_texts(values: NDArray[np.float64]) -> list[str]:
     return text.split(", ") if text else []
 
 
-class _Prefixes:
-    """Line prefixes of one source and measurement over the span of rows it has sent."""
+class LineProtocolEncoder:
+    """Encodes outbox records as line protocol; the raw values of consecutive records are formatted as one columnar batch.
+
+    Records an older version stored already encoded (lines) pass through unchanged, so an outbox
+    written before the upgrade drains as it was written.
+    """
 
     def __init__(self) -> None:
-        self.base = 0
-        self.text: NDArray[np.object_] = np.empty(0, dtype=object)
-        self.filled: NDArray[np.bool_] = np.empty(0, dtype=bool)
+        # the line prefixes ("measurement,tags,signal=..,unit=.. ") of each source, measurement and set
+        # of signals: a device sends the same few sets, so they are built once
+        self._prefixes: dict[tuple[Source, str, bytes, bytes], list[str]] = {}
+        self.unreadable = 0
+        """Records skipped because they could not be unpacked (a newer format, damaged bytes)."""
 
-    def grow(self, lo: int, hi: int) -> None:
-        """Cover rows lo..hi-1 as well, keeping what is built."""
-        if self.text.shape[0]:
-            lo, hi = min(lo, self.base), max(hi, self.base + self.text.shape[0])
-        text = np.full(hi - lo, None, dtype=object)
-        filled = np.zeros(hi - lo, dtype=bool)
-        if self.text.shape[0]:
-            text[self.base - lo : self.base - lo + self.text.shape[0]] = self.text
-            filled[self.base - lo : self.base - lo + self.text.shape[0]] = self.filled
-        self.base, self.text, self.filled = lo, text, filled
+    def encode(self, records: Sequence[Record]) -> bytes:
+        """The lines of a batch of outbox records, in order; a record that cannot be read is logged and left out."""
+        parts: list[bytes] = []
+        raw: list[RawData] = []
+        failed: list[str] = []
+        for record in records:
+            if not is_packed(record.payload):
+                if raw:
+                    parts.append(self.raw(raw).encode())
+                    raw = []
+                parts.append(record.payload)  # written by an older version: already the lines
+                continue
+            try:
+                data = unpack(record)
+            except RecordFormatError as exc:
+                failed.append(str(exc))
+                continue
+            if isinstance(data, RawData):
+                raw.append(data)
+                continue
+            if raw:
+                parts.append(self.raw(raw).encode())
+                raw = []
+            parts.append(self.lines(data).encode())
+        if raw:
+            parts.append(self.raw(raw).encode())
+        if failed:
+            # delivering the rest beats blocking the sink on a record no retry can read
+            self.unreadable += len(failed)
+            log.error("influx: %d records could not be read and are skipped: %s", len(failed), failed[0])
+        return b"".join(parts)
 
-
-class LineProtocolEncoder:
-    """Encodes batches into InfluxDB line protocol (docs/schema.md), vectorized over a batch's arrays."""
-
-    def __init__(self, table: SignalTable) -> None:
-        self._signals = SignalNames(table)
-        # per (source, measurement): the line prefixes ("measurement,tags,signal=.. ") of the rows the
-        # source sends, in an object array over the span of its rows (a device's rows are contiguous)
-        self._prefixes: dict[tuple[Source, str], _Prefixes] = {}
+    def lines(self, data: RecordData) -> str:
+        """The lines of one unpacked record."""
+        if isinstance(data, RawData):
+            return self.raw([data])
+        if isinstance(data, KpiData):
+            return self.kpi(data)
+        if isinstance(data, AlarmData):
+            return self.alarm(data)
+        return self.status(data)
 
     def _tags(self, source: Source) -> str:
         return (
@@ -71,102 +117,89 @@ class LineProtocolEncoder:
             f"machine={lp_tag(source.machine)},site={lp_tag(source.site)}"
         )
 
-    def _row_prefixes(
-        self, source: Source, measurement: str, rows: NDArray[np.integer]
-    ) -> NDArray[np.object_]:
-        """The line prefixes of `rows` for this source and measurement, built once per row on first use.
-
-        Only the span of rows a source really sends is held: an array over the whole table per
-        source and measurement cost 8 bytes x signals x sources x 2 (17 MB at 100 devices of 100
-        tags), and testing it for gaps at every batch cost more than the lines themselves.
-        """
-        key = (source, measurement)
-        cache = self._prefixes.get(key)
-        if cache is None:
-            cache = self._prefixes[key] = _Prefixes()
-        if rows.size == 0:
-            return np.empty(0, dtype=object)
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        if lo < cache.base or hi > cache.base + cache.text.shape[0]:
-            cache.grow(lo, hi)
-        at = rows - cache.base
-        missing = rows[~cache.filled[at]]
-        if missing.size:
-            self._signals.refresh()
-            missing = np.unique(missing)
+    def _row_prefixes(self, source: Source, measurement: str, names: bytes, units: bytes) -> list[str]:
+        """The line prefix of each signal of a record, built once per source, measurement and set of signals."""
+        key = (source, measurement, names, units)
+        found = self._prefixes.get(key)
+        if found is None:
             head = f"{lp_measurement(measurement)},{self._tags(source)},signal="
-            names = self._signals.names[missing].tolist()
-            units = self._signals.units[missing].tolist()
-            cache.text[missing - cache.base] = [
+            found = [
                 f"{head}{lp_tag(name)}{',unit=' + lp_tag(unit) if unit else ''} "
-                for name, unit in zip(names, units, strict=True)
+                for name, unit in zip(orjson.loads(names), orjson.loads(units), strict=True)
             ]
-            cache.filled[missing - cache.base] = True
-        return cache.text[at]
+            if len(self._prefixes) >= _PREFIX_CACHE_SIZE:
+                self._prefixes.clear()  # subscription bursts can name any subset of signals: keep it bounded
+            self._prefixes[key] = found
+        return found
 
-    def raw(self, source: Source, readings: Readings) -> Record:
+    def raw(self, batch: Sequence[RawData]) -> str:
         """Lines `{equipment},tags,signal=.. value=..,quality=..i t_ns`; a bad value carries only its quality."""
-        n = len(readings)
-        prefixes = self._row_prefixes(source, source.equipment, readings.signal).tolist()
-        quality = readings.quality.tolist()
-        stamps = readings.t_ns.tolist()
-        bad = readings.quality >= BAD_THRESHOLD
+        prefixes: list[str] = []
+        for data in batch:
+            source = data.head.source
+            prefixes += self._row_prefixes(source, source.equipment, data.names, data.units)
+        if len(batch) == 1:
+            value, quality_array, t_ns = batch[0].value, batch[0].quality, batch[0].t_ns
+        else:
+            value = np.concatenate([d.value for d in batch])
+            quality_array = np.concatenate([d.quality for d in batch])
+            t_ns = np.concatenate([d.t_ns for d in batch])
+        quality = quality_array.tolist()
+        stamps = t_ns.tolist()
+        bad = quality_array >= BAD_THRESHOLD
         if not bad.any():
-            values = _float_texts(readings.value)
-            text = "".join(
+            values = _float_texts(value)
+            return "".join(
                 [
                     f"{p}value={v},quality={q}i {t}\n"
                     for p, v, q, t in zip(prefixes, values, quality, stamps, strict=True)
                 ]
             )
-        else:
-            # line protocol has no NaN: a bad value is a line with the quality field only
-            values = _float_texts(np.where(bad, 0.0, readings.value))
-            bad_list = bad.tolist()
-            text = "".join(
-                [
-                    f"{p}quality={q}i {t}\n" if b else f"{p}value={v},quality={q}i {t}\n"
-                    for p, v, q, t, b in zip(prefixes, values, quality, stamps, bad_list, strict=True)
-                ]
-            )
-        return Record(Kind.RAW, source.machine, text.encode(), n)
+        # line protocol has no NaN: a bad value is a line with the quality field only
+        values = _float_texts(np.where(bad, 0.0, value))
+        bad_list = bad.tolist()
+        return "".join(
+            [
+                f"{p}quality={q}i {t}\n" if b else f"{p}value={v},quality={q}i {t}\n"
+                for p, v, q, t, b in zip(prefixes, values, quality, stamps, bad_list, strict=True)
+            ]
+        )
 
-    def kpi(self, source: Source, batch: IndicatorBatch) -> Record:
+    def kpi(self, data: KpiData) -> str:
         """One line per signal: `{family},tags,signal=.. name=value,... t_ns`; NaN indicators are left out."""
-        prefixes = self._row_prefixes(source, batch.family, batch.signal).tolist()
-        names = [lp_tag(k) for k in batch.values]
-        columns = [_float_texts(np.nan_to_num(col, nan=0.0)) for col in batch.values.values()]
-        finite = [np.isfinite(col).tolist() for col in batch.values.values()]
+        prefixes = self._row_prefixes(data.head.source, data.family, data.names, data.units)
+        names = [lp_tag(k) for k in data.values]
+        columns = [_float_texts(np.nan_to_num(col, nan=0.0)) for col in data.values.values()]
+        finite = [np.isfinite(col).tolist() for col in data.values.values()]
         lines = []
-        stamp = batch.t_ns
+        stamp = data.head.t_ns
         for i, prefix in enumerate(prefixes):
             fields = ",".join(
                 [f"{name}={col[i]}" for name, col, ok in zip(names, columns, finite, strict=True) if ok[i]]
             )
             if fields:
                 lines.append(f"{prefix}{fields} {stamp}\n")
-        n = sum(1 for ok in finite for x in ok if x)
-        return Record(Kind.KPI, source.machine, "".join(lines).encode(), n)
+        return "".join(lines)
 
-    def alarm(self, source: Source, event: AlarmEvent) -> Record:
+    def alarm(self, data: AlarmData) -> str:
         """One line `alarm,tags,signal=..,rule=.. active=1i|0i,value=..,limit=..,severity="..",message=".." t_ns`."""
-        prefix = self._row_prefixes(source, "alarm", np.array([event.signal]))[0]
-        fields = [f"active={1 if event.state == 'start' else 0}i"]
-        for name, number in (("value", event.value), ("limit", event.limit)):
+        names, units = orjson.dumps([data.signal]), orjson.dumps([data.unit])
+        prefix = self._row_prefixes(data.head.source, "alarm", names, units)[0]
+        fields = [f"active={1 if data.state == 'start' else 0}i"]
+        for name, number in (("value", data.value), ("limit", data.limit)):
             if np.isfinite(number):
                 fields.append(f"{name}={float(number)!r}")
-        fields.append(f"severity={lp_string(event.severity)}")
-        if event.message:
-            fields.append(f"message={lp_string(event.message)}")
-        line = f"{prefix[:-1]},rule={lp_tag(event.rule)} {','.join(fields)} {event.t_ns}\n"
-        return Record(Kind.ALARM, source.machine, line.encode())
+        fields.append(f"severity={lp_string(data.severity)}")
+        if data.message:
+            fields.append(f"message={lp_string(data.message)}")
+        return f"{prefix[:-1]},rule={lp_tag(data.rule)} {','.join(fields)} {data.head.t_ns}\n"
 
-    def status(self, source: Source, status: AgentStatus) -> Record:
+    def status(self, data: StatusData) -> str:
         """One line `agent_status,tags online=1i|0i,<numeric health fields> t_ns`."""
-        fields = [f"online={1 if status.state == 'online' else 0}i"]
-        for name, value in status.health.items():
-            # numpy scalars count as the numbers they are: a field written once as an integer and
-            # once as a string is a type conflict InfluxDB refuses for the rest of the shard
+        fields = [f"online={1 if data.state == 'online' else 0}i"]
+        for name, value in data.health.items():
+            # a field written once as an integer and once as a string is a type conflict InfluxDB
+            # refuses for the rest of the shard
             if isinstance(value, bool | np.bool_ | numbers.Integral):
                 fields.append(f"{lp_tag(name)}={int(value)}i")
             elif isinstance(value, numbers.Real):
@@ -174,5 +207,4 @@ class LineProtocolEncoder:
                     fields.append(f"{lp_tag(name)}={float(value)!r}")
             else:
                 fields.append(f"{lp_tag(name)}={lp_string(str(value))}")
-        line = f"agent_status,{self._tags(source)} {','.join(fields)} {status.t_ns}\n"
-        return Record(Kind.STATUS, source.machine, line.encode())
+        return f"agent_status,{self._tags(data.head.source)} {','.join(fields)} {data.head.t_ns}\n"

@@ -1,4 +1,4 @@
-"""InfluxDB sink (influxdb-client async API): pre-serialized line protocol, gzip, Retry-After, dead letters for 400s."""
+"""InfluxDB sink (influxdb-client async API): line protocol encoded at send time, gzip, Retry-After, dead letters for 400s."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from influxdb_client.service.write_service import WriteService
 from edge_agent.records import Record
 from edge_agent.sinks.delivery import SinkError
 from edge_agent.sinks.influx.config import InfluxSink
+from edge_agent.sinks.influx.encoder import LineProtocolEncoder
 
 log = logging.getLogger("edge_agent.sinks.influx")
 
@@ -65,7 +66,7 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class InfluxWriter:
-    """Writes outbox records (line-protocol bytes) to /api/v2/write; `send` returns once every line is stored
+    """Writes outbox records to /api/v2/write as line protocol; `send` returns once every line is stored
     or dead-lettered.
 
     A 400 means the server refused some lines. InfluxDB 2.x writes the good lines of the body and names
@@ -81,6 +82,7 @@ class InfluxWriter:
         self.config = config
         self.dead_letter = Path(dead_letter)
         self.counters = InfluxCounters()
+        self.encoder = LineProtocolEncoder()
         self._client: InfluxDBClientAsync | None = None
         self._service: WriteService | None = None
         self._unanswered = False  # the last write got no HTTP answer at all (refused, reset, timed out)
@@ -109,7 +111,9 @@ class InfluxWriter:
         """Write the lines of all records; raise SinkError if the server cannot take them now."""
         if self._service is None:
             await self.start()
-        body = b"".join(r.payload for r in records)
+        body = self.encoder.encode(records)
+        if not body:
+            return  # e.g. only indicator sets whose every value was undefined
         try:
             await self._post(body)
         except _Rejected as exc:

@@ -11,6 +11,16 @@ from pydantic import Field, field_validator, model_validator
 from edge_agent.config_model import Model, Secret
 
 
+def check_topic_template(template: str) -> None:
+    """Raise ValueError naming the placeholders if `template` cannot be filled."""
+    try:
+        template.format(prefix="p", enterprise="e", site="s", area="a", line="l", machine="m", kind="raw")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"{template!r} is not usable ({exc}); placeholders: prefix, enterprise, site, area, line, machine, kind"
+        ) from None
+
+
 class TlsOptions(Model):
     """TLS towards a broker."""
 
@@ -64,6 +74,12 @@ class MqttSink(Model):
         bad = sorted({c for c in v if c in "+#\0"})
         if bad:
             raise ValueError(f"must not contain the MQTT wildcard or NUL characters {bad}")
+        return v
+
+    @field_validator("topic_template")
+    @classmethod
+    def _fillable(cls, v: str) -> str:
+        check_topic_template(v)
         return v
 
     @field_validator("url")

@@ -1,51 +1,71 @@
-"""MQTT JSON payloads and unified-namespace topics (docs/schema.md), from a device's batch arrays."""
+"""MQTT JSON payloads and unified-namespace topics (docs/schema.md), encoded from outbox records when they are sent."""
 
 from __future__ import annotations
 
-import time
+import datetime as dt
+import functools
+import logging
+from collections.abc import Sequence
 
 import orjson
 
 from edge_agent.records import (
-    AgentStatus,
-    AlarmEvent,
-    IndicatorBatch,
+    AlarmData,
+    Header,
     Kind,
+    KpiData,
+    RawData,
     Record,
-    SignalNames,
+    RecordData,
+    RecordFormatError,
     Source,
-    iso_ms,
+    StatusData,
+    is_packed,
+    unpack,
 )
-from edge_agent.types import Readings, SignalTable
+from edge_agent.sinks.mqtt.config import check_topic_template
+
+log = logging.getLogger("edge_agent.sinks.mqtt")
 
 #: Version of the MQTT JSON payloads; bumped on any change a consumer could notice.
 MQTT_SCHEMA_VERSION = 1
 
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def iso_ms(t_ns: int) -> str:
+    """ISO 8601 UTC with milliseconds and a `Z`, the timestamp form of the JSON payloads."""
+    ms = t_ns // 1_000_000
+    return f"{_iso_seconds(ms // 1000)}.{ms % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _iso_seconds(s: int) -> str:
+    # strftime is ~10 us; every message of a second (hundreds of devices) shares the same seconds
+    return dt.datetime.fromtimestamp(s, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
 
 class MqttEncoder:
-    """Encodes batches into MQTT records: the unified-namespace topic and the JSON payload of docs/schema.md."""
+    """Encodes outbox records as MQTT messages: a Record whose key is the topic and whose payload is the JSON.
+
+    Records an older version stored already encoded (topic and JSON) pass through unchanged, so an
+    outbox written before the upgrade drains as it was written.
+    """
 
     def __init__(
         self,
-        table: SignalTable,
         topic_prefix: str = "spBv1.0-free/uns",
         topic_template: str = "{prefix}/{site}/{area}/{line}/{machine}/{kind}",
-        boot_ms: int | None = None,
     ) -> None:
-        self._signals = SignalNames(table)
+        try:
+            check_topic_template(topic_template)
+        except ValueError as exc:
+            raise ValueError(f"sinks.mqtt.topic_template {exc}") from None
         self._prefix = topic_prefix
         self._template = topic_template
-        #: Start of this agent run (epoch ms); with `seq` it makes (boot, seq) unique across restarts.
-        self.boot_ms = boot_ms if boot_ms is not None else time.time_ns() // 1_000_000
-        self._seq: dict[str, int] = {}
         self._topics: dict[tuple[Source, Kind], str] = {}
-        try:
-            self.topic(Source("m"), Kind.RAW)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"sinks.mqtt.topic_template {topic_template!r} is not usable ({exc}); "
-                "placeholders: prefix, enterprise, site, area, line, machine, kind"
-            ) from None
+        self.unreadable = 0
+        """Records skipped because they could not be unpacked (a newer format, damaged bytes)."""
 
     def topic(self, source: Source, kind: Kind) -> str:
         """The topic of `kind` messages of a source."""
@@ -64,15 +84,39 @@ class MqttEncoder:
             self._topics[key] = topic
         return topic
 
-    def _header(
-        self, source: Source, kind: Kind, t_ns: int, sequenced: bool = True
-    ) -> tuple[str, dict[str, object]]:
-        topic = self.topic(source, kind)
-        seq = 0
-        if sequenced:
-            seq = self._seq.get(topic, 0) + 1
-            self._seq[topic] = seq
-        return topic, {
+    def encode(self, records: Sequence[Record]) -> list[Record]:
+        """The messages of a batch of outbox records, in order; a record that cannot be read is logged and left out."""
+        out: list[Record] = []
+        failed: list[str] = []
+        for record in records:
+            if not is_packed(record.payload):
+                out.append(record)  # written by an older version: already the message
+                continue
+            try:
+                data = unpack(record)
+            except RecordFormatError as exc:
+                failed.append(str(exc))
+                continue
+            out.append(self.message(data))
+        if failed:
+            # delivering the rest beats blocking the sink on a record no retry can read
+            self.unreadable += len(failed)
+            log.error("MQTT: %d records could not be read and are skipped: %s", len(failed), failed[0])
+        return out
+
+    def message(self, data: RecordData) -> Record:
+        """One unpacked record as its message."""
+        if isinstance(data, RawData):
+            return self.raw(data)
+        if isinstance(data, KpiData):
+            return self.kpi(data)
+        if isinstance(data, AlarmData):
+            return self.alarm(data)
+        return self.status(data)
+
+    def _header(self, head: Header, kind: Kind) -> tuple[str, dict[str, object]]:
+        source = head.source
+        return self.topic(source, kind), {
             "v": MQTT_SCHEMA_VERSION,
             "kind": kind.topic_name,
             "site": source.site,
@@ -80,59 +124,53 @@ class MqttEncoder:
             "line": source.line,
             "machine": source.machine,
             "equipment": source.equipment,
-            "boot": self.boot_ms,
-            "seq": seq,
-            "ts": iso_ms(t_ns),
-            "ts_ms": t_ns // 1_000_000,
+            "boot": head.boot_ms,
+            "seq": head.seq,
+            "ts": iso_ms(head.t_ns),
+            "ts_ms": head.t_ns // 1_000_000,
         }
 
-    def raw(self, source: Source, readings: Readings) -> Record:
+    def raw(self, data: RawData) -> Record:
         """One message with every value of one poll of one device (columnar arrays, NaN -> null)."""
-        self._signals.refresh()
-        rows = readings.signal
-        t_ns = int(readings.t_ns.max()) if len(readings) else time.time_ns()
-        topic, body = self._header(source, Kind.RAW, t_ns)
-        body["signals"] = self._signals.names[rows].tolist()
-        body["units"] = self._signals.units[rows].tolist()
-        body["values"] = readings.value  # orjson writes NaN (bad quality) as null
-        body["quality"] = readings.quality
-        body["t_ms"] = readings.t_ns // 1_000_000
-        return Record(Kind.RAW, topic, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), len(readings))
+        topic, body = self._header(data.head, Kind.RAW)
+        body["signals"] = orjson.Fragment(data.names)
+        body["units"] = orjson.Fragment(data.units)
+        body["values"] = data.value  # orjson writes NaN (bad quality) as null
+        body["quality"] = data.quality
+        body["t_ms"] = data.t_ns // 1_000_000
+        return Record(Kind.RAW, topic, orjson.dumps(body, option=_NUMPY), len(data.value))
 
-    def kpi(self, source: Source, batch: IndicatorBatch) -> Record:
+    def kpi(self, data: KpiData) -> Record:
         """One message with a set of indicator values per signal at one time."""
-        self._signals.refresh()
-        topic, body = self._header(source, Kind.KPI, batch.t_ns)
-        body["family"] = batch.family
-        body["signals"] = self._signals.names[batch.signal].tolist()
-        body["units"] = self._signals.units[batch.signal].tolist()
-        body["indicators"] = dict(batch.values)
-        n = len(batch.signal) * len(batch.values)
-        return Record(Kind.KPI, topic, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), n)
+        topic, body = self._header(data.head, Kind.KPI)
+        body["family"] = data.family
+        body["signals"] = orjson.Fragment(data.names)
+        body["units"] = orjson.Fragment(data.units)
+        body["indicators"] = data.values
+        n = sum(len(column) for column in data.values.values())
+        return Record(Kind.KPI, topic, orjson.dumps(body, option=_NUMPY), n)
 
-    def alarm(self, source: Source, event: AlarmEvent) -> Record:
+    def alarm(self, data: AlarmData) -> Record:
         """One message per alarm start or clear."""
-        self._signals.refresh()
-        topic, body = self._header(source, Kind.ALARM, event.t_ns)
+        topic, body = self._header(data.head, Kind.ALARM)
         body.update(
-            signal=self._signals.names[event.signal],
-            unit=self._signals.units[event.signal],
-            rule=event.rule,
-            state=event.state,
-            severity=event.severity,
-            value=event.value,
-            limit=event.limit,
-            message=event.message,
+            signal=data.signal,
+            unit=data.unit,
+            rule=data.rule,
+            state=data.state,
+            severity=data.severity,
+            value=data.value,
+            limit=data.limit,
+            message=data.message,
         )
         return Record(Kind.ALARM, topic, orjson.dumps(body))
 
-    def status(self, source: Source, status: AgentStatus, will: bool = False) -> Record:
-        """The (retained) status message of a source; `will=True` makes the last will, with seq 0.
+    def status(self, data: StatusData) -> Record:
+        """The (retained) status message of a source; seq 0 marks the last will, which takes no place in the sequence.
 
-        The broker sends the will only if the agent dies, at a time nobody knows in advance, so it
-        takes no place in the topic's sequence (seq 0 means "outside the sequence").
+        The broker sends the will only if the agent dies, at a time nobody knows in advance.
         """
-        topic, body = self._header(source, Kind.STATUS, status.t_ns, sequenced=not will)
-        body["state"] = status.state
-        body["health"] = dict(status.health)
+        topic, body = self._header(data.head, Kind.STATUS)
+        body["state"] = data.state
+        body["health"] = data.health
         return Record(Kind.STATUS, topic, orjson.dumps(body))

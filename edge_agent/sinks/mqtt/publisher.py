@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from edge_agent.records import Kind, Record
 from edge_agent.sinks.delivery import SinkConfigError, SinkError
 from edge_agent.sinks.mqtt.config import MqttSink
+from edge_agent.sinks.mqtt.encoder import MqttEncoder
 from edge_agent.sinks.mqtt.session import Message, PahoSession, Settings, open_session
 
 log = logging.getLogger("edge_agent.sinks.mqtt")
@@ -40,6 +41,10 @@ _RESTART_MAX_S = 30.0
 
 class MqttPublisher:
     """Publishes outbox records to one broker; `send` returns only when the broker acknowledged every message.
+
+    `send` encodes the records it is given (topic and JSON from `sinks.mqtt`'s template and prefix);
+    `online` and `will` are messages already encoded. `offline_at_stop` publishes the will's
+    offline status at a clean stop (the agent queues its own offline status instead).
 
     With `publisher = "thread"` the paho session runs in this process and completes the senders'
     futures itself; a session whose I/O thread failed is replaced at the next send.
@@ -59,9 +64,12 @@ class MqttPublisher:
         will: Record | None = None,
         name: str = "mqtt",
         ack_timeout: float = 30.0,
+        offline_at_stop: bool = True,
     ) -> None:
         self.name = name
         self.config = config
+        self.encoder = MqttEncoder(config.topic_prefix, config.topic_template)
+        self.offline_at_stop = offline_at_stop
         parts = urlsplit(config.url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
@@ -186,11 +194,13 @@ class MqttPublisher:
             process.kill()
         return process.wait()
 
-    async def stop(self, publish_offline: bool = True) -> None:
-        """Publish the offline status (retained), disconnect cleanly and end the publisher process."""
+    async def stop(self, publish_offline: bool | None = None) -> None:
+        """Publish the offline status (retained; by default if `offline_at_stop`), disconnect, end the publisher process."""
+        if publish_offline is None:
+            publish_offline = self.offline_at_stop
         if publish_offline and self._will is not None and self.connected:
             try:
-                await asyncio.wait_for(self.send([self._will]), 5.0)
+                await asyncio.wait_for(self._publish([self._will]), 5.0)
             except (SinkError, TimeoutError):
                 pass  # best effort on shutdown: the broker's last will says offline anyway
         self._stopping = True
@@ -229,10 +239,13 @@ class MqttPublisher:
     # ------------------------------------------------------------------ sending (event loop side)
 
     async def send(self, records: Sequence[Record]) -> None:
-        """Publish every record at the configured QoS; return when all are acknowledged, else raise SinkError."""
+        """Encode and publish outbox records at the configured QoS; return when all are acknowledged, else raise SinkError."""
         connection = self.connects
+        messages = self.encoder.encode(records)
+        if not messages:
+            return
         try:
-            await self._publish(records)
+            await self._publish(messages)
         except SinkError:
             self._failed_on = max(self._failed_on, connection)
             raise
@@ -253,6 +266,7 @@ class MqttPublisher:
                 loop.call_soon_threadsafe(self._state_changed.set)
 
     async def _publish(self, records: Sequence[Record]) -> None:
+        """Publish encoded messages (key = topic, payload = JSON)."""
         if self._session is not None and self._session.broken:
             await self._renew_session()
         conn = self._conn
