@@ -138,8 +138,8 @@ class IndicatorPipeline:
             for name in dev.signal_names():
                 ps = profile.signal(name)
                 rows[name] = self.table.add(dev.name, name, _unit(dev, name) or (ps.unit if ps else ""))
-            # device-level indicators hang on pseudo-signals of their own; every device has every one,
-            # so a profile may gain a feature without moving the rows of running drivers
+            # device-level indicators hang on pseudo-signals of their own; every device has a row for
+            # each, whether its profile publishes it or not (tests/test_deploy.py checks the set)
             for pseudo in PSEUDO_SIGNALS:
                 rows[pseudo] = self.table.add(dev.name, pseudo)
             source = Source(
