@@ -55,7 +55,7 @@ def discover_command(args: argparse.Namespace) -> int:
         skeleton = asyncio.run(_discover(discovery, ns, where))
     except (ValueError, DiscoveryError, OSError, TimeoutError) as exc:
         # nothing on stdout: `discover ... > file.toml` leaves no half skeleton behind
-        print(f"{where}: {exc}", file=sys.stderr)
+        print(f"{where}: {exc or type(exc).__name__}", file=sys.stderr)
         return 2
     sys.stdout.write(skeleton)
     return 0

@@ -16,7 +16,7 @@ from edge_agent.drivers.opcua.config import OpcUaDevice
 from edge_agent.drivers.opcua.discover import browse_opcua, opcua_skeleton
 from edge_agent.simulators.die_casting import DieCastingSimulator
 from edge_agent.simulators.imm import ImmSimulator
-from edge_agent.simulators.opcua_server import free_port
+from edge_agent.simulators.opcua_server import SimSecurity, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -161,3 +161,33 @@ async def test_modbus_skeleton_shows_each_register_value_and_guesses_float32_pai
     # registers holding integers (state, counters, scaled int16 temperatures) are not float candidates
     ints = {f.address for f in sim.FIELDS if f.type in ("uint16", "int16")}
     assert not [a for a, _ in guesses if {a, a + 1} <= ints]
+
+
+async def test_discover_opcua_of_a_secure_only_server_is_one_line_exit_2(tmp_path: Path) -> None:
+    security = SimSecurity.secure(tmp_path, "urn:edge-agent:sim:imm:server", allow_anonymous=True)
+    sim = ImmSimulator(speed=1.0, security=security)
+    endpoint = await sim.start("127.0.0.1", 0)
+    try:
+        proc = await _started("discover", "opcua", endpoint)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await sim.stop()
+    assert proc.returncode == 2
+    assert out == b""
+    (line,) = err.decode().splitlines()  # no asyncua traceback
+    assert line.startswith(f"discover opcua {endpoint}: ") and "SecurityPolicy None" in line
+
+
+async def test_discover_opcua_of_a_port_that_never_answers_is_one_line_exit_2() -> None:
+    # a hostile server: it accepts the connection and never says a word
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        proc = await _started("discover", "opcua", f"opc.tcp://127.0.0.1:{port}", "--timeout", "1")
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        server.close()
+    assert proc.returncode == 2
+    assert out == b""
+    (line,) = err.decode().splitlines()
+    assert f"discover opcua opc.tcp://127.0.0.1:{port}: no OPC UA answer within 1 s" in line

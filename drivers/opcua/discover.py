@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge_agent.drivers.base import Discovery
+from edge_agent.drivers.base import Discovery, DiscoveryError
 from edge_agent.drivers.skeleton import device_header, progress, toml_string
 
 IMM2MES_URI = "http://opcfoundation.org/UA/IMM2MES/"
@@ -133,13 +133,26 @@ async def _member_paths(event_type: Any) -> set[str]:
     return paths
 
 
-async def browse_opcua(url: str, max_depth: int = 8, max_nodes: int = 5000) -> Browsed:
-    """Browse Objects breadth-first: the variables, whether a EUROMAP 77 machine was seen, its cycle event."""
+async def browse_opcua(url: str, max_depth: int = 8, max_nodes: int = 5000, timeout: float = 10.0) -> Browsed:
+    """Browse Objects breadth-first: the variables, whether a EUROMAP 77 machine was seen, its cycle event.
+
+    Browses without security; raises DiscoveryError if the server offers no such endpoint.
+    """
     from asyncua import Client, ua
 
+    endpoints = await Client(url, timeout=timeout).connect_and_get_server_endpoints()
+    offered = sorted(
+        {f"{ep.SecurityPolicyUri.rsplit('#', 1)[-1]}/{ep.SecurityMode.name}" for ep in endpoints}
+    )
+    if not any(ep.SecurityPolicyUri.endswith("#None") for ep in endpoints):
+        raise DiscoveryError(
+            f"the server offers only secure endpoints ({', '.join(offered)}) and discover browses with "
+            "SecurityPolicy None: allow None on the server while commissioning, or write the config from "
+            "a browse with an OPC UA client (docs/opcua.md)"
+        )
     found: list[FoundVariable] = []
     euromap = False
-    async with Client(url, timeout=10) as client:
+    async with Client(url, timeout=timeout) as client:
         namespaces = await client.get_namespace_array()
         euromap = IMM2MES_URI in namespaces
         cycle = await _cycle_event(client, namespaces)
@@ -267,10 +280,27 @@ def _address(target: str) -> tuple[str, int]:
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-nodes", type=int, default=5000, help="stop browsing after this many nodes")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="answer time of each request (default 10)",
+    )
 
 
 async def _run(args: argparse.Namespace) -> str:
-    found = await browse_opcua(args.target, max_nodes=args.max_nodes)
+    from asyncua import ua
+
+    try:
+        found = await browse_opcua(args.target, max_nodes=args.max_nodes, timeout=args.timeout)
+    except TimeoutError:
+        raise DiscoveryError(
+            f"no OPC UA answer within {args.timeout:g} s: is it an OPC UA server, and the port right? "
+            "(a slow one: --timeout)"
+        ) from None
+    except ua.UaError as exc:  # a refusal by status code: login, access, too many sessions
+        raise DiscoveryError(f"the server refused: {exc}") from None
     return opcua_skeleton(args.target, found.variables, found.euromap, args.name, args.profile, found.events)
 
 
