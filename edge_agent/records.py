@@ -151,14 +151,15 @@ class Output:
 
 # --------------------------------------------------------------------------- the outbox form of a record
 #
-# Layout (little-endian): a 20-byte header, three JSON segments, zero padding to a multiple of 8,
-# then the array columns (so that numpy reads them in place, aligned).
-#   header: magic b"\x00ea", format u8, kind u8, 3 zero bytes, then the lengths (u32) of
-#           meta (JSON object), names (JSON array of signal names) and units (JSON array of units)
-#   meta:   "src": [machine, equipment, site, area, line, enterprise], "boot": ms, "seq": n, "t": ns,
-#           and per kind: raw "n" (values); kpi "n" (signals), "fam", "ind" (indicator names, the columns' order);
-#           alarm "sig", "unit", "rule", "state", "value", "limit", "sev", "msg";
-#           status "state", "health" ([name, value] pairs; a non-finite float is null)
+# Layout (little-endian): a 56-byte header, four JSON segments, zero padding to a multiple of 8, then
+# the array columns, which numpy reads in place (aligned). Reading a batch of raw values parses no JSON.
+#   header:  magic b"\x00ea", format u8, kind u8, 3 zero bytes, boot i64 (ms), seq i64, t i64 (ns),
+#            n u32 (raw: values; kpi: signals), then the lengths (u32) of the four segments:
+#   src:     [machine, equipment, site, area, line, enterprise]
+#   meta:    per kind: raw `{}`; kpi {"fam", "ind": indicator names in column order};
+#            alarm {"sig", "unit", "rule", "state", "value", "limit", "sev", "msg"};
+#            status {"state", "health": [[name, value], ...]} (a non-finite float is null)
+#   names, units: the signals' names and units (JSON arrays; `[]` for alarm and status)
 #   columns: raw t_ns int64[n], value float64[n], quality uint8[n]; kpi one float64[n] per indicator
 # A NUL byte starts no JSON message and no line of line protocol: rows of older outboxes never
 # begin with the magic. A new layout takes the next format number; `unpack` reads every format it
@@ -167,9 +168,9 @@ class Output:
 #: The format `RecordPacker` writes.
 RECORD_FORMAT = 1
 _MAGIC = b"\x00ea"
-_HEADER = struct.Struct("<3sBB3xIII")
-#: Names segments kept per set of signal rows before the cache starts over (a device sends a few sets).
-_NAMES_CACHE_SIZE = 4096
+_HEADER = struct.Struct("<3sBB3xqqqIIIII")
+#: Entries kept in the packing and unpacking caches (sets of signal rows, sources) before they start over.
+_CACHE_SIZE = 4096
 
 
 class RecordFormatError(ValueError):
@@ -181,8 +182,8 @@ def is_packed(payload: bytes) -> bool:
     return payload[:3] == _MAGIC
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+@dataclass(slots=True)
+class RecordData:
     """What every unpacked record has: its source, the agent run and sequence number, its time."""
 
     source: Source
@@ -194,38 +195,34 @@ class Header:
     """The record's time: the latest value's for raw values."""
 
 
-@dataclass(frozen=True, slots=True)
-class RawData:
+@dataclass(slots=True)
+class RawData(RecordData):
     """An unpacked batch of raw values (one poll of one device), columnar."""
 
-    head: Header
     names: bytes
     """The signal names as a JSON array, as packed: a JSON encoder copies it as it is."""
     units: bytes
     """The units as a JSON array."""
-    t_ns: NDArray[np.int64]
+    t: NDArray[np.int64]
+    """Each value's source time (ns)."""
     value: NDArray[np.float64]
     quality: NDArray[np.uint8]
-    kind: Literal[Kind.RAW] = Kind.RAW
 
 
-@dataclass(frozen=True, slots=True)
-class KpiData:
+@dataclass(slots=True)
+class KpiData(RecordData):
     """An unpacked set of indicator values of one device at one time: `values[name][i]` is signal i's."""
 
-    head: Header
     family: str
     names: bytes
     units: bytes
     values: dict[str, NDArray[np.float64]]
-    kind: Literal[Kind.KPI] = Kind.KPI
 
 
-@dataclass(frozen=True, slots=True)
-class AlarmData:
+@dataclass(slots=True)
+class AlarmData(RecordData):
     """An unpacked alarm start or clear; a non-finite value or limit reads back as NaN."""
 
-    head: Header
     signal: str
     unit: str
     rule: str
@@ -234,29 +231,19 @@ class AlarmData:
     limit: float
     severity: str
     message: str
-    kind: Literal[Kind.ALARM] = Kind.ALARM
 
 
-@dataclass(frozen=True, slots=True)
-class StatusData:
+@dataclass(slots=True)
+class StatusData(RecordData):
     """An unpacked status: online/offline and health figures (ints, floats, bools, strings; NaN for a non-finite)."""
 
-    head: Header
     state: str
     health: dict[str, float | int | str]
-    kind: Literal[Kind.STATUS] = Kind.STATUS
 
-
-RecordData = RawData | KpiData | AlarmData | StatusData
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
-
-
-def _pack(kind: Kind, meta: dict[str, object], names: bytes, units: bytes, columns: list[bytes]) -> bytes:
-    meta_json = orjson.dumps(meta, option=_NUMPY)
-    head = _HEADER.pack(_MAGIC, RECORD_FORMAT, kind, len(meta_json), len(names), len(units))
-    used = _HEADER.size + len(meta_json) + len(names) + len(units)
-    return b"".join([head, meta_json, names, units, b"\0" * (-used % 8), *columns])
+_NOTHING = b"{}"
+_EMPTY = b"[]"
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -265,7 +252,7 @@ def _finite_or_none(x: float) -> float | None:
 
 
 def _health_value(value: object) -> object:
-    # numpy scalars become the Python numbers they are (an int stays an int: InfluxDB types fields)
+    # numpy scalars become the Python numbers they are (an int stays an int: a TSDB types its fields)
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float):
@@ -284,27 +271,44 @@ class RecordPacker:
         self._signals = SignalNames(table)
         self.boot_ms = boot_ms if boot_ms is not None else time.time_ns() // 1_000_000
         self._seq: dict[tuple[Source, Kind], int] = {}
+        self._sources: dict[Source, bytes] = {}
         self._names: dict[bytes, tuple[bytes, bytes]] = {}
 
-    def _meta(self, source: Source, kind: Kind, t_ns: int, sequenced: bool = True) -> dict[str, object]:
-        seq = 0
-        if sequenced:
-            key = (source, kind)
-            seq = self._seq.get(key, 0) + 1
-            self._seq[key] = seq
-        return {
-            "src": [
-                source.machine,
-                source.equipment,
-                source.site,
-                source.area,
-                source.line,
-                source.enterprise,
-            ],
-            "boot": self.boot_ms,
-            "seq": seq,
-            "t": t_ns,
-        }
+    def _pack(
+        self,
+        kind: Kind,
+        source: Source,
+        t_ns: int,
+        n: int,
+        meta: bytes,
+        names: bytes = _EMPTY,
+        units: bytes = _EMPTY,
+        columns: tuple[bytes, ...] = (),
+    ) -> bytes:
+        key = (source, kind)
+        seq = self._seq[key] = self._seq.get(key, 0) + 1
+        src = self._sources.get(source)
+        if src is None:
+            if len(self._sources) >= _CACHE_SIZE:
+                self._sources.clear()
+            src = self._sources[source] = orjson.dumps(
+                [source.machine, source.equipment, source.site, source.area, source.line, source.enterprise]
+            )
+        head = _HEADER.pack(
+            _MAGIC,
+            RECORD_FORMAT,
+            kind,
+            self.boot_ms,
+            seq,
+            t_ns,
+            n,
+            len(src),
+            len(meta),
+            len(names),
+            len(units),
+        )
+        used = _HEADER.size + len(src) + len(meta) + len(names) + len(units)
+        return b"".join((head, src, meta, names, units, b"\0" * (-used % 8), *columns))
 
     def _names_of(self, rows: NDArray[np.integer]) -> tuple[bytes, bytes]:
         """The names and units of signal rows as JSON arrays, built once per set of rows (a device sends the same sets)."""
@@ -316,57 +320,56 @@ class RecordPacker:
                 orjson.dumps(self._signals.names[rows].tolist()),
                 orjson.dumps(self._signals.units[rows].tolist()),
             )
-            if len(self._names) >= _NAMES_CACHE_SIZE:
+            if len(self._names) >= _CACHE_SIZE:
                 self._names.clear()  # subscription bursts can name any subset of rows: keep the cache bounded
             self._names[key] = found
         return found
 
     def raw(self, source: Source, readings: Readings) -> Record:
         """One poll of one device: its values, qualities and source times, with the signals' names and units."""
-        t_ns = int(readings.t_ns.max()) if len(readings) else time.time_ns()
-        meta = self._meta(source, Kind.RAW, t_ns)
-        meta["n"] = len(readings)
+        n = len(readings)
+        t_ns = int(readings.t_ns.max()) if n else time.time_ns()
         names, units = self._names_of(readings.signal)
-        columns = [
+        columns = (
             np.ascontiguousarray(readings.t_ns, dtype=np.int64).tobytes(),
             np.ascontiguousarray(readings.value, dtype=np.float64).tobytes(),
             np.ascontiguousarray(readings.quality, dtype=np.uint8).tobytes(),
-        ]
-        return Record(Kind.RAW, source.machine, _pack(Kind.RAW, meta, names, units, columns), len(readings))
+        )
+        payload = self._pack(Kind.RAW, source, t_ns, n, _NOTHING, names, units, columns)
+        return Record(Kind.RAW, source.machine, payload, n)
 
     def kpi(self, source: Source, batch: IndicatorBatch) -> Record:
         """A set of indicator values per signal at one time."""
-        meta = self._meta(source, Kind.KPI, batch.t_ns)
-        meta["n"] = len(batch.signal)
-        meta["fam"] = batch.family
-        meta["ind"] = list(batch.values)
+        meta = orjson.dumps({"fam": batch.family, "ind": list(batch.values)})
         names, units = self._names_of(batch.signal)
-        columns = [np.ascontiguousarray(col, dtype=np.float64).tobytes() for col in batch.values.values()]
-        n = len(batch.signal) * len(batch.values)
-        return Record(Kind.KPI, source.machine, _pack(Kind.KPI, meta, names, units, columns), n)
+        columns = tuple(
+            np.ascontiguousarray(col, dtype=np.float64).tobytes() for col in batch.values.values()
+        )
+        signals = len(batch.signal)
+        payload = self._pack(Kind.KPI, source, batch.t_ns, signals, meta, names, units, columns)
+        return Record(Kind.KPI, source.machine, payload, signals * len(batch.values))
 
     def alarm(self, source: Source, event: AlarmEvent) -> Record:
         """An alarm start or clear."""
         self._signals.refresh()
-        meta = self._meta(source, Kind.ALARM, event.t_ns)
-        meta.update(
-            sig=self._signals.names[event.signal],
-            unit=self._signals.units[event.signal],
-            rule=event.rule,
-            state=event.state,
-            value=_finite_or_none(event.value),
-            limit=_finite_or_none(event.limit),
-            sev=event.severity,
-            msg=event.message,
-        )
-        return Record(Kind.ALARM, source.machine, _pack(Kind.ALARM, meta, b"[]", b"[]", []))
+        meta = {
+            "sig": self._signals.names[event.signal],
+            "unit": self._signals.units[event.signal],
+            "rule": event.rule,
+            "state": event.state,
+            "value": _finite_or_none(event.value),
+            "limit": _finite_or_none(event.limit),
+            "sev": event.severity,
+            "msg": event.message,
+        }
+        payload = self._pack(Kind.ALARM, source, event.t_ns, 1, orjson.dumps(meta))
+        return Record(Kind.ALARM, source.machine, payload)
 
     def status(self, source: Source, status: AgentStatus) -> Record:
         """The status of a source (the agent's health), in its sequence."""
-        meta = self._meta(source, Kind.STATUS, status.t_ns)
-        meta["state"] = status.state
-        meta["health"] = [[str(name), _health_value(value)] for name, value in status.health.items()]
-        return Record(Kind.STATUS, source.machine, _pack(Kind.STATUS, meta, b"[]", b"[]", []))
+        health = [[str(name), _health_value(value)] for name, value in status.health.items()]
+        meta = orjson.dumps({"state": status.state, "health": health})
+        return Record(Kind.STATUS, source.machine, self._pack(Kind.STATUS, source, status.t_ns, 1, meta))
 
     def output(self, out: Output) -> list[Record]:
         """One batch of pipeline output as records: raw values, indicators, alarms, in that order."""
@@ -376,11 +379,26 @@ class RecordPacker:
         return records
 
 
+#: Sources by their packed bytes: every record of a device carries the same ones
+_SOURCES: dict[bytes, Source] = {}
+
+
+def _source(src: bytes) -> Source:
+    found = _SOURCES.get(src)
+    if found is None:
+        if len(_SOURCES) >= _CACHE_SIZE:
+            _SOURCES.clear()
+        found = _SOURCES[src] = Source(*orjson.loads(src))
+    return found
+
+
 def unpack(record: Record) -> RecordData:
     """A packed record read back; RecordFormatError if it is of a newer format or does not parse."""
     payload = record.payload
     try:
-        magic, version, kind, meta_len, names_len, units_len = _HEADER.unpack_from(payload)
+        magic, version, kind, boot, seq, t_ns, n, src_len, meta_len, names_len, units_len = (
+            _HEADER.unpack_from(payload)
+        )
     except struct.error:
         raise RecordFormatError(f"record of {len(payload)} bytes is too short for its header") from None
     if magic != _MAGIC:
@@ -390,45 +408,60 @@ def unpack(record: Record) -> RecordData:
             f"record format {version} is newer than this agent reads ({RECORD_FORMAT}); "
             "an outbox written by a newer version must drain before a downgrade"
         )
-    at = _HEADER.size
-    names_at = at + meta_len
+    meta_at = _HEADER.size + src_len
+    names_at = meta_at + meta_len
     units_at = names_at + names_len
     end = units_at + units_len
+    at = end + (-end % 8)
     try:
-        meta = orjson.loads(payload[at:names_at])
-        src = meta["src"]
-        head = Header(Source(*src), meta["boot"], meta["seq"], meta["t"])
-        names = payload[names_at:units_at]
-        units = payload[units_at:end]
-        at = end + (-end % 8)
+        source = _source(payload[_HEADER.size : meta_at])
         if kind == Kind.RAW:
-            n = meta["n"]
-            t_ns = np.frombuffer(payload, np.int64, n, at)
-            value = np.frombuffer(payload, np.float64, n, at + 8 * n)
-            quality = np.frombuffer(payload, np.uint8, n, at + 16 * n)
-            return RawData(head, names, units, t_ns, value, quality)
+            return RawData(
+                source,
+                boot,
+                seq,
+                t_ns,
+                payload[names_at:units_at],
+                payload[units_at:end],
+                np.frombuffer(payload, np.int64, n, at),
+                np.frombuffer(payload, np.float64, n, at + 8 * n),
+                np.frombuffer(payload, np.uint8, n, at + 16 * n),
+            )
+        meta = orjson.loads(payload[meta_at:names_at])
         if kind == Kind.KPI:
-            n = meta["n"]
             values = {}
             for name in meta["ind"]:
                 values[name] = np.frombuffer(payload, np.float64, n, at)
                 at += 8 * n
-            return KpiData(head, meta["fam"], names, units, values)
+            return KpiData(
+                source,
+                boot,
+                seq,
+                t_ns,
+                meta["fam"],
+                payload[names_at:units_at],
+                payload[units_at:end],
+                values,
+            )
         if kind == Kind.ALARM:
+            value, limit = meta["value"], meta["limit"]
             return AlarmData(
-                head,
+                source,
+                boot,
+                seq,
+                t_ns,
                 meta["sig"],
                 meta["unit"],
                 meta["rule"],
                 meta["state"],
-                math.nan if meta["value"] is None else meta["value"],
-                math.nan if meta["limit"] is None else meta["limit"],
+                math.nan if value is None else value,
+                math.nan if limit is None else limit,
                 meta["sev"],
                 meta["msg"],
             )
         if kind == Kind.STATUS:
             health = {name: math.nan if value is None else value for name, value in meta["health"]}
-            return StatusData(head, meta["state"], health)
+            return StatusData(source, boot, seq, t_ns, meta["state"], health)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise RecordFormatError(f"packed record of kind {kind} does not parse ({exc})") from None
     raise RecordFormatError(f"packed record of unknown kind {kind}")

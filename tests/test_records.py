@@ -18,7 +18,6 @@ from edge_agent.records import (
     AgentStatus,
     AlarmData,
     AlarmEvent,
-    Header,
     IndicatorBatch,
     Kind,
     KpiData,
@@ -77,15 +76,15 @@ def test_a_record_reads_back_as_packed() -> None:
     readings = Readings.of(rows, [T, T + 5, T + 3], [1.5, np.nan, -0.0], [0, Quality.BAD_TIMEOUT, 0x41])
     raw = unpack(packer.raw(source, readings))
     assert isinstance(raw, RawData)
-    assert raw.head == Header(source, boot_ms=7, seq=1, t_ns=T + 5)  # the latest value's time
+    assert (raw.source, raw.boot_ms, raw.seq, raw.t_ns) == (source, 7, 1, T + 5)  # the latest value's time
     assert orjson.loads(raw.names) == ["a", 'q"\\ü', "c"] and orjson.loads(raw.units) == ["bar", "", "°C"]
-    assert raw.t_ns.tolist() == [T, T + 5, T + 3] and raw.quality.tolist() == [0, 0x87, 0x41]
+    assert raw.t.tolist() == [T, T + 5, T + 3] and raw.quality.tolist() == [0, 0x87, 0x41]
     assert np.array_equal(raw.value, readings.value, equal_nan=True) and math.copysign(1, raw.value[2]) == -1
 
     kpi = unpack(
         packer.kpi(source, IndicatorBatch(T, np.array(rows[:2]), {"mean": np.array([np.inf, np.nan])}))
     )
-    assert isinstance(kpi, KpiData) and kpi.family == "kpi" and kpi.head.seq == 1
+    assert isinstance(kpi, KpiData) and kpi.family == "kpi" and kpi.seq == 1
     assert kpi.values["mean"][0] == np.inf and np.isnan(kpi.values["mean"][1])
 
     event = AlarmEvent(T, rows[1], "usl", "start", np.float64(3.5), float("inf"), "critical", "over")
@@ -112,9 +111,9 @@ def test_sequence_numbers_count_per_source_and_kind_within_a_run() -> None:
     poll = Readings.of([row], T, [1.0])
     records = [packer.raw(m1, poll), packer.raw(m2, poll), packer.raw(m1, poll)]
     records.append(packer.status(m1, AgentStatus(T, "online")))
-    seqs = [unpack(record).head.seq for record in records]
+    seqs = [unpack(record).seq for record in records]
     assert seqs == [1, 1, 2, 1]
-    assert unpack(packer.raw(m1, poll)).head.boot_ms == packer.boot_ms
+    assert unpack(packer.raw(m1, poll)).boot_ms == packer.boot_ms
 
 
 def test_lines_follow_the_signals_in_any_order_and_rows_added_later() -> None:

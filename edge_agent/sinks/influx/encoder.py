@@ -109,7 +109,9 @@ class LineProtocolEncoder:
             return self.kpi(data)
         if isinstance(data, AlarmData):
             return self.alarm(data)
-        return self.status(data)
+        if isinstance(data, StatusData):
+            return self.status(data)
+        raise TypeError(f"no encoding for {type(data).__name__}")
 
     def _tags(self, source: Source) -> str:
         return (
@@ -136,14 +138,14 @@ class LineProtocolEncoder:
         """Lines `{equipment},tags,signal=.. value=..,quality=..i t_ns`; a bad value carries only its quality."""
         prefixes: list[str] = []
         for data in batch:
-            source = data.head.source
+            source = data.source
             prefixes += self._row_prefixes(source, source.equipment, data.names, data.units)
         if len(batch) == 1:
-            value, quality_array, t_ns = batch[0].value, batch[0].quality, batch[0].t_ns
+            value, quality_array, t_ns = batch[0].value, batch[0].quality, batch[0].t
         else:
             value = np.concatenate([d.value for d in batch])
             quality_array = np.concatenate([d.quality for d in batch])
-            t_ns = np.concatenate([d.t_ns for d in batch])
+            t_ns = np.concatenate([d.t for d in batch])
         quality = quality_array.tolist()
         stamps = t_ns.tolist()
         bad = quality_array >= BAD_THRESHOLD
@@ -167,12 +169,12 @@ class LineProtocolEncoder:
 
     def kpi(self, data: KpiData) -> str:
         """One line per signal: `{family},tags,signal=.. name=value,... t_ns`; NaN indicators are left out."""
-        prefixes = self._row_prefixes(data.head.source, data.family, data.names, data.units)
+        prefixes = self._row_prefixes(data.source, data.family, data.names, data.units)
         names = [lp_tag(k) for k in data.values]
         columns = [_float_texts(np.nan_to_num(col, nan=0.0)) for col in data.values.values()]
         finite = [np.isfinite(col).tolist() for col in data.values.values()]
         lines = []
-        stamp = data.head.t_ns
+        stamp = data.t_ns
         for i, prefix in enumerate(prefixes):
             fields = ",".join(
                 [f"{name}={col[i]}" for name, col, ok in zip(names, columns, finite, strict=True) if ok[i]]
@@ -184,7 +186,7 @@ class LineProtocolEncoder:
     def alarm(self, data: AlarmData) -> str:
         """One line `alarm,tags,signal=..,rule=.. active=1i|0i,value=..,limit=..,severity="..",message=".." t_ns`."""
         names, units = orjson.dumps([data.signal]), orjson.dumps([data.unit])
-        prefix = self._row_prefixes(data.head.source, "alarm", names, units)[0]
+        prefix = self._row_prefixes(data.source, "alarm", names, units)[0]
         fields = [f"active={1 if data.state == 'start' else 0}i"]
         for name, number in (("value", data.value), ("limit", data.limit)):
             if np.isfinite(number):
@@ -192,7 +194,7 @@ class LineProtocolEncoder:
         fields.append(f"severity={lp_string(data.severity)}")
         if data.message:
             fields.append(f"message={lp_string(data.message)}")
-        return f"{prefix[:-1]},rule={lp_tag(data.rule)} {','.join(fields)} {data.head.t_ns}\n"
+        return f"{prefix[:-1]},rule={lp_tag(data.rule)} {','.join(fields)} {data.t_ns}\n"
 
     def status(self, data: StatusData) -> str:
         """One line `agent_status,tags online=1i|0i,<numeric health fields> t_ns`."""
@@ -207,4 +209,4 @@ class LineProtocolEncoder:
                     fields.append(f"{lp_tag(name)}={float(value)!r}")
             else:
                 fields.append(f"{lp_tag(name)}={lp_string(str(value))}")
-        return f"agent_status,{self._tags(data.head.source)} {','.join(fields)} {data.head.t_ns}\n"
+        return f"agent_status,{self._tags(data.source)} {','.join(fields)} {data.t_ns}\n"

@@ -11,7 +11,6 @@ import orjson
 
 from edge_agent.records import (
     AlarmData,
-    Header,
     Kind,
     KpiData,
     RawData,
@@ -112,10 +111,12 @@ class MqttEncoder:
             return self.kpi(data)
         if isinstance(data, AlarmData):
             return self.alarm(data)
-        return self.status(data)
+        if isinstance(data, StatusData):
+            return self.status(data)
+        raise TypeError(f"no encoding for {type(data).__name__}")
 
-    def _header(self, head: Header, kind: Kind) -> tuple[str, dict[str, object]]:
-        source = head.source
+    def _header(self, data: RecordData, kind: Kind) -> tuple[str, dict[str, object]]:
+        source = data.source
         return self.topic(source, kind), {
             "v": MQTT_SCHEMA_VERSION,
             "kind": kind.topic_name,
@@ -124,25 +125,25 @@ class MqttEncoder:
             "line": source.line,
             "machine": source.machine,
             "equipment": source.equipment,
-            "boot": head.boot_ms,
-            "seq": head.seq,
-            "ts": iso_ms(head.t_ns),
-            "ts_ms": head.t_ns // 1_000_000,
+            "boot": data.boot_ms,
+            "seq": data.seq,
+            "ts": iso_ms(data.t_ns),
+            "ts_ms": data.t_ns // 1_000_000,
         }
 
     def raw(self, data: RawData) -> Record:
         """One message with every value of one poll of one device (columnar arrays, NaN -> null)."""
-        topic, body = self._header(data.head, Kind.RAW)
+        topic, body = self._header(data, Kind.RAW)
         body["signals"] = orjson.Fragment(data.names)
         body["units"] = orjson.Fragment(data.units)
         body["values"] = data.value  # orjson writes NaN (bad quality) as null
         body["quality"] = data.quality
-        body["t_ms"] = data.t_ns // 1_000_000
+        body["t_ms"] = data.t // 1_000_000
         return Record(Kind.RAW, topic, orjson.dumps(body, option=_NUMPY), len(data.value))
 
     def kpi(self, data: KpiData) -> Record:
         """One message with a set of indicator values per signal at one time."""
-        topic, body = self._header(data.head, Kind.KPI)
+        topic, body = self._header(data, Kind.KPI)
         body["family"] = data.family
         body["signals"] = orjson.Fragment(data.names)
         body["units"] = orjson.Fragment(data.units)
@@ -152,7 +153,7 @@ class MqttEncoder:
 
     def alarm(self, data: AlarmData) -> Record:
         """One message per alarm start or clear."""
-        topic, body = self._header(data.head, Kind.ALARM)
+        topic, body = self._header(data, Kind.ALARM)
         body.update(
             signal=data.signal,
             unit=data.unit,
@@ -170,7 +171,7 @@ class MqttEncoder:
 
         The broker sends the will only if the agent dies, at a time nobody knows in advance.
         """
-        topic, body = self._header(data.head, Kind.STATUS)
+        topic, body = self._header(data, Kind.STATUS)
         body["state"] = data.state
         body["health"] = data.health
         return Record(Kind.STATUS, topic, orjson.dumps(body))

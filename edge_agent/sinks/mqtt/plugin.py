@@ -31,8 +31,7 @@ def _open(config: Model, context: SinkContext) -> MqttPublisher:
     encoder = MqttEncoder(cfg.topic_prefix, cfg.topic_template)
     online = encoder.status(context.online)
     # the will says offline for the run that announced online; seq 0: the broker sends it at a time nobody knows
-    head = dataclasses.replace(context.online.head, seq=0)
-    will = encoder.status(dataclasses.replace(context.online, head=head, state="offline", health={}))
+    will = encoder.status(dataclasses.replace(context.online, seq=0, state="offline", health={}))
     client_id = cfg.client_id or f"edge-agent-{context.agent_name}-{socket.gethostname()}"
     # the agent queues a numbered offline status itself at a clean stop
     return MqttPublisher(cfg, client_id=client_id, online=online, will=will, offline_at_stop=False)
