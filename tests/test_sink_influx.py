@@ -439,3 +439,99 @@ def test_line_protocol_escapes_and_skips_nan() -> None:
         b"oven,area=area1,line=line1,machine=m\\ 1,site=plant1,signal=temp\\,zone\\=1,unit=deg\\ C "
         b"quality=139i 6\n"
     )
+
+
+class _NotFoundServer:
+    """An HTTP server in plain asyncio that answers every request with 404 and a given body, as servers do."""
+
+    def __init__(self, body: bytes, content_type: str) -> None:
+        self.body = body
+        self.content_type = content_type
+        self.paths: list[str] = []
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.paths.append(head.split(b" ", 2)[1].decode())
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            await reader.readexactly(length)
+            writer.write(
+                b"HTTP/1.1 404 Not Found\r\nContent-Type: "
+                + self.content_type.encode()
+                + b"\r\nContent-Length: "
+                + str(len(self.body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + self.body
+            )
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "says", "not_said"),
+    [
+        # InfluxDB 1.7 and older, or anything else without the path: Go's default 404 page
+        (
+            b"404 page not found\n",
+            "text/plain; charset=utf-8",
+            r"the server has no /api/v2/write \(HTTP 404: 404 page not found\); an InfluxDB 1\.x server\? 1\.8 and later serve it",
+            "sinks.influx.org",
+        ),
+        (
+            b"<html><body>Not Found</body></html>",
+            "text/html",
+            r"has no /api/v2/write .*check sinks\.influx\.url",
+            "sinks.influx.org",
+        ),
+        # InfluxDB 2.x itself
+        (
+            b'{"code":"not found","message":"bucket \\"process\\" not found"}',
+            "application/json",
+            r"org 'shopfloor' or bucket 'process' not found \(bucket \"process\" not found\); check sinks\.influx\.org and sinks\.influx\.bucket",
+            "/api/v2/write",
+        ),
+        (
+            b'{"code":"not found","message":"organization name \\"shopfloor\\" not found"}',
+            "application/json",
+            r"org 'shopfloor' or bucket 'process' not found",
+            "/api/v2/write",
+        ),
+        # InfluxDB 1.8's compatibility endpoint with a database that does not exist
+        (
+            b'{"error":"database not found: \\"process\\""}',
+            "application/json",
+            r"the database of bucket 'process' does not exist .*'database/retention_policy'",
+            "/api/v2/write",
+        ),
+    ],
+)
+async def test_a_404_says_whether_the_org_or_bucket_or_the_write_endpoint_is_missing(
+    tmp_path: Path, body: bytes, content_type: str, says: str, not_said: str
+) -> None:
+    """A 404 from a server without /api/v2/write (InfluxDB 1.7, a wrong URL) is not reported as a missing org/bucket."""
+    server = _NotFoundServer(body, content_type)
+    async with server as url:
+        writer = InfluxWriter(InfluxSink(url=url, gzip=False), tmp_path / "dead.jsonl")
+        try:
+            with pytest.raises(SinkError, match=says) as caught:
+                await writer.send([_lines("nf", 0, 1)])
+        finally:
+            await writer.stop()
+    assert not_said not in str(caught.value)
+    assert server.paths == ["/api/v2/write?org=shopfloor&bucket=process&precision=ns"]

@@ -8,6 +8,7 @@ import email.utils
 import gzip
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,32 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+_V2_NOT_FOUND = re.compile(r"\b(bucket|organization)\b.*\bnot found\b", re.IGNORECASE | re.DOTALL)
+
+
+def not_found(config: InfluxSink, message: str) -> str:
+    """What a 404 to a write means, from the server's message: a missing org or bucket, or no /api/v2/write at all."""
+    where = f"InfluxDB {config.url}"
+    if _V2_NOT_FOUND.search(message):
+        # InfluxDB 2.x: 'bucket "x" not found', 'organization name "x" not found'
+        return (
+            f"{where}: org {config.org!r} or bucket {config.bucket!r} not found ({message}); "
+            "check sinks.influx.org and sinks.influx.bucket"
+        )
+    if "database not found" in message:
+        # InfluxDB 1.8+ behind its 2.x compatibility endpoint: the bucket names "database/retention_policy"
+        return (
+            f"{where}: the database of bucket {config.bucket!r} does not exist ({message}); on InfluxDB 1.x "
+            "sinks.influx.bucket is 'database/retention_policy' (or just 'database'): check it, or create the database"
+        )
+    shown = " ".join(message.split())[:120] or "no message"
+    return (
+        f"{where}: the server has no /api/v2/write (HTTP 404: {shown}); an InfluxDB 1.x server? 1.8 and later "
+        "serve it (org '-', bucket 'database/retention_policy'), older ones need an upgrade; "
+        "otherwise check sinks.influx.url"
+    )
 
 
 class InfluxWriter:
@@ -216,10 +243,7 @@ class InfluxWriter:
                     "check sinks.influx.token and its environment variable"
                 ) from None
             if status == 404:
-                raise SinkError(
-                    f"InfluxDB {cfg.url}: org {cfg.org!r} or bucket {cfg.bucket!r} not found ({message}); "
-                    "check sinks.influx.org and sinks.influx.bucket"
-                ) from None
+                raise SinkError(not_found(cfg, message.strip())) from None
             raise SinkError(
                 f"InfluxDB {cfg.url}: HTTP {status} {message}", retry_after=parse_retry_after(exc.retry_after)
             ) from None
