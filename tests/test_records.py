@@ -207,3 +207,16 @@ def test_a_record_of_a_newer_format_is_skipped_with_an_error_and_the_rest_delive
     influx = LineProtocolEncoder()
     assert influx.encode([newer, good]).count(b"\n") == 1 and influx.unreadable == 1
     assert any("could not be read and are skipped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_changed_topic_template_applies_to_records_already_stored() -> None:
+    """The outbox keeps records, not messages: the topic is the template's when the record is sent."""
+    table = SignalTable()
+    row = table.add("press-1", "force", "kN")
+    stored = RecordPacker(table).raw(Source("press-1", area="hall 2"), Readings.of([row], T, [12.5]))
+    before = MqttEncoder(topic_prefix="uns").encode([stored])[0]
+    after = MqttEncoder(topic_prefix="plant", topic_template="{prefix}/{area}/{machine}/{kind}").encode(
+        [stored]
+    )[0]
+    assert (before.key, after.key) == ("uns/plant1/hall 2/line1/press-1/raw", "plant/hall 2/press-1/raw")
+    assert before.payload == after.payload
