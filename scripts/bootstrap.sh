@@ -60,6 +60,8 @@ ensure_test_services() {
     [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
     command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # the web page's browser tests (Playwright drives Debian's chromium; it cannot download its own here)
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
     if [ ${#missing[@]} -gt 0 ]; then
         _apt_install "${missing[@]}"
     fi

@@ -70,6 +70,9 @@ def test_the_wheel_has_one_import_root_and_ships_profiles_and_configs(wheel: Pat
         assert f"edge_agent/builtin/{kind}.toml" in shipped
     assert "edge_agent/drivers/modbus/connection.py" in names
     assert "edge_agent/simulators/die_casting.py" in names
+    # the web page's assets: the agent serves them from the package, a plant has no internet
+    for asset in ("index.html", "app.js", "app.css", "favicon.svg"):
+        assert f"edge_agent/web/static/{asset}" in names
 
 
 def test_check_config_on_copied_configs(bin_dir: Path, workdir: Path) -> None:
