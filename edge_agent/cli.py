@@ -16,6 +16,10 @@ SIMULATORS = {
     "mold-tcu": "edge_agent.simulators.mold_tcu",
     "imm": "edge_agent.simulators.imm",
     "furnace": "edge_agent.simulators.furnace",
+    "forging": "edge_agent.simulators.forging",
+    "welding-arc": "edge_agent.simulators.welding_arc",
+    "welding-spot": "edge_agent.simulators.welding_spot",
+    "plating": "edge_agent.simulators.plating",
 }
 
 

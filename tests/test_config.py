@@ -243,7 +243,11 @@ def test_configuration_reference_is_current() -> None:
     [
         (["certs", "--help"], "usage: edge-agent certs [-h] ACTION ...", ["create", "show"]),
         (["certs", "-h"], "usage: edge-agent certs [-h] ACTION ...", ["create", "show"]),
-        (["simulate", "--help"], "usage: edge-agent simulate [-h] {die-casting,furnace,imm,mold-tcu}", []),
+        (
+            ["simulate", "--help"],
+            "usage: edge-agent simulate [-h]",
+            ["{die-casting,forging,furnace,imm,mold-tcu,plating,welding-arc,welding-spot}"],
+        ),
         (["simulate", "imm", "--help"], "usage: edge-agent simulate imm [-h]", ["--secure PKI_DIR"]),
     ],
 )

@@ -29,6 +29,10 @@ USER_OF = {
     "furnace": "furnace.toml",
     "injection_molding": "imm.toml",
     "mold_tcu": "mold-tcu.toml",
+    "forging": "forging.toml",
+    "welding_arc": "welding-arc.toml",
+    "welding_spot": "welding-spot.toml",
+    "plating": "plating.toml",
 }
 ENV = {"INFLUX_TOKEN": "t"}
 

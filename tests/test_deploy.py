@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 GRAFANA = DEPLOY / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
-KIND_DASHBOARDS = ("injection_molding", "die_casting", "mold_tcu", "furnace")
+#: One dashboard per equipment profile (the generator makes one for every file in config/profiles).
+KIND_DASHBOARDS = tuple(sorted(p.stem for p in (REPO / "config" / "profiles").glob("*.toml")))
 
 #: Device-level pseudo-signals of edge_agent/pipeline.py (IndicatorPipeline adds one row of each per device).
 PSEUDO_SIGNALS = ("cycle", "oee", "uniformity", "heat_removal", "maintenance")

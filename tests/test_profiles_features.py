@@ -198,7 +198,10 @@ def test_pseudo_signals_families_and_schema_come_from_the_features() -> None:
     assert measurements["mold"].fields == (
         "heat_kw", "delta_t", "flow", "shots_used", "shots_to_next", "pct_used", "status",
     )  # fmt: skip
-    assert set(schema.EQUIPMENT_MEASUREMENTS) == {"injection_molding", "die_casting", "mold_tcu", "furnace"}
+    assert set(schema.EQUIPMENT_MEASUREMENTS) == {
+        *("injection_molding", "die_casting", "mold_tcu", "furnace"),
+        *("forging", "welding_arc", "welding_spot", "plating"),
+    }
 
 
 def _profile(**tables: Any) -> dict[str, Any]:
