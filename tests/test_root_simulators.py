@@ -198,10 +198,12 @@ def strokes(sim: ForgingSimulator, n: int) -> list[forging.Stroke]:
 
 
 def peaks(run: list[forging.Stroke]) -> np.ndarray:
+    """Peak force of each stroke."""
     return np.array([s.peak_kn for s in run])
 
 
 def baseline_press(seed: int = 5) -> tuple[ForgingSimulator, list[forging.Stroke]]:
+    """A healthy press and its first 100 strokes."""
     sim = ForgingSimulator(speed=1.0, seed=seed)
     return sim, strokes(sim, 100)
 
@@ -297,6 +299,7 @@ def welds(sim: ArcWeldingSimulator, n: int) -> list[dict[str, float]]:
 
 
 def mean(rows: list[dict[str, float]], key: str) -> float:
+    """Mean of one value over rows."""
     return float(np.mean([r[key] for r in rows]))
 
 
@@ -469,6 +472,7 @@ def test_plating_line_runs_its_recipes() -> None:
 
 
 def steady_slope(sim: PlatingLineSimulator, prefix: str, seconds: int = 900) -> float:
+    """dU/dt at constant current over the next `seconds` of one station, in V per hour."""
     rec = run(sim, seconds, [f"{prefix}_current", f"{prefix}_voltage"])
     out = T.voltage_rise(np.arange(float(seconds)), rec[f"{prefix}_voltage"], rec[f"{prefix}_current"])
     assert out.reason[0] == TraceReason.OK

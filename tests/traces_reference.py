@@ -14,10 +14,12 @@ OK, NO_DATA, SHORT, LONG, NAN_POINTS, NO_CURRENT, NO_LOAD, NO_REFERENCE, OPEN_CI
 
 
 def finite(x: float) -> bool:
+    """A number that is neither NaN nor infinite."""
     return not (math.isnan(x) or math.isinf(x))
 
 
 def check(trace: Sequence[float], reason: int = OK, max_nan_fraction: float = 0.0) -> int:
+    """Reason of one trace: an earlier one stays, then NO_DATA, NAN_POINTS, OK."""
     if reason != OK:
         return reason
     good = sum(1 for x in trace if finite(x))
@@ -29,6 +31,7 @@ def check(trace: Sequence[float], reason: int = OK, max_nan_fraction: float = 0.
 
 
 def pack(traces: Sequence[Sequence[float]], n: int) -> tuple[list[list[float]], list[int]]:
+    """Traces of any length into rows of n points, NaN-padded, with SHORT/LONG/OK."""
     rows, reasons = [], []
     for t in traces:
         rows.append([t[k] if k < len(t) else NAN for k in range(n)])
@@ -46,6 +49,7 @@ def stroke(
     reason: int = OK,
     max_nan_fraction: float = 0.0,
 ) -> dict[str, float]:
+    """Peak, angle, capacity %, reverse load, capacity-curve %, energy of one stroke."""
     reason = check(f, reason, max_nan_fraction)
     out = dict.fromkeys(
         (
@@ -90,6 +94,7 @@ def stroke(
 
 
 def interp(x: float, xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Linear interpolation, clamped at the ends (as numpy.interp)."""
     if x <= xs[0]:
         return ys[0]
     if x >= xs[-1]:
@@ -101,12 +106,14 @@ def interp(x: float, xs: Sequence[float], ys: Sequence[float]) -> float:
 
 
 def median(values: list[float]) -> float:
+    """Median of a list."""
     v = sorted(values)
     m = len(v) // 2
     return v[m] if len(v) % 2 else 0.5 * (v[m - 1] + v[m])
 
 
 def reference(traces: Sequence[Sequence[float]], min_strokes: int) -> list[float]:
+    """Pointwise median of the strokes, NaN with fewer than min_strokes."""
     if len(traces) < min_strokes:
         return [NAN] * len(traces[0])
     return [median([t[k] for t in traces if finite(t[k])]) for k in range(len(traces[0]))]
@@ -121,6 +128,7 @@ def signature(
     max_nan_fraction: float = 0.0,
     min_peak_fraction: float = 0.2,
 ) -> tuple[list[tuple[float, float, float]], int]:
+    """Per window: (RMS/max r, max |f - r|, peak shift) of one stroke, and its reason."""
     reason = check(f, reason, max_nan_fraction)
     if reason == OK and (not all(finite(x) for x in ref) or max(ref) <= 0):
         reason = NO_REFERENCE
@@ -145,6 +153,7 @@ def signature(
 
 
 def balance(peaks: Sequence[float], x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Balance ratios, centre of load and moments from one stroke's channel peaks."""
     keys = ("total", "left_right", "front_back", "x_c", "y_c", "moment_x", "moment_y")
     if not all(finite(p) for p in peaks):
         return {**dict.fromkeys(keys, NAN), "reason": NAN_POINTS}
@@ -180,6 +189,7 @@ def spot(
     lag: int = 3,
     threshold: float = 0.08,
 ) -> dict[str, float]:
+    """Energy, dynamic resistance features and expulsion of one spot."""
     keys = (
         "energy",
         "current_rms",
@@ -225,6 +235,7 @@ def spot(
 def arc(
     u: Sequence[float], i: Sequence[float], dt: float, arc_current: float = 10.0, short_voltage: float = 10.0
 ) -> dict[str, float]:
+    """Arc energy, power, CV and short-circuit statistics of one weld trace."""
     keys = (
         "arc_time",
         "energy",
@@ -288,6 +299,7 @@ def arc(
 
 
 def ampere_hours(i: Sequence[float], t: Sequence[float]) -> tuple[float, int]:
+    """Trapezoid ∫I dt / 3600 of one series."""
     reason = check(i)
     if reason != OK:
         return NAN, reason
@@ -307,6 +319,7 @@ def voltage_rise(
     min_points: int = 5,
     min_share: float = 0.5,
 ) -> dict[str, float]:
+    """Least-squares slope of U (and U/I) over the steady-current points of one series."""
     blank = {"slope": NAN, "resistance_slope": NAN, "current": NAN, "points": NAN}
     if not any(finite(x) for x in u):
         return {**blank, "reason": NO_DATA}
