@@ -379,6 +379,16 @@ async def serve(config_path: Path, config: Config) -> int:
         port = metrics.serve(config.agent.metrics_port)
         log.info("metrics on http://127.0.0.1:%d/metrics", port)
     agent = Agent(config, config_dir, metrics=metrics)
+    page = None
+    if config.web.enabled:
+        from edge_agent.web.server import WebServer
+
+        page = WebServer(agent, config.web)
+        try:
+            log.info("web page on %s", await page.start())
+        except OSError as exc:
+            log.error("cannot start: %s", exc.strerror or exc)
+            return 2
     stop = asyncio.Event()
     reload = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -391,6 +401,8 @@ async def serve(config_path: Path, config: Config) -> int:
     except (OutboxError, SinkConfigError) as exc:
         # the sinks come first at start: nothing has been read yet, so nothing is lost by stopping here
         log.error("cannot start: %s", exc)
+        if page is not None:
+            await page.stop()
         return 2
     log.info("agent %s running: %s", config.agent.name, config.summary())
     while not stop.is_set():
@@ -402,6 +414,8 @@ async def serve(config_path: Path, config: Config) -> int:
             reload.clear()
             await _reload(agent, config_path)
     log.info("stopping: flushing outboxes for up to %.0f s", agent.config.agent.shutdown_timeout)
+    if page is not None:
+        await page.stop()
     await agent.stop()
     return 0
 
@@ -465,6 +479,14 @@ def run_command(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"{exc.source}: {problem}", file=sys.stderr)
         return 2
+    if getattr(args, "web", None):
+        from edge_agent.web.config import with_listen
+
+        try:
+            config = config.model_copy(update={"web": with_listen(config.web, args.web)})
+        except ValueError as exc:
+            print(f"edge-agent run: {exc}", file=sys.stderr)
+            return 2
     _setup_logging(config.agent.log_format)
     limit_malloc_arenas()
     for warning in config_warnings(config, path.resolve().parent):

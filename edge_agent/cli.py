@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the agent")
     p.add_argument("-c", "--config", required=True, help="agent config (TOML)")
     p.add_argument("--once", action="store_true", help="poll once, print the records as JSON lines, exit")
+    p.add_argument("--web", metavar="HOST:PORT", help="serve the live web page there ([web] in the config)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("demo", help="run the four simulators and the agent, with a live view")
@@ -141,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--speed", type=float, default=20.0, help="simulated time per wall-clock second")
     p.add_argument("--fault", action="append", default=[], help="inject a fault, e.g. imm:check_ring_wear")
+    p.add_argument(
+        "--fault-after",
+        type=float,
+        metavar="SECONDS",
+        help="switch the --fault faults on after SECONDS, not at start",
+    )
+    p.add_argument(
+        "--web", metavar="HOST:PORT", help="where the live web page listens (default 127.0.0.1:8080)"
+    )
     p.add_argument("--plain", action="store_true", help="print summary lines instead of the live view")
     p.add_argument(
         "--keep",

@@ -27,6 +27,7 @@ from edge_agent.config_model import (
 )
 from edge_agent.drivers.registry import DRIVERS, Device
 from edge_agent.sinks.registry import SINKS
+from edge_agent.web.config import WebConfig
 
 if TYPE_CHECKING:
     from edge_agent.profiles import Profile
@@ -143,6 +144,8 @@ class Config(Model):
     """Store-and-forward."""
     profiles_dir: Path | None = None
     """Extra folder of equipment profiles, searched before the built-in ones."""
+    web: WebConfig = Field(default_factory=WebConfig)
+    """The live web page (off unless enabled)."""
 
     @field_validator("devices")
     @classmethod

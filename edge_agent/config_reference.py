@@ -13,6 +13,7 @@ from edge_agent.config import AgentConfig, OutboxConfig, SiteConfig
 from edge_agent.config_model import DeviceBase, SpecLimits
 from edge_agent.drivers.registry import DRIVERS
 from edge_agent.sinks.registry import SINKS
+from edge_agent.web.config import WebConfig
 
 # Sections in reading order: (TOML header as a user writes it, model).
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -22,6 +23,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("[devices.limits.SIGNAL]", SpecLimits),
     *(section for plugin in SINKS.values() for section in plugin.sections),
     ("[outbox]", OutboxConfig),
+    ("[web]", WebConfig),
 ]
 
 

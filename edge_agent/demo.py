@@ -305,7 +305,8 @@ async def _run_plant(
         broker, mqtt_url = await _embedded_broker(args.broker_port)
         stack.push_async_callback(broker.shutdown)  # type: ignore[attr-defined]
         protocol = "3.1.1"  # amqtt speaks MQTT 3.1.1
-    plant = Plant(speed=args.speed, faults=faults)
+    fault_after = getattr(args, "fault_after", None)
+    plant = Plant(speed=args.speed, faults={} if fault_after else faults)
     stack.push_async_callback(plant.stop)
     await plant.start()
     text = demo_config(plant.devices_toml(), mqtt_url, protocol, args.influx_url, workdir / "outbox")
@@ -314,18 +315,25 @@ async def _run_plant(
     agent = Agent(config, workdir)
     view = DemoView({n: d.profile for n, d in agent.pipeline.devices.items()}, agent.pipeline.table.tags)
     agent.on_output = view.update
+    from edge_agent.web.demo_controls import faults_after, start_demo_page
+
+    page = await start_demo_page(agent, plant, getattr(args, "web", None))  # listens after the view
+    stack.push_async_callback(page.stop)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     console = Console(stderr=False)
     header = (
-        f"edge-agent demo · MQTT {mqtt_url} (topics demo/uns/#)"
+        f"edge-agent demo · MQTT {mqtt_url} (topics demo/uns/#) · web {page.url}"
         + (f" · InfluxDB {args.influx_url}" if args.influx_url else "")
         + f" · speed x{args.speed:g} · config {workdir / 'agent.toml'} · Ctrl-C stops"
     )
     await agent.start()
     stack.push_async_callback(agent.stop, flush_timeout=5.0)
+    if fault_after and faults:
+        later = asyncio.create_task(faults_after(plant, faults, fault_after))
+        stack.callback(later.cancel)
     deadline = time.monotonic() + args.duration if args.duration else None
     if args.plain or not console.is_terminal:
         print(header, flush=True)

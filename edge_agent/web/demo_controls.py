@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -67,3 +68,31 @@ async def faults_after(plant: PlantLike, faults: Mapping[str, Sequence[str]], se
                     params[key.strip()] = value.strip()
             plant.set_fault(machine, name.strip(), True, **params)
             log.warning("demo: fault %s of %s switched on after %g s", name, machine, seconds)
+
+
+#: Where the demo's page listens unless `--web` says otherwise (a free port if it is taken).
+DEMO_LISTEN = "127.0.0.1:8080"
+
+
+async def start_demo_page(agent: Any, plant: PlantLike, listen: str | None) -> Any:
+    """Start the demo's web page with its fault switches and return the running WebServer.
+
+    `listen` is `--web HOST:PORT`; without it the page takes 127.0.0.1:8080, or a free port when
+    something else holds 8080 (a second demo, another service). Call after the terminal view took
+    `agent.on_output`: the page listens after it.
+    """
+    from edge_agent.simulators.plant import MACHINES
+    from edge_agent.web.config import WebConfig, with_listen
+    from edge_agent.web.server import WebServer
+
+    controls = PlantControls(plant, {device: key for key, (device, _cycle) in MACHINES.items()})
+    config = with_listen(WebConfig(), listen or DEMO_LISTEN)
+    page = WebServer(agent, config, demo=controls)
+    try:
+        await page.start()
+    except OSError as exc:
+        if listen is not None or exc.errno != errno.EADDRINUSE:
+            raise ValueError(str(exc.strerror or exc)) from None
+        page = WebServer(agent, config.model_copy(update={"port": 0}), demo=controls)
+        await page.start()
+    return page

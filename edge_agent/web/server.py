@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 import mimetypes
+import os
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, Protocol
@@ -98,8 +99,7 @@ class WebServer:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> str:
-        """Subscribe to the agent's output, listen, and return the page's URL."""
-        self.state.attach()
+        """Listen, subscribe to the agent's output, and return the page's URL."""
         app = web.Application(middlewares=[self._headers, self._guard])
         app.on_response_prepare.append(self._server_name)
         app.router.add_get("/", self._page)
@@ -124,12 +124,14 @@ class WebServer:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise OSError(
                 exc.errno,
-                f"the web page cannot listen on {self.config.address}: {exc.strerror or exc}; "
+                f"the web page cannot listen on {self.config.address}: {reason}; "
                 "choose another port with --web HOST:PORT or [web] port",
             ) from None
         self._runner = runner
+        self.state.attach()
         port = _bound_port(runner, self.config.port)
         host = self.config.host
         shown = "127.0.0.1" if host in ("0.0.0.0", "localhost") else host

@@ -84,13 +84,27 @@ STALE_MIN_S = 5.0
 class AgentLike(Protocol):
     """What the state reads of the agent (edge_agent.agent.Agent); a Protocol so this package imports no agent."""
 
-    config: Any
-    pipeline: Any
-    drivers: Mapping[str, object]
-    pollers: Mapping[str, Any]
-    sinks: Any
-    metrics: Any
     on_output: Callable[[str, Output], None] | None
+
+    @property
+    def config(self) -> Any:
+        """The running config (edge_agent.config.Config)."""
+
+    @property
+    def pipeline(self) -> Any:
+        """The indicator pipeline: devices, signal table, spec limits."""
+
+    @property
+    def drivers(self) -> Mapping[str, object]:
+        """Each device's driver (its `connected`)."""
+
+    @property
+    def sinks(self) -> Any:
+        """The sink set (`depth()`), or None."""
+
+    @property
+    def metrics(self) -> Any:
+        """The Prometheus metrics (`registry`)."""
 
     def status(self, state: str) -> AgentStatus:
         """The agent's health figures."""
