@@ -84,17 +84,23 @@ def measurements() -> dict[str, Measurement]:
         for m in EQUIPMENT_MEASUREMENTS
     }
     out["spc"] = Measurement("spc", per_signal, SPC_FIELDS, "SPC indicators per signal")
-    # one measurement per feature family; a family's pseudo-signals share it (mold: heat_removal, maintenance)
-    families: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {}
-    for p in publications():
-        families.setdefault(p.family, []).append((p.signal, p.about, p.fields))
-    for family, pubs in families.items():
-        fields = tuple(dict.fromkeys(f for _, _, fs in pubs for f in fs))
-        about = " and ".join(f"{about} (signal={signal})" for signal, about, _ in pubs)
-        out[family] = Measurement(family, per_signal, fields, about)
     out["cycle"] = Measurement("cycle", per_signal, CYCLE_FIELDS, "cycle state per machine (signal=cycle)")
     out["alarm"] = Measurement(
         "alarm", (*per_signal, "rule"), ALARM_FIELDS, "alarm start (active=1) and clear (active=0) events"
     )
     out["agent_status"] = Measurement("agent_status", HIERARCHY_TAGS, AGENT_STATUS_FIELDS, "agent health")
+    # one measurement per feature family; a family's pseudo-signals share it (mold: heat_removal, maintenance)
+    families: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {}
+    for p in publications():
+        if p.family in out:
+            # e.g. `furnace`: the furnaces' raw values; their indicators would mix with them
+            raise RuntimeError(
+                f"features: pseudo-signal {p.signal!r} would be written to {p.family!r}, which holds "
+                f"{out[p.family].about}; give its Publication a family of its own"
+            )
+        families.setdefault(p.family, []).append((p.signal, p.about, p.fields))
+    for family, pubs in families.items():
+        fields = tuple(dict.fromkeys(f for _, _, fs in pubs for f in fs))
+        about = " and ".join(f"{about} (signal={signal})" for signal, about, _ in pubs)
+        out[family] = Measurement(family, per_signal, fields, about)
     return out

@@ -59,7 +59,7 @@ class Plating(Feature[PlatingSpec, list]):
     table = "plating"
     spec_model = PlatingSpec
     about = "Plating bath current density."
-    publishes = (Publication("bath", "plating", ("current_density",), "plating current density"),)
+    publishes = (Publication("bath", "plating_bath", ("current_density",), "plating current density"),)
     alarms = (AlarmCondition("burning", "bath", "warning", "current density {value:.1f} A/dm² above {limit:.1f}"),)
 
     def build(self, members: Sequence[tuple[PlatingSpec, DeviceContext]]) -> list:
@@ -138,7 +138,7 @@ generator.features(lay, find_profile("plating_line", [here / "profiles"]))
 print(json.dumps({
     "records": records,
     "alarms": alarms,
-    "schema": list(schema.measurements()["plating"].fields),
+    "schema": list(schema.measurements()["plating_bath"].fields),
     "panels": [p["title"] for p in lay.panels],
     "queries": [t["query"] for p in lay.panels for t in p.get("targets", [])],
 }))
@@ -165,7 +165,7 @@ def test_a_new_feature_is_one_module_and_one_registry_line(tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
-    densities = [r[2]["current_density"] for r in got["records"] if r[:2] == ["plating", "bath"]]
+    densities = [r[2]["current_density"] for r in got["records"] if r[:2] == ["plating_bath", "bath"]]
     assert densities == [4.0, 4.0, 4.0, 6.0, 6.0, 6.0, 6.0]
     # 6 A/dm² from poll 3 on; the profile's 2 s alarm delay runs out at poll 5
     assert got["alarms"] == [
@@ -173,7 +173,7 @@ def test_a_new_feature_is_one_module_and_one_registry_line(tmp_path: Path) -> No
     ]
     assert got["schema"] == ["current_density"]
     assert got["panels"] == ["Plating bath current density", "plating current density (bath)"]
-    assert 'r._measurement == "plating"' in got["queries"][0]
+    assert 'r._measurement == "plating_bath"' in got["queries"][0]
     assert 'r.signal == "bath"' in got["queries"][0]
 
 
@@ -202,6 +202,18 @@ def test_pseudo_signals_families_and_schema_come_from_the_features() -> None:
         *("injection_molding", "die_casting", "mold_tcu", "furnace"),
         *("forging", "welding_arc", "welding_spot", "plating"),
     }
+
+
+@pytest.mark.parametrize("family", ["furnace", "spc", "alarm"])
+def test_a_feature_family_may_not_be_another_measurement(
+    family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clash = Publication("bath", family, ("current_density",), "plating current density")
+    monkeypatch.setattr(schema, "publications", lambda: [clash])
+    with pytest.raises(
+        RuntimeError, match=f"pseudo-signal 'bath' would be written to '{family}', which holds"
+    ):
+        schema.measurements()
 
 
 def _profile(**tables: Any) -> dict[str, Any]:
