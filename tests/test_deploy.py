@@ -24,7 +24,7 @@ import yaml  # PyYAML comes with amqtt, a runtime dependency
 
 from edge_agent import schema
 from edge_agent.config import Config, load_config, profile_dirs
-from edge_agent.pipeline import IndicatorPipeline, pseudo_family
+from edge_agent.pipeline import PSEUDO_SIGNALS, IndicatorPipeline, pseudo_family
 from edge_agent.profiles import load_profile
 from edge_agent.simulators.plant import MACHINES
 
@@ -36,7 +36,6 @@ DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 KIND_DASHBOARDS = tuple(sorted(p.stem for p in (REPO / "config" / "profiles").glob("*.toml")))
 
 #: Device-level pseudo-signals of edge_agent/pipeline.py (IndicatorPipeline adds one row of each per device).
-PSEUDO_SIGNALS = ("cycle", "oee", "uniformity", "heat_removal", "maintenance")
 
 
 # --------------------------------------------------------------------------- the schema as the checker sees it
