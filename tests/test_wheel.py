@@ -28,12 +28,42 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 120) -> subprocess.Complete
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def _package_files() -> set[str]:
+    """The package's files as git sees them, reached through the symlinks in edge_agent/ as the wheel holds them."""
+    links = {
+        "edge_agent/drivers/": "drivers/",
+        "edge_agent/simulators/": "simulators/",
+        "edge_agent/builtin/": "config/",
+    }
+    out = set()
+    for name in _sources():
+        for inside, source in links.items():
+            if name.startswith(source):
+                out.add(inside + name.removeprefix(source))
+        if name.startswith("edge_agent/"):
+            out.add(name)
+    return out
+
+
+def _sources() -> list[str]:
+    """The checkout's files as git sees them (tracked, plus new ones not ignored): no build/ left by an earlier build."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.decode()
+    return [name for name in listed.split("\0") if name and os.path.lexists(REPO / name)]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel `pip wheel .` builds from the checkout."""
+    """The wheel `pip wheel .` builds from a copy of the checkout's sources (symlinks kept as symlinks)."""
+    tree = tmp_path_factory.mktemp("sources")
+    for name in _sources():
+        target = tree / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target, follow_symlinks=False)
     dist = tmp_path_factory.mktemp("dist")
     done = _run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(REPO)], dist, 300
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(tree)], dist, 300
     )
     assert done.returncode == 0, done.stderr
     (built,) = dist.glob("edge_agent-*.whl")
@@ -68,6 +98,9 @@ def test_the_wheel_has_one_import_root_and_ships_profiles_and_configs(wheel: Pat
         assert f"edge_agent/builtin/profiles/{profile}.toml" in shipped
     for kind in ("imm", "die-casting", "mold-tcu", "furnace"):
         assert f"edge_agent/builtin/{kind}.toml" in shipped
+    # exactly the package's modules, the symlinked folders followed: nothing stale, nothing left out
+    checkout = {name for name in _package_files() if name.endswith(".py")}
+    assert {n for n in names if n.endswith(".py")} == checkout
     assert "edge_agent/drivers/modbus/connection.py" in names
     assert "edge_agent/simulators/die_casting.py" in names
     # the web page's assets: the agent serves them from the package, a plant has no internet
