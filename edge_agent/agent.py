@@ -14,16 +14,17 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import orjson
 
 from edge_agent.config import Config, ConfigError, config_warnings, load_config, profile_dirs
 from edge_agent.config_model import DeviceBase
-from edge_agent.drivers.base import Driver, TagGroup
+from edge_agent.drivers.base import Driver, Subscribing, TagGroup
 from edge_agent.drivers.registry import make_driver
+from edge_agent.log_config import add_log_level_option, apply_levels, setup_logging, split_cli_levels
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import OutboxError
 from edge_agent.pipeline import IndicatorPipeline
@@ -346,12 +347,14 @@ async def run_once(config: Config, config_dir: Path) -> tuple[list[Record], list
     failed: list[str] = []
 
     async def one(name: str, device: DeviceBase) -> None:
-        driver = make_driver(
-            device, agent.pipeline.rows_of(name), config_dir, on_readings=lambda r: agent._handle(name, r)
-        )
+        # no callback: a notification arriving meanwhile would add a second, partial record of the device
+        driver = make_driver(device, agent.pipeline.rows_of(name), config_dir, on_readings=None)
         try:
             await asyncio.wait_for(driver.connect(), timeout=30)
             batches = [await driver.read(g) for g in driver.groups()]
+            if isinstance(driver, Subscribing):
+                # the agent gets these by notification; one Read gives their current values, as `read` shows
+                batches.append(await driver.read_subscribed())
         except Exception as exc:
             failed.append(f"device {name} ({device.endpoint}): {exc}")
             return
@@ -371,13 +374,56 @@ async def run_once(config: Config, config_dir: Path) -> tuple[list[Record], list
     return preview(config, agent.pipeline.table, [out for _device, out in outputs]), failed
 
 
-async def serve(config_path: Path, config: Config) -> int:
-    """Run the agent until SIGTERM/SIGINT; SIGHUP reloads the config."""
+#: Exit code of `run` stopped at once by a second SIGINT/SIGTERM: 128 + the signal's number, as a shell
+#: reports a process that signal ended (130 for Ctrl-C, 143 for SIGTERM).
+FORCED_EXIT_BASE = 128
+
+
+def exit_now(signum: int, unsent: int | None, where: str = "the outbox") -> NoReturn:
+    """End the process at once (a second stop signal), saying what the outbox keeps; exit code 128 + signum.
+
+    Nothing more is sent or waited for. What was stored is committed (each write is one SQLite
+    transaction), so exiting without closing the outbox loses none of it.
+    """
+    name = signal.Signals(signum).name
+    kept = "what is not sent yet" if unsent is None else f"the {unsent} records not sent yet"
+    log.warning(
+        "%s again: stopping now without waiting for delivery; %s keeps %s and sends them at the next start",
+        name,
+        where,
+        kept,
+    )
+    logging.shutdown()
+    os._exit(FORCED_EXIT_BASE + signum)
+
+
+def _listen_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
+
+
+async def serve(
+    config_path: Path, config: Config, cli_levels: tuple[str | None, dict[str, str]] = (None, {})
+) -> int:
+    """Run the agent until SIGTERM/SIGINT (a second one exits at once); SIGHUP reloads the config.
+
+    `cli_levels` are the `--log-level` choices, which win over the config's at start and after a reload.
+    """
     config_dir = config_path.parent
     metrics = AgentMetrics()
     if config.agent.metrics_port is not None:
-        port = metrics.serve(config.agent.metrics_port)
-        log.info("metrics on http://127.0.0.1:%d/metrics", port)
+        host = config.agent.metrics_host
+        try:
+            port = metrics.serve(config.agent.metrics_port, host)
+        except OSError as exc:
+            log.error(
+                "cannot start: the metrics endpoint cannot listen on %s port %d: %s; "
+                "change agent.metrics_port or agent.metrics_host",
+                host,
+                config.agent.metrics_port,
+                exc.strerror or exc,
+            )
+            return 2
+        log.info("metrics on %s", _listen_url(host, port))
     agent = Agent(config, config_dir, metrics=metrics)
     page = None
     if config.web.enabled:
@@ -392,8 +438,16 @@ async def serve(config_path: Path, config: Config) -> int:
     stop = asyncio.Event()
     reload = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def on_stop_signal(signum: int) -> None:
+        if not stop.is_set():
+            stop.set()
+            return
+        unsent = sum(agent.sinks.depth().values()) if agent.sinks is not None else None
+        exit_now(signum, unsent)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
     try:
@@ -412,8 +466,12 @@ async def serve(config_path: Path, config: Config) -> int:
             w.cancel()
         if reload.is_set() and not stop.is_set():
             reload.clear()
-            await _reload(agent, config_path)
-    log.info("stopping: flushing outboxes for up to %.0f s", agent.config.agent.shutdown_timeout)
+            await _reload(agent, config_path, cli_levels)
+    log.info(
+        "stopping: flushing outboxes for up to %.0f s (Ctrl-C or SIGTERM again stops at once; "
+        "what is not sent stays in the outbox)",
+        agent.config.agent.shutdown_timeout,
+    )
     if page is not None:
         await page.stop()
     await agent.stop()
@@ -430,13 +488,16 @@ def _log_tasks() -> None:
         log.warning("task %s: %s", task.get_name(), where or "(not started)")
 
 
-async def _reload(agent: Agent, config_path: Path) -> None:
+async def _reload(
+    agent: Agent, config_path: Path, cli_levels: tuple[str | None, dict[str, str]] = (None, {})
+) -> None:
     try:
         new = load_config(config_path)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("reload refused, keeping the running config: %s: %s", exc.source, problem)
         return
+    old = agent.config.agent
     try:
         await agent.reload(new)
     except Exception as exc:
@@ -444,30 +505,20 @@ async def _reload(agent: Agent, config_path: Path) -> None:
         log.error(
             "reload of %s failed, keeping the running config: %s: %s", config_path, type(exc).__name__, exc
         )
+        return
+    if (new.agent.log_level, new.agent.log_levels) != (old.log_level, old.log_levels):
+        _apply_log_levels(new, cli_levels, forget=old.log_levels)
 
 
-def _setup_logging(fmt: str) -> None:
-    if fmt == "json":
-        handler = logging.StreamHandler()
-
-        class _Json(logging.Formatter):
-            def format(self, record: logging.LogRecord) -> str:
-                return orjson.dumps(
-                    {
-                        "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-                        "level": record.levelname.lower(),
-                        "logger": record.name,
-                        "msg": record.getMessage(),
-                    }
-                ).decode()
-
-        handler.setFormatter(_Json())
-        logging.basicConfig(level=logging.INFO, handlers=[handler])
-    else:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # asyncua logs every service call at INFO; the agent's own lines say what matters
-    for noisy in ("asyncua", "pymodbus"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _apply_log_levels(
+    config: Config, cli_levels: tuple[str | None, dict[str, str]], forget: Mapping[str, str] | None = None
+) -> None:
+    """The config's log levels with the command line's on top; loggers only in `forget` go back to their parent's."""
+    level, loggers = cli_levels
+    chosen = {**config.agent.log_levels, **loggers}
+    for name in (forget or {}).keys() - chosen.keys():
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    apply_levels(level or config.agent.log_level, chosen)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -487,7 +538,9 @@ def run_command(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"edge-agent run: {exc}", file=sys.stderr)
             return 2
-    _setup_logging(config.agent.log_format)
+    cli_levels = split_cli_levels(getattr(args, "log_level", None))
+    setup_logging(fmt=config.agent.log_format)
+    _apply_log_levels(config, cli_levels)
     limit_malloc_arenas()
     for warning in config_warnings(config, path.resolve().parent):
         log.warning("%s: %s", path, warning)  # once at start; a reload does not repeat them
@@ -500,7 +553,7 @@ def run_command(args: argparse.Namespace) -> int:
         for reason in failed:
             print(reason, file=sys.stderr)
         return 1 if failed else 0
-    return asyncio.run(serve(path.resolve(), config))
+    return asyncio.run(serve(path.resolve(), config, cli_levels))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -508,4 +561,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-agent run")
     parser.add_argument("-c", "--config", required=True)
     parser.add_argument("--once", action="store_true")
+    add_log_level_option(parser, "the config's agent.log_level, INFO")
     return run_command(parser.parse_args(argv))

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from edge_agent import __version__
+from edge_agent.log_config import add_log_level_option, setup_logging, split_cli_levels
 
 #: simulator name on the command line -> module with `main(argv) -> int`
 SIMULATORS = {
@@ -23,11 +24,32 @@ SIMULATORS = {
 }
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default, except where there is none to show or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == [] or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from edge_agent.config import ConfigError, config_warnings, load_config
 
+    given = [f for f in (getattr(args, "config", None), args.file) if f is not None]
+    if len(given) != 1:
+        problem = (
+            f"two config files given (-c {given[0]} and {given[1]}); give one"
+            if given
+            else "give the config file: edge-agent check-config -c FILE"
+        )
+        print(f"edge-agent check-config: error: {problem}", file=sys.stderr)
+        return 2
+    args.file = given[0]
     try:
         config = load_config(args.file)
     except ConfigError as exc:
@@ -47,11 +69,21 @@ def _delegate(module: str, function: str = "main") -> object:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    # `simulate imm --log-level DEBUG`: the option may also come after the machine, among its own options
+    own = argparse.ArgumentParser(prog=f"edge-agent simulate {args.machine}", add_help=False)
+    add_log_level_option(own, "INFO")
+    later, rest = own.parse_known_args(args.args)
+    given = (args.log_level or []) + (later.log_level or [])
+    level, loggers = split_cli_levels(given)
+    setup_logging(level or "INFO", loggers)
     main = _delegate(SIMULATORS[args.machine])
-    return int(main(args.args))  # type: ignore[operator]
+    return int(main(rest))  # type: ignore[operator]
 
 
 def _read(args: argparse.Namespace) -> int:
+    if args.log_level:
+        level, loggers = split_cli_levels(args.log_level)
+        setup_logging(level or "WARNING", loggers)
     return int(_delegate("edge_agent.commissioning", "read_command")(args))  # type: ignore[operator]
 
 
@@ -96,12 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edge-agent",
         description="Poll shop-floor machines over OPC UA and Modbus TCP, compute process-quality "
         "indicators, publish to MQTT and InfluxDB.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check-config", help="validate a config file and print a one-line summary")
-    p.add_argument("file", help="agent config (TOML)")
+    p.add_argument("-c", "--config", metavar="FILE", help="agent config (TOML)")
+    p.add_argument("file", nargs="?", metavar="FILE", help="the same, without -c")
     p.set_defaults(func=_check_config)
 
     p = sub.add_parser("read", help="poll every configured device once and print one JSON line per tag")
@@ -167,7 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the config file's JSON Schema, for editors")
     p.set_defaults(func=lambda args: _delegate("edge_agent.config", "schema_command")(args))  # type: ignore[operator]
+
+    for name, default in LOG_LEVEL_DEFAULTS.items():
+        add_log_level_option(sub.choices[name], default)
+    for p in sub.choices.values():
+        p.formatter_class = _HelpFormatter
     return parser
+
+
+#: The commands that take `--log-level`, and what applies without it.
+LOG_LEVEL_DEFAULTS = {
+    "run": "the config's agent.log_level, INFO",
+    "demo": "WARNING",
+    "read": "WARNING, asyncua and pymodbus silent",
+    "simulate": "INFO",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -229,9 +229,11 @@ def read_command(args: argparse.Namespace) -> int:
             )
             return 2
     # Reconnect notices are for the long-running agent; here each failing device gets one
-    # reason line below, so the drivers' and pymodbus' own lines would only repeat it.
-    for name in ("pymodbus", "edge_agent.modbus", "asyncua"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # reason line below, so the drivers' and pymodbus' own lines would only repeat it
+    # (unless --log-level asked for them).
+    if not getattr(args, "log_level", None):
+        for name in ("pymodbus", "edge_agent.modbus", "asyncua"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     wait_s = getattr(args, "wait", DEFAULT_WAIT_S)
     results = asyncio.run(read_devices(config, Path(args.config).resolve().parent, names, wait_s))
     out = sys.stdout.buffer

@@ -10,9 +10,18 @@ import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+)
 
 from edge_agent.config_model import (
     ConfigError,
@@ -26,6 +35,8 @@ from edge_agent.config_model import (
     read_text,
 )
 from edge_agent.drivers.registry import DRIVERS, Device
+from edge_agent.log_config import LEVELS as LOG_LEVELS
+from edge_agent.log_config import level_name
 from edge_agent.sinks.registry import SINKS
 from edge_agent.web.config import WebConfig
 
@@ -114,6 +125,35 @@ class OutboxConfig(Model):
     """full: fsync every batch (nothing acknowledged is lost on power loss); normal: faster, loses the last batch."""
 
 
+#: A log level name; any case is accepted and kept upper case.
+LogLevel = Annotated[
+    str,
+    BeforeValidator(level_name),
+    WithJsonSchema({"type": "string", "enum": [*LOG_LEVELS, *(n.lower() for n in LOG_LEVELS)]}),
+]
+_HOST = re.compile(r"\[?[0-9A-Fa-f:.]+\]?|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _listen_host(value: object) -> object:
+    if isinstance(value, str) and not _HOST.fullmatch(value):
+        raise ValueError(
+            "give an IP address or a host name, without scheme or port (e.g. 127.0.0.1 or 0.0.0.0)"
+        )
+    return value
+
+
+def _logger_name(value: object) -> object:
+    if isinstance(value, str) and (not value or any(c.isspace() or c == "=" for c in value)):
+        raise ValueError("a logger name is a dotted name like edge_agent.drivers.opcua (no spaces)")
+    return value
+
+
+#: A logger name as Python's logging knows it (dotted, e.g. `edge_agent.drivers.opcua`).
+LoggerName = Annotated[str, BeforeValidator(_logger_name)]
+#: An address to listen on: an IP address or a host name (no scheme, no port).
+Host = Annotated[str, BeforeValidator(_listen_host)]
+
+
 class AgentConfig(Model):
     """Process-level settings of the agent."""
 
@@ -121,8 +161,18 @@ class AgentConfig(Model):
     """Name of this agent (client id, status topic)."""
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """Port of the Prometheus /metrics endpoint (none if unset)."""
+    metrics_host: Host = "127.0.0.1"
+    """Address the /metrics endpoint listens on. 127.0.0.1 answers only on this machine; 0.0.0.0 (or `::`)
+    listens on every interface, so any host that can reach this one can read the metrics (device and sink
+    names, counts, no values or secrets): what a Prometheus on another host or container needs; keep the port
+    closed to others with a firewall or the container network."""
     log_format: Literal["text", "json"] = "text"
     """Log line format."""
+    log_level: LogLevel = "INFO"
+    """Level of the log: DEBUG, INFO, WARNING, ERROR or CRITICAL (`run --log-level` overrides it)."""
+    log_levels: dict[LoggerName, LogLevel] = Field(default_factory=dict)
+    """Levels of single loggers and their children, e.g. `"edge_agent.drivers.opcua" = "DEBUG"` or
+    `asyncua = "INFO"`; asyncua and pymodbus log at WARNING (or `log_level` if higher) unless named here."""
     shutdown_timeout: Seconds = 10.0
     """Seconds to flush the outboxes on SIGTERM before exiting."""
     status_interval: Seconds = 10.0

@@ -420,3 +420,152 @@ async def test_a_reload_whose_sinks_cannot_start_keeps_the_old_sinks_and_devices
     assert status[-2:] == ["online", "offline"]
     failed = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "reload" in r.getMessage()]
     assert len(failed) == 1 and "keeping the running config" in failed[0]
+
+
+async def _log_until(
+    proc: asyncio.subprocess.Process, lines: list[str], text: str, timeout: float = 30
+) -> str:
+    """Read the agent's stderr into `lines` until a line contains `text`; that line."""
+    assert proc.stderr is not None
+
+    async def scan() -> str:
+        while True:
+            found = [line for line in lines if text in line]
+            if found:
+                return found[0]
+            line = await proc.stderr.readline()  # type: ignore[union-attr]
+            if not line:
+                raise AssertionError(f"agent exited before logging {text!r}:\n{''.join(lines)}")
+            lines.append(line.decode())
+
+    return await asyncio.wait_for(scan(), timeout)
+
+
+def _scrape(host: str, port: int) -> str:
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as answer:
+        return answer.read().decode()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("metrics_host", "answers", "refuses"),
+    [(None, ["127.0.0.1"], ["127.0.0.2"]), ("127.0.0.2", ["127.0.0.2"], ["127.0.0.1"]), ("0.0.0.0", ["127.0.0.1", "127.0.0.2"], [])],
+)  # fmt: skip
+async def test_the_metrics_endpoint_listens_where_the_config_says(
+    metrics_host: str | None, answers: list[str], refuses: list[str], tmp_path: Path
+) -> None:
+    port = free_port()
+    host_line = f'metrics_host = "{metrics_host}"\n' if metrics_host else ""
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nname = "m1"\nmetrics_port = {port}\n{host_line}', encoding="utf-8")
+    proc = await _edge_agent("run", "-c", str(cfg))
+    lines: list[str] = []
+    try:
+        told = await _log_until(proc, lines, "metrics on ")
+        assert told.rstrip().endswith(f"metrics on http://{metrics_host or '127.0.0.1'}:{port}/metrics")
+        await _log_until(proc, lines, "agent m1 running")
+        for address in answers:
+            body = await asyncio.to_thread(_scrape, address, port)
+            assert "edge_agent_dropped_batches_total 0.0" in body.splitlines()
+        for address in refuses:
+            with pytest.raises(OSError):  # connection refused: nothing listens on that address
+                await asyncio.to_thread(_scrape, address, port)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_a_second_sigint_stops_at_once_and_the_outbox_keeps_the_records(tmp_path: Path) -> None:
+    """A broker never reached: the first Ctrl-C waits to flush (10 s), the second exits now with 130."""
+    from edge_agent.outbox import Outbox
+
+    tcu = MoldTcuSimulator(speed=20.0, seed=2)
+    sim_port = await tcu.start()
+    nobody = free_port()  # no broker will ever listen here
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        '[agent]\nname = "gw3"\nshutdown_timeout = 10.0\n\n'
+        f'[sinks.mqtt]\nurl = "mqtt://127.0.0.1:{nobody}"\n\n[outbox]\ndir = "outbox"\n\n'
+        + MoldTcuSimulator.config_file_text(f"modbus-tcp://127.0.0.1:{sim_port}"),
+        encoding="utf-8",
+    )
+    proc = await _edge_agent("run", "-c", str(cfg))
+    lines: list[str] = []
+    try:
+        await _log_until(proc, lines, "agent gw3 running")
+        await asyncio.sleep(2.0)  # a few polls go to the outbox
+        proc.send_signal(signal.SIGINT)
+        first = await _log_until(proc, lines, "stopping: flushing outboxes for up to 10 s")
+        await asyncio.sleep(0.5)
+        assert proc.returncode is None  # still waiting for the broker
+        proc.send_signal(signal.SIGINT)
+        sent = asyncio.get_running_loop().time()
+        code = await asyncio.wait_for(proc.wait(), 15)
+        waited = asyncio.get_running_loop().time() - sent
+        rest = await proc.stderr.read()  # type: ignore[union-attr]
+        lines += rest.decode().splitlines(keepends=True)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await tcu.stop()
+    assert waited < 1.5, f"exited {waited:.1f} s after the second SIGINT"
+    assert code == 130, "".join(lines)  # 128 + SIGINT, as a shell reports a process Ctrl-C ended
+    assert "(Ctrl-C or SIGTERM again stops at once; what is not sent stays in the outbox)" in first
+    forced = [line for line in lines if "SIGINT again" in line]
+    assert len(forced) == 1, "".join(lines)
+    assert "Traceback" not in "".join(lines)
+    unsent = int(forced[0].split("keeps the ")[1].split()[0])
+    assert (
+        forced[0]
+        .rstrip()
+        .endswith(
+            f"stopping now without waiting for delivery; the outbox keeps the {unsent} records not sent "
+            "yet and sends them at the next start"
+        )
+    )
+    outbox = Outbox(tmp_path / "outbox" / "mqtt.sqlite")
+    try:
+        assert len(outbox) == unsent > 0
+        machines = {stored.record.key for stored in outbox.take(10_000)}
+    finally:
+        outbox.close()
+    assert machines == {"tcu1", "gw3"}  # the device's records and the agent's status
+
+
+async def test_run_once_includes_the_subscribed_opc_ua_tags(tmp_path: Path) -> None:
+    """`run --once` shows what the agent would publish, the tags it gets by subscription included (as `read` does)."""
+    sim = ImmSimulator(speed=20.0, cycle_s=2.0, seed=4)
+    await sim.start()
+    try:
+        cfg = tmp_path / "agent.toml"
+        text = sim.device_config(name="imm-1")
+        cfg.write_text(text[text.index("[[devices]]") :], encoding="utf-8")
+        subscribed = [line.split('"')[1] for line in _subscribed_tags(text)]
+        assert len(subscribed) >= 4  # the shipped config subscribes the zone temperatures
+        proc = await _edge_agent("run", "-c", str(cfg), "--once")
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await sim.stop()
+    assert proc.returncode == 0, err.decode()
+    raw = [
+        orjson.loads(line)["payload"]
+        for line in out.splitlines()
+        if orjson.loads(line)["topic"].endswith("/raw")
+    ]
+    values = {s: (v, q) for r in raw for s, v, q in zip(r["signals"], r["values"], r["quality"], strict=True)}
+    for name in subscribed:
+        assert name in values, f"{name} missing from run --once: {sorted(values)}"
+        value, quality = values[name]
+        assert quality == 0 and (20.0 < value < 300.0), (name, value)  # barrel and mould zones, °C
+
+
+def _subscribed_tags(config_text: str) -> list[str]:
+    """The `name = "..."` lines of the [[devices.tags]] blocks with mode = "subscribe"."""
+    names = []
+    for block in config_text.split("[[devices.tags]]")[1:]:
+        if 'mode = "subscribe"' in block.split("[[")[0]:
+            names.append(next(line for line in block.splitlines() if line.startswith("name = ")))
+    return names
