@@ -102,6 +102,20 @@ def force_signature(
     return peak_kn * f
 
 
+def _interpolated_peak_angle(signature: np.ndarray, top: int) -> float:
+    """Angle of the peak between the samples (a parabola through the top three), as tonnage monitors report it.
+
+    The sample's own angle moves in 0.5° steps: a chart of it sees a constant with rare jumps, whose
+    moving range is almost zero, and alarms at every jump.
+    """
+    if not 0 < top < POINTS - 1:
+        return float(CRANK_ANGLE[top])
+    left, mid, right = (float(v) for v in signature[top - 1 : top + 2])
+    curvature = left - 2.0 * mid + right
+    offset = 0.5 * (left - right) / curvature if curvature < 0 else 0.0
+    return float(CRANK_ANGLE[top] + offset * (CRANK_ANGLE[1] - CRANK_ANGLE[0]))
+
+
 @dataclass
 class Stroke:
     """One press stroke as the tonnage monitor latches it."""
@@ -243,7 +257,7 @@ class ForgingSimulator(OpcUaSimulator):
             peak_kn=float(signature[top]),
             channels_kn=tuple(s * float(signature[top]) for s in shares),
             reverse_kn=max(0.0, -float(signature.min())),
-            peak_angle_deg=float(CRANK_ANGLE[top]),
+            peak_angle_deg=_interpolated_peak_angle(signature, top),
             billet_c=billet,
             signature=signature,
             at=now_utc(),

@@ -182,13 +182,14 @@ def test_every_profile_table_comes_from_the_registry() -> None:
         "kind", "description", "measurement", "signals", "cycle",
         "baseline_samples", "window", "alarm_delay_s", "kpi_interval_s",
     }  # fmt: skip
-    assert tables == set(FEATURES) == {"oee", "furnace", "mold"}
+    assert tables == set(FEATURES) >= {"oee", "furnace", "mold"}
     for table, feature in FEATURES.items():
         assert Profile.model_fields[table].annotation == feature.spec_model | None
 
 
 def test_pseudo_signals_families_and_schema_come_from_the_features() -> None:
-    assert PSEUDO_SIGNALS == ("cycle", "oee", "uniformity", "heat_removal", "maintenance")
+    assert PSEUDO_SIGNALS[:5] == ("cycle", "oee", "uniformity", "heat_removal", "maintenance")
+    assert PSEUDO_SIGNALS[5:] == tuple(p.signal for f in list(FEATURES.values())[3:] for p in f.publishes)
     measurements = schema.measurements()
     for feature in FEATURES.values():
         for p in feature.publishes:
@@ -317,7 +318,8 @@ def test_the_dashboard_sections_are_those_of_registered_features() -> None:
 
 
 def test_feature_messages_and_severities() -> None:
-    by_rule = {c.rule: c for f in FEATURES.values() for c in f.alarms}
+    # the first three features' rules (later features have their own tests)
+    by_rule = {c.rule: c for f in list(FEATURES.values())[:3] for c in f.alarms}
     assert {r: c.severity for r, c in by_rule.items()} == {
         "overshoot": "alarm",
         "uniformity": "warning",

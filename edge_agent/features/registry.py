@@ -14,6 +14,7 @@ MODULES = (
     "edge_agent.features.oee",
     "edge_agent.features.furnace",
     "edge_agent.features.mold",
+    "edge_agent.features.forging",
 )
 
 FEATURES: dict[str, Feature[Any, Any]] = {}
