@@ -13,6 +13,7 @@ this process subscribes to the raw topics. Each workload prints one JSON line:
   mqtt_publisher     where paho runs (sinks.mqtt.publisher; --mqtt-publisher)
   p50_ms/p99_ms sample timestamp (poll time) to arrival at a subscriber of the broker
   lost          values read but not on MQTT, plus values on MQTT but not in the TSDB (must be 0)
+  page_updates  (agent_100k_web) live updates the two open pages of the web page received
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import paho.mqtt.client as mqtt
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.services import Mosquitto, VictoriaMetrics  # noqa: E402
+from tests.services import Mosquitto, VictoriaMetrics, free_port  # noqa: E402
 
 WORKLOADS = {
     # name: (devices, tags, poll interval s)
@@ -43,6 +44,8 @@ WORKLOADS = {
     # more offered than the 100k target, so the rate the agent sustains is what it can do, not
     # the most the workload asks for (at 100k nominal, every late poll shows as a shortfall)
     "agent_150k": (150, 100, 0.1),
+    # agent_100k with two pages of its web page open (overview and one machine), side by side with it
+    "agent_100k_web": (100, 100, 0.1),
 }
 
 
@@ -61,10 +64,12 @@ def _config(
     influx_url: str,
     workdir: Path,
     publisher: str,
+    web_port: int | None = None,
 ) -> str:
     from edge_agent.simulators.modbus_server import RegisterField, render_device_toml
 
     fields = [RegisterField(f"r{i}", "holding_register", i, "uint16") for i in range(tags)]
+    web = f"[web]\nenabled = true\nport = {web_port}\n\n" if web_port else ""
     devices = "\n".join(
         render_device_toml(
             fields,
@@ -79,8 +84,40 @@ def _config(
         f'profiles_dir = "{workdir / "profiles"}"\n[agent]\nname = "bench"\n'
         f'[sinks.mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "bench"\npublisher = "{publisher}"\n'
         f'[sinks.influx]\nurl = "{influx_url}"\nbatch_size = 5000\nflush_interval = 0.2\n'
-        f'[outbox]\ndir = "{workdir / "outbox"}"\n\n{devices}'
+        f'[outbox]\ndir = "{workdir / "outbox"}"\n\n{web}{devices}'
     )
+
+
+class OpenPages:
+    """Two browser pages of the agent's web page: each loads the page's files, then reads its live stream."""
+
+    PAGES = ("/api/overview/stream", "/api/machines/dev000/stream")
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.events = 0
+        self.running = True
+        self.threads = [threading.Thread(target=self._read, args=(p,), daemon=True) for p in self.PAGES]
+        for t in self.threads:
+            t.start()
+
+    def _read(self, stream: str) -> None:
+        import urllib.request
+
+        for _attempt in range(100):  # the page answers once the agent has started
+            try:
+                for name in ("/", "/static/app.js", "/static/app.css"):
+                    urllib.request.urlopen(self.base + name, timeout=5).read()
+                with urllib.request.urlopen(self.base + stream, timeout=10) as answer:
+                    while self.running:
+                        line = answer.readline()
+                        if not line:
+                            break  # the agent stopped
+                        if line.startswith(b"data: "):
+                            self.events += 1
+                return
+            except OSError:
+                time.sleep(0.2)
 
 
 def _family(pid: int) -> list[int]:
@@ -161,8 +198,10 @@ def run_workload(
     assert servers.stdout is not None
     ports = orjson.loads(servers.stdout.readline())
     config = workdir / "agent.toml"
-    config.write_text(_config(ports, tags, interval, broker.url, vm.url, workdir, publisher))
+    web_port = free_port() if name.endswith("_web") else None
+    config.write_text(_config(ports, tags, interval, broker.url, vm.url, workdir, publisher, web_port))
     listener = RawListener(broker)
+    pages = OpenPages(web_port) if web_port else None
     with (workdir / "agent.log").open("wb") as log:  # the child keeps its own copy of the descriptor
         agent = subprocess.Popen(
             [sys.executable, "-m", "edge_agent.cli", "run", "-c", str(config)],
@@ -184,6 +223,8 @@ def run_workload(
         with listener.lock:
             listener.measuring = False
             values_window = listener.values - values_before
+        if pages is not None:
+            pages.running = False
         agent.send_signal(signal.SIGTERM)
         agent.wait(60)
         time.sleep(1.0)
@@ -218,6 +259,7 @@ def run_workload(
         "mqtt_values": listener.values,
         "tsdb_values": stored,
         "window_s": round(wall, 1),
+        **({"page_updates": pages.events} if pages is not None else {}),
     }
 
 

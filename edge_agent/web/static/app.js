@@ -104,6 +104,14 @@
     return `${(s / 3600).toFixed(1)} h`;
   }
 
+  function bytes(n) {
+    if (n === null || n === undefined) return "–";
+    if (n < 1024) return `${n} B`;
+    if (n < 1048576) return `${(n / 1024).toFixed(1)} KB`;
+    if (n < 1073741824) return `${(n / 1048576).toFixed(1)} MB`;
+    return `${(n / 1073741824).toFixed(2)} GB`;
+  }
+
   function uptime(s) {
     if (s === undefined) return "–";
     if (s < 3600) return `${Math.floor(s / 60)} min`;
@@ -670,7 +678,7 @@
       el("p", { class: "sub", text: "Where the values go, and what waits in the outbox on disk until the sink acknowledges it." }),
       sinkBox,
       el("h2", { text: "Agent health" }),
-      el("div", { class: "card" }, health.node),
+      el("div", { class: "card health" }, health.node),
     );
     return (data) => {
       if (!data.sinks.length) {
@@ -689,7 +697,7 @@
             setClass(c[1].firstChild, state[0]);
             setText(c[1].firstChild, state[1]);
             setText(c[2], num(s.outbox_records));
-            setText(c[3], s.outbox_bytes === null ? "–" : `${(s.outbox_bytes / 1048576).toFixed(1)} MB`);
+            setText(c[3], bytes(s.outbox_bytes));
             setText(c[4], num(s.sent));
             setText(c[5], num(s.dropped));
             setText(c[6], num(s.retries));
