@@ -173,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker-port", type=int, default=0, help="port of the embedded broker (default: a free one)"
     )
     p.add_argument("--influx-url", help="also write to this InfluxDB (v2 write API)")
+    p.add_argument(
+        "--influx-token",
+        help="InfluxDB 2 API token that may write to the bucket (default: $INFLUX_TOKEN; "
+        "the environment is better: a command line shows in ps)",
+    )
+    p.add_argument("--influx-org", default="shopfloor", help="InfluxDB organization")
+    p.add_argument("--influx-bucket", default="process", help="InfluxDB bucket")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--speed", type=float, default=20.0, help="simulated time per wall-clock second")
     p.add_argument("--fault", action="append", default=[], help="inject a fault, e.g. imm:check_ring_wear")

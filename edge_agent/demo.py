@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import json
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -16,6 +18,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 from rich.console import Console, Group
@@ -24,6 +27,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from edge_agent.config import parse_config
+from edge_agent.log_config import setup_logging, split_cli_levels
 from edge_agent.profiles import Profile
 from edge_agent.records import Output
 
@@ -214,15 +218,32 @@ def _parse_faults(specs: Sequence[str]) -> dict[str, list[str]]:
     return faults
 
 
+#: The environment variable the demo's InfluxDB token is read from (and that its agent.toml names).
+INFLUX_TOKEN_ENV = "INFLUX_TOKEN"
+
+
 def demo_config(
-    devices_toml: str, mqtt_url: str, mqtt_protocol: str, influx_url: str | None, outbox: Path
+    devices_toml: str,
+    mqtt_url: str,
+    mqtt_protocol: str,
+    influx_url: str | None,
+    outbox: Path,
+    *,
+    influx_org: str = "shopfloor",
+    influx_bucket: str = "process",
+    influx_token: bool = False,
 ) -> str:
-    """The agent config of the demo: the plant's devices, MQTT, optional InfluxDB, an outbox in a temp dir."""
-    influx = (
-        f'\n[sinks.influx]\nurl = "{influx_url}"\norg = "shopfloor"\nbucket = "process"\n'
-        if influx_url
-        else ""
-    )
+    """The agent config of the demo: the plant's devices, MQTT, optional InfluxDB, an outbox in a temp dir.
+
+    With `influx_token` the InfluxDB section takes its token from $INFLUX_TOKEN (the file never holds it).
+    """
+    influx = ""
+    if influx_url:
+        token = f'token = "${{{INFLUX_TOKEN_ENV}}}"\n' if influx_token else ""
+        influx = (
+            f"\n[sinks.influx]\nurl = {_toml_str(influx_url)}\norg = {_toml_str(influx_org)}\n"
+            f"bucket = {_toml_str(influx_bucket)}\n{token}"
+        )
     return (
         '[agent]\nname = "demo-agent"\n\n'
         '[site]\nenterprise = "demo"\nsite = "plant1"\narea = "shopfloor"\nline = "cell1"\n\n'
@@ -232,8 +253,115 @@ def demo_config(
     )
 
 
+def _toml_str(text: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 class DemoStartError(Exception):
     """The demo cannot start for a reason the user can fix; the message says how."""
+
+
+def _influx_answer(body: str) -> str:
+    """The `message` of an InfluxDB error body (JSON), else the body's first line."""
+    try:
+        message = json.loads(body).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message) if message else (body.strip().splitlines() or [""])[0][:200]
+
+
+async def check_influx(url: str, org: str, bucket: str, token: str | None, timeout_s: float = 5.0) -> None:
+    """Write nothing to InfluxDB to learn whether it takes the token, org and bucket; DemoStartError saying which option to fix.
+
+    InfluxDB 2 checks the token (401), the org and bucket (404) and the write permission (403)
+    before it reads the body, then answers 400 "writing requires points" to an empty one; servers
+    without authentication (InfluxDB 1.8, VictoriaMetrics) answer 204.
+    """
+    import aiohttp
+
+    headers = {"Authorization": f"Token {token}"} if token else {}
+    params = {"org": org, "bucket": bucket, "precision": "ns"}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+            session.post(
+                f"{url.rstrip('/')}/api/v2/write", params=params, data=b"", headers=headers
+            ) as answer,
+        ):
+            status, body = answer.status, await answer.text(errors="replace")
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise DemoStartError(
+            f"--influx-url {url}: no answer ({exc or type(exc).__name__}); start InfluxDB there "
+            "or pass the --influx-url it listens on"
+        ) from None
+    said = f"{status} {_influx_answer(body)}".strip()
+    target = f"bucket {bucket!r} of organization {org!r}"
+    if status == 401 and not token:
+        raise DemoStartError(
+            f"InfluxDB {url} wants a token ({said}): set {INFLUX_TOKEN_ENV} (or pass --influx-token) "
+            f"to a token that may write to {target}"
+        )
+    if status in (401, 403):
+        raise DemoStartError(
+            f"InfluxDB {url} refused the token ({said}): give one that may write to {target} "
+            f"in {INFLUX_TOKEN_ENV} or --influx-token"
+        )
+    if status == 404:
+        lowered = said.lower()
+        if "organization" in lowered or "bucket" in lowered:
+            fix = "pass --influx-org and --influx-bucket naming ones that exist there"
+        else:
+            fix = "it serves no /api/v2/write (InfluxDB 1.8 and later do): check --influx-url"
+        raise DemoStartError(f"InfluxDB {url} has no {target} ({said}); {fix}")
+    if status >= 300 and status != 400:
+        raise DemoStartError(
+            f"InfluxDB {url} answered {said} to a test write; check it is up and --influx-url"
+        )
+
+
+class DemoLogWording(logging.Filter):
+    """Words the agent's log lines for a demo: its options instead of config keys, and where an unsent backlog goes.
+
+    The agent's lines name `sinks.influx.token` and friends, and promise delivery "at the next start";
+    the demo's user has no config file of their own, and its outbox lives in a temporary folder.
+    """
+
+    OPTIONS = (
+        (
+            "check sinks.influx.token and its environment variable",
+            f"pass --influx-token or set {INFLUX_TOKEN_ENV}",
+        ),
+        ("check sinks.influx.org and sinks.influx.bucket", "check --influx-org and --influx-bucket"),
+        ("sinks.influx.url", "--influx-url"),
+        ("sinks.mqtt.url", "--mqtt-url"),
+    )
+
+    def __init__(self, workdir: Path, keep: bool) -> None:
+        super().__init__()
+        if keep:
+            self.backlog = (
+                f"{{}} records were not delivered before the demo stopped; they stay in {workdir / 'outbox'} "
+                f"and `edge-agent run -c {workdir / 'agent.toml'}` would send them"
+            )
+        else:
+            self.backlog = (
+                "{} records were not delivered before the demo stopped; they are deleted with the demo's "
+                "temporary folder (demo --keep keeps them)"
+            )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message in the demo's terms (always passes it on)."""
+        if "at the next start" in str(record.msg) and isinstance(record.args, tuple) and record.args:
+            record.msg, record.args = self.backlog.format(record.args[0]), ()
+            return True
+        text = record.getMessage()
+        changed = text
+        for key, option in self.OPTIONS:
+            changed = changed.replace(key, option)
+        if changed != text:
+            record.msg, record.args = changed, ()
+        return True
 
 
 async def _embedded_broker(port: int = 0) -> tuple[object, str]:
@@ -276,12 +404,23 @@ async def _embedded_broker(port: int = 0) -> tuple[object, str]:
 async def run_demo(args: argparse.Namespace) -> int:
     """Start everything, show the view until Ctrl-C or --duration, stop everything."""
     faults = _parse_faults(args.fault)
+    influx_token = args.influx_token or os.environ.get(INFLUX_TOKEN_ENV) or None
+    if args.influx_url:
+        # before anything starts: a missing token or a wrong bucket is one line, not a retry loop
+        await check_influx(args.influx_url, args.influx_org, args.influx_bucket, influx_token)
+    if args.influx_token:
+        os.environ[INFLUX_TOKEN_ENV] = args.influx_token  # the demo's agent.toml names the variable
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     keep = bool(args.keep)
+    wording = DemoLogWording(workdir, keep)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(wording)
     try:
         async with contextlib.AsyncExitStack() as stack:
             view = await _run_plant(args, faults, workdir, stack)
     finally:
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(wording)
         if keep:
             print(f"demo files kept in {workdir}", flush=True)
         else:
@@ -309,7 +448,16 @@ async def _run_plant(
     plant = Plant(speed=args.speed, faults={} if fault_after else faults)
     stack.push_async_callback(plant.stop)
     await plant.start()
-    text = demo_config(plant.devices_toml(), mqtt_url, protocol, args.influx_url, workdir / "outbox")
+    text = demo_config(
+        plant.devices_toml(),
+        mqtt_url,
+        protocol,
+        args.influx_url,
+        workdir / "outbox",
+        influx_org=args.influx_org,
+        influx_bucket=args.influx_bucket,
+        influx_token=bool(args.influx_url and (args.influx_token or os.environ.get(INFLUX_TOKEN_ENV))),
+    )
     (workdir / "agent.toml").write_text(text, encoding="utf-8")
     config = parse_config(text, str(workdir / "agent.toml"), workdir)
     agent = Agent(config, workdir)
@@ -321,8 +469,17 @@ async def _run_plant(
     stack.push_async_callback(page.stop)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_stop_signal(signum: int) -> None:
+        if not stop.is_set():
+            stop.set()
+            return
+        _exit_now(
+            signum, sum(agent.sinks.depth().values()) if agent.sinks is not None else 0, workdir, args.keep
+        )
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop_signal, sig)
     console = Console(stderr=False)
     header = (
         f"edge-agent demo · MQTT {mqtt_url} (topics demo/uns/#) · web {page.url}"
@@ -350,13 +507,30 @@ async def _run_plant(
     return view
 
 
+def _exit_now(signum: int, unsent: int, workdir: Path, keep: bool) -> NoReturn:
+    """A second Ctrl-C: remove the demo's folder (unless --keep) and end the process now, with 128 + signum."""
+    name = signal.Signals(signum).name
+    log.warning(
+        "%s again: stopping now without waiting for delivery; %s",
+        name,
+        DemoLogWording(workdir, keep).backlog.format(unsent),
+    )
+    if keep:
+        print(f"demo files kept in {workdir}", flush=True)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    logging.shutdown()
+    os._exit(128 + signum)
+
+
 def _left(deadline: float | None) -> float:
     return 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def demo_command(args: argparse.Namespace) -> int:
     """`edge-agent demo`."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level, loggers = split_cli_levels(getattr(args, "log_level", None))
+    setup_logging(level or "WARNING", loggers)
     try:
         return asyncio.run(run_demo(args))
     except (ValueError, DemoStartError) as exc:

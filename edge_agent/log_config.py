@@ -95,9 +95,10 @@ class _JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO", loggers: Mapping[str, str] | None = None, fmt: str = "text") -> None:
-    """One stderr handler (text or JSON lines) on the root logger, then the levels (see apply_levels)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
-    # force: a command run twice in one process (the tests) or after a library's basicConfig gets ours
-    logging.basicConfig(handlers=[handler], force=True)
+    """One stderr handler (text or JSON lines) on the root logger unless it has one, then the levels (see apply_levels)."""
+    root = logging.getLogger()
+    if not root.handlers:  # a command called in a process that logs already (a test) keeps its handlers
+        handler = logging.StreamHandler()
+        handler.setFormatter(_JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
+        root.addHandler(handler)
     apply_levels(level, loggers)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
+import http.server
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
@@ -138,3 +142,167 @@ def test_live_view_counts_the_baseline_cycles_the_prewhitener_holds_back() -> No
     # a signal without control limits never shows a baseline
     zone = next(line for line in _rendered(view).splitlines() if " barrel_zone_1 " in line)
     assert "baseline" not in zone
+
+
+class FakeInfluxDB2:
+    """An HTTP server answering /api/v2/write as InfluxDB 2 does: 401 without the token, 404 for an unknown org or
+    bucket, 400 "writing requires points" to an empty body, 204 otherwise; `revoked` turns the token down from then on.
+    """
+
+    def __init__(self, token: str = "s3cret", org: str = "acme", bucket: str = "demo") -> None:
+        self.token, self.org, self.bucket = token, org, bucket
+        self.writes: list[
+            tuple[str, dict[str, str], int]
+        ] = []  # (Authorization, query, lines) of each answered 204
+        self.refused = 0
+        self.revoke_after: int | None = None
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # /ping, /health
+                self._answer(204, None)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                auth = self.headers.get("Authorization", "")
+                revoked = fake.revoke_after is not None and len(fake.writes) >= fake.revoke_after
+                if auth != f"Token {fake.token}" or (revoked and body):
+                    fake.refused += 1
+                    self._answer(401, {"code": "unauthorized", "message": "unauthorized access"})
+                elif query.get("org") != fake.org:
+                    self._answer(
+                        404,
+                        {"code": "not found", "message": f'organization name "{query.get("org")}" not found'},
+                    )
+                elif query.get("bucket") != fake.bucket:
+                    self._answer(
+                        404, {"code": "not found", "message": f'bucket "{query.get("bucket")}" not found'}
+                    )
+                elif not body:
+                    self._answer(400, {"code": "invalid", "message": "writing requires points"})
+                else:
+                    fake.writes.append((auth, query, body.count(b"\n") + 1))
+                    self._answer(204, None)
+
+            def _answer(self, status: int, body: dict | None) -> None:
+                data = orjson.dumps(body) if body is not None else b""
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _demo(tmp_path: Path, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in _env_with_tmpdir(tmp_path).items() if k != "INFLUX_TOKEN"}
+    if token is not None:
+        env["INFLUX_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "demo", "--plain", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=90, env=env,
+    )  # fmt: skip
+
+
+def test_demo_says_which_influx_option_to_fix(tmp_path: Path) -> None:
+    influx = FakeInfluxDB2()
+    try:
+        url = influx.url
+        cases = [
+            ({}, [], "wants a token (401 unauthorized access): set INFLUX_TOKEN (or pass --influx-token) to a token "
+             "that may write to bucket 'process' of organization 'shopfloor'"),
+            ({"token": "wrong"}, [], "refused the token (401 unauthorized access): give one that may write to "
+             "bucket 'process' of organization 'shopfloor' in INFLUX_TOKEN or --influx-token"),
+            ({}, ["--influx-token", "s3cret"], "has no bucket 'process' of organization 'shopfloor' (404 organization "
+             'name "shopfloor" not found); pass --influx-org and --influx-bucket naming ones that exist there'),
+            ({"token": "s3cret"}, ["--influx-org", "acme"], "has no bucket 'process' of organization 'acme' (404 "
+             'bucket "process" not found); pass --influx-org and --influx-bucket naming ones that exist there'),
+        ]  # fmt: skip
+        for env, args, message in cases:
+            done = _demo(tmp_path, "--duration", "3", "--influx-url", url, *args, **env)  # type: ignore[arg-type]
+            assert done.returncode == 2, (args, done.stdout, done.stderr)
+            assert done.stderr.splitlines() == [f"edge-agent demo: InfluxDB {url} {message}"], args
+            assert done.stdout == ""
+    finally:
+        influx.close()
+    assert list(tmp_path.iterdir()) == []  # stopped before anything was made
+    assert influx.writes == []
+
+
+def test_demo_writes_with_token_org_and_bucket_and_tells_what_happens_to_the_unsent(tmp_path: Path) -> None:
+    influx = FakeInfluxDB2()
+    influx.revoke_after = 2  # then the token stops working: the demo's backlog is never delivered
+    try:
+        done = _demo(
+            tmp_path, "--duration", "5", "--influx-url", influx.url, "--influx-org", "acme",
+            "--influx-bucket", "demo", token="s3cret",
+        )  # fmt: skip
+    finally:
+        influx.close()
+    assert done.returncode == 0, done.stderr
+    assert len(influx.writes) == 2 and influx.refused >= 1
+    for auth, query, lines in influx.writes:
+        assert auth == "Token s3cret" and query["org"] == "acme" and query["bucket"] == "demo" and lines > 0
+    err = done.stderr
+    assert "s3cret" not in done.stdout + err
+    # the hints name the demo's options, not a config file the user does not have
+    assert "sinks.influx" not in err and "config" not in err, err
+    refused = [line for line in err.splitlines() if "refused the token" in line]
+    assert refused and all("pass --influx-token or set INFLUX_TOKEN" in line for line in refused), err
+    # what was not delivered goes with the temporary folder: no promise of a "next start"
+    assert "next start" not in err
+    unsent = [line for line in err.splitlines() if "were not delivered before the demo stopped" in line]
+    assert len(unsent) == 1 and unsent[0].endswith(
+        "were not delivered before the demo stopped; they are deleted with the demo's temporary folder "
+        "(demo --keep keeps them)"
+    ), err
+    assert list(tmp_path.iterdir()) == []
+    assert done.stdout.splitlines()[0].startswith("edge-agent demo · MQTT ")
+    assert f" · InfluxDB {influx.url} · " in done.stdout.splitlines()[0]
+
+
+def test_a_second_ctrl_c_ends_the_demo_at_once_and_removes_its_folder(tmp_path: Path) -> None:
+    nobody = free_port()  # a broker that never answers: the first Ctrl-C would wait 5 s to flush
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent.cli", "demo", "--plain", "--mqtt-url", f"mqtt://127.0.0.1:{nobody}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env_with_tmpdir(tmp_path),
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        assert demo.stdout.readline().startswith("edge-agent demo · MQTT ")
+        time.sleep(1.0)
+        demo.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert demo.poll() is None  # flushing towards a broker that is not there
+        demo.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        code = demo.wait(15)
+        waited = time.monotonic() - sent
+        err = demo.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert waited < 1.5 and code == 130, (waited, code, err)
+    (line,) = [line for line in err.splitlines() if "SIGINT again" in line]
+    assert line.endswith(
+        "were not delivered before the demo stopped; they are deleted with the demo's temporary folder "
+        "(demo --keep keeps them)"
+    )
+    assert "stopping now without waiting for delivery" in line and "next start" not in err
+    assert "(sinks.mqtt.url)" not in err and "(--mqtt-url)" in err  # the demo's option, not a config key
+    assert list(tmp_path.iterdir()) == []
