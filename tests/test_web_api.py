@@ -343,6 +343,8 @@ async def test_a_token_guards_every_answer(tmp_path: Path, monkeypatch: pytest.M
             async with session.get(r.url + "/api/overview") as answer:
                 assert answer.status == 200
                 assert TOKEN not in await answer.text()
+            async with session.get(r.url + f"//evil.example/?token={TOKEN}", allow_redirects=False) as answer:
+                assert answer.headers["Location"] == "/evil.example/"  # never to another site
         async with aiohttp.ClientSession() as session:
             headers = {"Authorization": f"Bearer {TOKEN}"}
             async with session.get(r.url + "/api/sinks", headers=headers) as answer:

@@ -189,9 +189,9 @@ class WebServer:
             if not hmac.compare_digest(given.encode(), self._token.encode()):
                 return _unauthorized()
             # keep the proof in a cookie and drop the token from the address bar and history
-            response = web.Response(
-                status=303, headers={"Location": request.path, "Cache-Control": "no-store"}
-            )
+            # one leading slash: `//host/...` would send the browser to another site
+            location = "/" + request.path.lstrip("/")
+            response = web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
             response.set_cookie(COOKIE, self._cookie or "", httponly=True, samesite="Strict", path="/")
             return response
         bearer = request.headers.get("Authorization", "")
