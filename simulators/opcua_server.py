@@ -439,7 +439,9 @@ def simulator_main(cls: type[OpcUaSimulator], argv: list[str] | None, descriptio
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # asyncua logs every node it loads at INFO (~1,100 lines at start); its warnings still show
-    logging.getLogger("asyncua").setLevel(logging.WARNING)
+    # (`edge-agent simulate --log-level asyncua=INFO` has set its level already: that one stays)
+    if logging.getLogger("asyncua").level == logging.NOTSET:
+        logging.getLogger("asyncua").setLevel(logging.WARNING)
     users = dict(u.split(":", 1) for u in args.user if ":" in u)
     security = None
     if args.secure is not None:

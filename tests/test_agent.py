@@ -569,3 +569,18 @@ def _subscribed_tags(config_text: str) -> list[str]:
         if 'mode = "subscribe"' in block.split("[[")[0]:
             names.append(next(line for line in block.splitlines() if line.startswith("name = ")))
     return names
+
+
+def test_the_container_config_serves_metrics_on_every_interface(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/Dockerfile EXPOSEs the metrics port: deploy/agent.toml must listen there beyond the container's loopback."""
+    from edge_agent.config import load_config
+
+    monkeypatch.setenv("INFLUX_TOKEN", "x")
+    exposed = [
+        line.split()[1]
+        for line in (REPO / "deploy" / "Dockerfile").read_text(encoding="utf-8").splitlines()
+        if line.startswith("EXPOSE ")
+    ]
+    agent = load_config(REPO / "deploy" / "agent.toml").agent
+    assert exposed == [str(agent.metrics_port)]
+    assert agent.metrics_host == "0.0.0.0"

@@ -158,3 +158,41 @@ async def test_log_levels_from_the_config_and_the_command_line(imm: ImmSimulator
     seen = _levels_by_logger(lines)
     assert ("DEBUG", "asyncua") in seen
     assert {logger for level, logger in seen if level in ("DEBUG", "INFO")} == {"asyncua"}, seen
+
+
+def _simulate_log(tmp_path: Path, *args: str) -> list[str]:
+    """The stderr lines of `edge-agent simulate ARGS` from its start until it listens (then it is stopped)."""
+    import time
+
+    from tests.services import free_port, wait_for_port
+
+    port = free_port()
+    log = tmp_path / f"simulate-{port}.log"
+    # a file, not a pipe: asyncua at INFO writes more than a pipe holds before the server listens
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent.cli", "simulate", *args, "--port", str(port)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True,
+        )  # fmt: skip
+        try:
+            wait_for_port(port, timeout=30)
+            time.sleep(0.3)
+            proc.terminate()  # not SIGINT: a shell's background job (CI) starts with SIGINT ignored
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return log.read_text(encoding="utf-8").splitlines()
+
+
+def test_simulate_takes_the_log_level_before_or_after_the_machine(tmp_path: Path) -> None:
+    quiet = _levels_by_logger(_simulate_log(tmp_path, "imm"))
+    assert ("INFO", "asyncua") not in quiet and ("INFO", "edge_agent") in quiet
+    # asyncua's INFO lines (every node it loads) when asked for, and only the simulator's warnings
+    loud = _levels_by_logger(
+        _simulate_log(tmp_path, "imm", "--log-level", "asyncua=INFO", "--log-level", "WARNING")
+    )
+    assert ("INFO", "asyncua") in loud and ("INFO", "edge_agent") not in loud
+    before = _levels_by_logger(_simulate_log(tmp_path, "--log-level", "ERROR", "imm"))
+    assert not {level for level, _logger in before} & {"DEBUG", "INFO", "WARNING"}
