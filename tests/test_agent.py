@@ -584,3 +584,28 @@ def test_the_container_config_serves_metrics_on_every_interface(monkeypatch: pyt
     agent = load_config(REPO / "deploy" / "agent.toml").agent
     assert exposed == [str(agent.metrics_port)]
     assert agent.metrics_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("cli", [[], ["--log-level", "INFO"]])
+async def test_a_reload_applies_a_changed_log_level_unless_the_command_line_set_it(
+    cli: list[str], tmp_path: Path
+) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[agent]\nname = "lv"\nlog_level = "INFO"\n', encoding="utf-8")
+    proc = await _edge_agent("run", "-c", str(cfg), *cli)
+    lines: list[str] = []
+    try:
+        await _log_until(proc, lines, "agent lv running")
+        cfg.write_text('[agent]\nname = "lv"\nlog_level = "WARNING"\n', encoding="utf-8")
+        proc.send_signal(signal.SIGHUP)
+        await _log_until(proc, lines, "config reloaded")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        lines += (await proc.stderr.read()).decode().splitlines(keepends=True)  # type: ignore[union-attr]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    stopping = [line for line in lines if "INFO edge_agent.agent: stopping: flushing" in line]
+    # the config's new WARNING silences the INFO line at the stop; --log-level INFO keeps it
+    assert len(stopping) == (1 if cli else 0), "".join(lines)

@@ -196,3 +196,25 @@ def test_simulate_takes_the_log_level_before_or_after_the_machine(tmp_path: Path
     assert ("INFO", "asyncua") in loud and ("INFO", "edge_agent") not in loud
     before = _levels_by_logger(_simulate_log(tmp_path, "--log-level", "ERROR", "imm"))
     assert not {level for level, _logger in before} & {"DEBUG", "INFO", "WARNING"}
+
+
+async def test_read_shows_the_protocol_library_lines_only_when_asked(
+    imm: ImmSimulator, tmp_path: Path
+) -> None:
+    import asyncio
+
+    device = imm.device_config(name="imm-1")
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(device[device.index("[[devices]]") :], encoding="utf-8")
+    seen = []
+    for extra in ([], ["--log-level", "asyncua=INFO"]):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge_agent.cli", "read", "-c", str(cfg), *extra,
+            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert b'"tag":"barrel_zone_1"' in out
+        seen.append(_levels_by_logger(err.decode().splitlines()))
+    assert ("INFO", "asyncua") not in seen[0]  # read silences them: each failing device gets one line
+    assert ("INFO", "asyncua") in seen[1]
