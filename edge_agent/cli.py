@@ -161,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER, help="see `edge-agent certs --help`")
     p.set_defaults(func=_certs)
 
-    p = sub.add_parser("run", help="run the agent")
+    p = sub.add_parser(
+        "run",
+        help="run the agent",
+        description="Run the agent until SIGTERM or Ctrl-C, which flush the outboxes for up to "
+        "agent.shutdown_timeout; a second one stops at once (exit code 128 + the signal: 130 for Ctrl-C, "
+        "143 for SIGTERM) and the outbox keeps what is unsent for the next start. SIGHUP reloads the config.",
+    )
     p.add_argument("-c", "--config", required=True, help="agent config (TOML)")
     p.add_argument("--once", action="store_true", help="poll once, print the records as JSON lines, exit")
     p.add_argument("--web", metavar="HOST:PORT", help="serve the live web page there ([web] in the config)")
