@@ -13,20 +13,30 @@ Per station: rectifier current, voltage and current setpoint, the bath's ampere-
 time so far, loads done, brightener doses (nickel) and heater or chiller output; coils 0-2 say
 whether each rectifier is on.
 
+The agent sees each tank as a machine of its own (`plating` or `anodizing` profile): the device
+config has one device per station on the same endpoint (they share the connection), its tags
+named without the station prefix (`ni1_current` is `current` of device `plating-ni1`).
+
 Models (simulator values (u)): U = E0 + I·(R_bath + R_contact + R_anode), anodizing U = U0 + a·δ(t)
 with δ by the 720 rule; bath C·dT/dt = P_heat + U·I − P_cool − UA·(T − T_amb), τ = C/UA = 3 h, with a
 proportional thermostat;
-Watts pH rises ~0.003 per 100 Ah in 1000 L and an acid dose brings it back when it passes 4.4.
+Watts pH rises ~0.003 per 100 Ah in 1000 L and an acid dosing pump holds it at 4.2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from edge_agent.simulators.modbus_server import ModbusMachine, RegisterField, simulator_main
+from edge_agent.simulators.modbus_server import (
+    ModbusMachine,
+    RegisterField,
+    render_device_toml,
+    simulator_main,
+)
 from edge_agent.simulators.process import ProcessValue, generator_for
 
 HR, CO = "holding_register", "coil"
@@ -107,7 +117,48 @@ PLATING_FIELDS: tuple[RegisterField, ...] = (
 )
 
 STATIONS = ("ni1", "ni2", "anod")
+#: The profile of each station's tank.
+STATION_PROFILE = {"ni1": "plating", "ni2": "plating", "anod": "anodizing"}
 DOSE_EVERY_AH = 50.0
+#: pH the acid dosing pump of a nickel tank holds.
+PH_SETPOINT = 4.2
+#: Poll interval of the pH (s): a bath's pH moves over hours; charted every second, its EWMA would
+#: judge 3600 readings an hour and alarm falsely every few minutes.
+PH_INTERVAL_S = 10.0
+#: Noise of the pH probes (a glass electrode in a warm nickel bath reads to about ±0.02).
+PH_NOISE = 0.02
+
+
+def tank_fields(station: str) -> tuple[RegisterField, ...]:
+    """The registers of one station, named as the tank's tags (without the station prefix)."""
+    prefix = f"{station}_"
+    return tuple(
+        dataclasses.replace(f, name=f.name.removeprefix(prefix))
+        for f in PLATING_FIELDS
+        if f.name.startswith(prefix)
+    )
+
+
+def tanks_toml(
+    prefix: str,
+    endpoint: str,
+    unit_id: int = 1,
+    poll_interval: float = 1.0,
+    stations: Sequence[str] = STATIONS,
+) -> str:
+    """One `[[devices]]` block per tank, `PREFIX-STATION`, all on the line's endpoint; the pH every PH_INTERVAL_S."""
+    text = "\n".join(
+        render_device_toml(
+            tank_fields(station),
+            name=f"{prefix}-{station}",
+            profile=STATION_PROFILE[station],
+            endpoint=endpoint,
+            unit_id=unit_id,
+            poll_interval=poll_interval,
+        )
+        for station in stations
+    )
+    return text.replace('unit = "pH"\n', f'unit = "pH"\ninterval = {PH_INTERVAL_S!r}\n')
 
 
 class PlatingLineSimulator(ModbusMachine):
@@ -116,7 +167,7 @@ class PlatingLineSimulator(ModbusMachine):
     FIELDS = PLATING_FIELDS
     PROFILE = "plating"
     KIND = "plating"
-    DEFAULT_NAME = "plating-line-1"
+    DEFAULT_NAME = "plating"
     DEFAULT_PORT = 5024
     PROCESS_FAULTS: ClassVar[dict[str, str]] = {
         "anode_passivation": "the anodes of `station` (ni1, the default, or ni2) passivate or their bags clog: "
@@ -166,12 +217,18 @@ class PlatingLineSimulator(ModbusMachine):
         }
         for st in self.stations.values():
             st.temp_c = st.setpoint_c
+        # (sd, AR(1) phi): the probes' reading noise is white, the rectifiers' and the bath's ripple is not
         self.noise = {
             f"{station}_{what}": ProcessValue(
-                0.0, sd, 0.7, spike_probability=0.0, rng=generator_for(seed, f"{station}_{what}")
+                0.0, sd, phi, spike_probability=0.0, rng=generator_for(seed, f"{station}_{what}")
             )
             for station in STATIONS
-            for what, sd in (("current", 0.003), ("voltage", 0.01), ("temp", 0.08))
+            for what, sd, phi in (
+                ("current", 0.003, 0.7),
+                ("voltage", 0.01, 0.7),
+                ("temp", 0.08, 0.7),
+                ("ph", PH_NOISE, 0.0),
+            )
         }
         self.area_rng = generator_for(seed, "area")
         self.burning_s = 0.0
@@ -228,11 +285,12 @@ class PlatingLineSimulator(ModbusMachine):
         current = recipe * ramp
         if st.anodize:
             st.oxide_um += UM_PER_A_MIN_DM2_720 * current / st.area_dm2 * dt / 60.0
-            voltage = (st.e0_v + 0.41 * st.oxide_um) * (0.3 + 0.7 * ramp) if plating else 0.0
+            # no current, no polarisation: a rectifier starting its ramp reads 0 V as well as 0 A
+            voltage = (st.e0_v + 0.41 * st.oxide_um) * (0.3 + 0.7 * ramp) if current > 0 else 0.0
         else:
             kappa = 1.0 + 0.02 * (st.temp_c - st.setpoint_c)  # a warmer bath conducts better
             resistance = st.r_bath_ohm / kappa + st.r_contact_ohm + st.r_anode_ohm
-            voltage = st.e0_v + current * resistance if plating else 0.0
+            voltage = st.e0_v + current * resistance if current > 0 else 0.0
             if voltage > st.v_max:  # the rectifier holds its voltage limit: the current falls
                 current = max((st.v_max - st.e0_v) / resistance, 0.0)
                 voltage = st.v_max
@@ -266,8 +324,10 @@ class PlatingLineSimulator(ModbusMachine):
             st.ph += 0.003 * (current * dt / 3600.0) / 100.0
             if drifting:
                 st.ph += float(f["ph_drift"].get("per_h", 0.3)) * dt / 3600.0
-            elif st.ph > 4.4:
-                st.ph = 4.0  # acid dose
+            elif st.ph > PH_SETPOINT:
+                # the acid dosing pump holds the pH (a 10-minute proportional loop): without it the
+                # rise in use would show as a drift on the pH chart within hours
+                st.ph += (PH_SETPOINT - st.ph) * min(dt / 600.0, 1.0)
             st.ah_since_dose += current * dt / 3600.0
             if st.ah_since_dose >= DOSE_EVERY_AH and self._target("brightener_depletion", "ni1") is not st:
                 st.ah_since_dose -= DOSE_EVERY_AH
@@ -299,7 +359,7 @@ class PlatingLineSimulator(ModbusMachine):
                 f"{name}_rectifier_on": st.setpoint_a > 0,
             }
             if not st.anodize:
-                values[f"{name}_ph"] = st.ph
+                values[f"{name}_ph"] = st.ph + noise[f"{name}_ph"].next()
                 values[f"{name}_brightener_doses"] = st.doses % 65536
             for field, value in values.items():
                 cur[field] = srv.write(field, value)
@@ -310,6 +370,26 @@ class PlatingLineSimulator(ModbusMachine):
     def values(self) -> dict[str, float]:
         """Engineering values as last written, at register precision (what a correct driver must read)."""
         return dict(self.current)
+
+    def device_config(
+        self, name: str | None = None, endpoint: str | None = None, poll_interval: float = 1.0
+    ) -> str:
+        """One `[[devices]]` block per tank (`NAME-ni1`, `NAME-ni2`, `NAME-anod`; NAME defaults to `plating`)."""
+        return tanks_toml(
+            name or self.DEFAULT_NAME, endpoint or self.endpoint, self.server.default_unit, poll_interval
+        )
+
+    @classmethod
+    def config_file_text(cls, endpoint: str) -> str:
+        """The shipped config/plating.toml: the three tanks of the line as devices, no sinks."""
+        header = (
+            "# Device config of the plating simulator (`edge-agent simulate plating --port PORT`).\n"
+            "# Generated from simulators/plating.py: `edge-agent simulate plating --print-config`.\n"
+            "# One device per tank, all on the line PLC's endpoint (they share its connection): two Watts\n"
+            "# nickel tanks (profile plating) and a type II anodizing tank (profile anodizing).\n"
+            "# Register addresses are protocol addresses (address_base = 0).\n"
+        )
+        return header + tanks_toml(cls.DEFAULT_NAME, endpoint)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

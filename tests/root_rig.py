@@ -52,6 +52,7 @@ class Rig:
     records: list[tuple[str, str, dict[str, float]]] = field(default_factory=list)
     """(device, pseudo-signal, fields) of every feature record, in order."""
     raw: list[tuple[str, Readings]] = field(default_factory=list)
+    _due: dict[tuple[str, float], int] = field(default_factory=dict)
 
     @classmethod
     async def open(cls, sim: Any, config_text: str, tmp: Path, step_s: float) -> Rig:
@@ -84,7 +85,13 @@ class Rig:
             await self._advance(self.step_s)
             t = self.sim_ns
             for name, driver in self.drivers.items():
-                parts = [await driver.read(g) for g in driver.groups()]
+                # each scan class when its interval is due in simulated time, as the scheduler reads them
+                parts = []
+                for g in driver.groups():
+                    due = self._due.get((name, g.interval_s), 0)
+                    if t >= due:
+                        parts.append(await driver.read(g))
+                        self._due[(name, g.interval_s)] = t + round(g.interval_s * 1e9) - 1
                 r = Readings.concat(parts)
                 stamped = Readings(r.signal, np.full(len(r), t, np.int64), r.value, r.quality)
                 self.raw.append((name, stamped))

@@ -33,6 +33,7 @@ USER_OF = {
     "welding_arc": "welding-arc.toml",
     "welding_spot": "welding-spot.toml",
     "plating": "plating.toml",
+    "anodizing": "plating.toml",
 }
 ENV = {"INFLUX_TOKEN": "t"}
 

@@ -201,7 +201,7 @@ def test_pseudo_signals_families_and_schema_come_from_the_features() -> None:
     )  # fmt: skip
     assert set(schema.EQUIPMENT_MEASUREMENTS) == {
         *("injection_molding", "die_casting", "mold_tcu", "furnace"),
-        *("forging", "welding_arc", "welding_spot", "plating"),
+        *("forging", "welding_arc", "welding_spot", "plating", "anodizing"),
     }
 
 

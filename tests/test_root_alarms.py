@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytest_asyncio
 
 from edge_agent.simulators.forging import ForgingSimulator
+from edge_agent.simulators.plating import PlatingLineSimulator, tanks_toml
 from tests.root_rig import Rig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,3 +85,111 @@ async def test_forging_fault_raises_its_alarm(press: ForgingSimulator, row: Row,
         for name in list(press.faults):
             press.set_fault(name, False)
         await rig.close()
+
+
+# --------------------------------------------------------------------------- plating (DOMAIN-ROOT.md §3)
+
+
+@dataclass(frozen=True)
+class TankRow:
+    """A plating fault on one station: the tank device read, the step (poll) size, baseline and bound in steps."""
+
+    row: Row
+    station: str
+    step_s: float
+    baseline: int = 60
+
+    def __str__(self) -> str:
+        return f"{self.row.fault}@{self.station}"
+
+
+# Bounds (simulated time = steps × step_s; a load is 20 min of plating and 1 min out, 30 + 1 for anodizing):
+# a fault that acts while the rectifier is off waits up to the load gap (60 s). The drifts run faster
+# than the simulator's defaults where those take hours (passivation 0.05 Ω/h).
+PLATING_ROWS = [
+    # R = U/I +0.05 Ω/h on 0.037 Ω: the EWMA passes +15 % after ~7 min of plating
+    TankRow(
+        Row("anode_passivation", "tank", frozenset({"resistance"}), 300, (("ohm_per_h", 0.05),)), "ni1", 2.0
+    ),
+    # +0.015 Ω on ni2: U/I +40 % at once, the EWMA passes 15 % within 5 samples (after the gap at worst)
+    TankRow(Row("rack_contact", "tank", frozenset({"resistance"}), 45), "ni2", 2.0),
+    # +0.3 pH/h against the probes' ±0.02, read every 10 s: one sigma in 4 min, the EWMA a few minutes later
+    # (its limits come from 100 readings: the baseline is 17 min)
+    TankRow(Row("ph_drift", "ph", frozenset({"ewma"}), 450, direction=1), "ni1", 2.0, baseline=550),
+    # the bath cools from 55 °C at ~10 K/h: below 50 °C in ~30 min (the window + the 2 s delay)
+    TankRow(Row("heater_failure", "bath_temp", frozenset({"spec"}), 250, direction=-1), "ni1", 10.0),
+    # the rectifier's ~2 kW warm the anodizing bath ~3.5 K/h from 21 °C: above 27 °C in ~2 h
+    TankRow(Row("chiller_failure", "bath_temp", frozenset({"spec"}), 900, direction=1), "anod", 10.0),
+    # doses every 50 Ah stop: overdue at 60 Ah since the last, up to 110 Ah (~45 min) after the fault
+    TankRow(Row("brightener_depletion", "tank", frozenset({"dose_overdue"}), 300), "ni1", 10.0),
+    # 1.4x the recipe's current: 5.6 A/dm² outside 3.5-4.5 once the current is steady
+    TankRow(Row("wrong_recipe", "tank", frozenset({"current_density"}), 15), "ni1", 10.0),
+    # dwell 0.6x: the next complete load has ~9 µm against 12 (at most two loads, 42 min)
+    TankRow(Row("short_dwell", "tank_load", frozenset({"thickness"}), 300), "ni1", 10.0, baseline=300),
+    # the current spikes 2x for 5 s: the burning alarm after its 2 s delay, once the rectifier is on
+    TankRow(Row("anodize_burning", "tank", frozenset({"current_spike"}), 90), "anod", 1.0),
+    # 0 A read at full voltage: open circuit (and current density no data) after its 2 s delay
+    TankRow(Row("current_sensor_failure", "tank", frozenset({"open_circuit"}), 90), "ni1", 1.0),
+]
+
+
+@pytest.mark.parametrize("tank", PLATING_ROWS, ids=str)
+async def test_plating_fault_raises_its_alarm(tank: TankRow, tmp_path: Path) -> None:
+    row = tank.row
+    sim = PlatingLineSimulator(speed=0, seed=8)
+    sim.advance(300.0)  # into the first load
+    await sim.start()
+    config = tanks_toml("plating", sim.endpoint, stations=[tank.station])
+    rig = await Rig.open(sim, config, tmp_path, tank.step_s)
+    try:
+        await rig.step(tank.baseline)
+        await rig.in_control(row.signal, row.rules)
+        params = dict(row.params)
+        if row.fault not in ("chiller_failure", "anodize_burning"):
+            params["station"] = tank.station  # type: ignore[assignment]
+        sim.set_fault(row.fault, True, **params)
+        steps = await rig.until(row.signal, row.rules, row.within, direction=row.direction)
+        print(f"{tank}: {sorted(row.rules)} on {row.signal} after {steps * tank.step_s:g} s")
+    finally:
+        await rig.close()
+        await sim.stop()
+
+
+async def test_a_healthy_plating_line_raises_nothing_and_reports_its_loads(tmp_path: Path) -> None:
+    """Two hours of the three tanks without a fault: no alarm, and each load's charge and deposit as the recipe makes them."""
+    sim = PlatingLineSimulator(speed=0, seed=8)
+    sim.advance(300.0)
+    await sim.start()
+    rig = await Rig.open(sim, sim.device_config(), tmp_path, 4.0)
+    try:
+        await rig.step(1800)
+    finally:
+        await rig.close()
+        await sim.stop()
+    # the pH EWMA judges ~600 readings per tank in two hours: its in-control run length (~370 readings)
+    # allows a false alarm or two; nothing else may start
+    started = [(a.device, a.signal, a.rule) for a in rig.starts()]
+    assert [a for a in started if a[1:] != ("ph", "ewma")] == []
+    assert len(started) <= 2
+    loads = {d: [f for dev, s, f in rig.records if dev == d and s == "tank_load"] for d in rig.drivers}
+    # the load in the tank when the agent started is not published (it saw only part of it)
+    assert [len(v) for v in loads.values()] == [5, 5, 3]
+    for device, records in loads.items():
+        for f in records:
+            assert f["reason"] == 0 and f["skipped"] == 0
+            if device.endswith("anod"):
+                # 1.5 A/dm² for 30 min with a 60 s ramp: 0.328 µm per A·min/dm² (720 rule) -> ~14.5 µm
+                assert f["current_density"] == pytest.approx(1.48, abs=0.03)
+                assert f["thickness_um"] == pytest.approx(14.5, abs=0.4)
+                assert f["voltage_slope"] > 0.1  # V/min: the film grows at constant current
+            else:
+                # 4 A/dm² for 20 min (30 s ramp), Ni 0.205 µm per A·min/dm² at 95 %: ~15.4 µm
+                assert f["current_density"] == pytest.approx(3.95, abs=0.05)
+                assert f["thickness_um"] == pytest.approx(15.4, abs=0.3)
+                assert abs(f["voltage_slope"]) < 0.005
+    tank = [f for dev, s, f in rig.records if dev == "plating-ni1" and s == "tank"]
+    plating = [f for f in tank if f["reason"] == 0]
+    idle = [f for f in tank if f["reason"] != 0]
+    assert {f["reason"] for f in idle} == {5.0}  # NO_CURRENT between loads, j is NaN, not 0
+    assert all(np.isnan(f["current_density"]) for f in idle)
+    assert np.nanmedian([f["current_density"] for f in plating]) == pytest.approx(4.0, abs=0.05)

@@ -10,6 +10,16 @@ import logging
 
 from edge_agent.core.traces import REASON_TEXT, TraceReason
 
+#: Reason codes of the features beyond the core's TraceReason (which ends below 16).
+SKIPPED_CYCLES = 16
+"""The cycle counter moved by more than one: what was read spans several cycles (a load, a weld)."""
+COUNTER_RESET = 17
+"""A counter the indicator needs went backwards (reset, make-up): the difference means nothing."""
+FEATURE_REASON_TEXT = {
+    SKIPPED_CYCLES: "the cycle counter skipped cycles: the values read span several of them",
+    COUNTER_RESET: "a counter went backwards (reset or make-up)",
+}
+
 
 class NoDataLog:
     """Logs each (device, reason) once: the first time a device's indicator is "no data" for that reason."""
@@ -23,10 +33,16 @@ class NoDataLog:
         """Log why the device's indicator is NaN, once per device and reason code; OK (0) logs nothing."""
         if code == TraceReason.OK or not self._first(device, f"reason {int(code)}"):
             return
-        try:
-            name, text = TraceReason(code).name, REASON_TEXT[TraceReason(code)]
-        except ValueError:
-            name, text = str(code), "unknown reason"
+        if code in FEATURE_REASON_TEXT:
+            name, text = (
+                {SKIPPED_CYCLES: "SKIPPED_CYCLES", COUNTER_RESET: "COUNTER_RESET"}[code],
+                FEATURE_REASON_TEXT[code],
+            )
+        else:
+            try:
+                name, text = TraceReason(code).name, REASON_TEXT[TraceReason(code)]
+            except ValueError:
+                name, text = str(code), "unknown reason"
         self.logger.warning(
             "%s: %s not computed, published as NaN with reason=%d (%s: %s)%s; logged once",
             device,

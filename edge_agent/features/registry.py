@@ -15,6 +15,7 @@ MODULES = (
     "edge_agent.features.furnace",
     "edge_agent.features.mold",
     "edge_agent.features.forging",
+    "edge_agent.features.plating",
 )
 
 FEATURES: dict[str, Feature[Any, Any]] = {}
