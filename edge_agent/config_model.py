@@ -4,6 +4,7 @@ device, reading TOML files and turning validation errors into lines a person can
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -65,6 +66,18 @@ Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Name = Annotated[str, Field(pattern=_NAME, min_length=1, max_length=64)]
 
 
+def _raw_number(value: Any) -> Any:
+    """One clear error for what is not a finite number (the int | float union would report each branch)."""
+    finite = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    if isinstance(value, bool) or not finite:
+        raise ValueError("expected a finite number as the device sends it, e.g. 32767 or -9999.9")
+    return value
+
+
+# int | float: an integer stays exact (18446744073709551615, SunSpec's uint64 "not implemented", has no double)
+RawNumber = Annotated[int | float, BeforeValidator(_raw_number)]
+
+
 class SpecLimits(Model):
     """Specification limits of one signal; give one or both (capability is one-sided with one)."""
 
@@ -99,10 +112,15 @@ class TagBase(Model):
     valid_max: float | None = None
     """Highest value the sensor can truly read; above it the reading is BAD_SENSOR_FAILURE (an
     open thermocouple driven upscale, a transmitter's over-range value)."""
-    sentinels: list[float] = Field(default_factory=list, max_length=16)
+    sentinels: list[RawNumber] = Field(default_factory=list, max_length=16)
     """Raw values, as the device sends them before any `scale` and `offset`, that mean "no valid
     reading", e.g. `[32767, -32768]` for an int16 input whose module reports a broken wire so; read
-    as BAD_SENSOR_FAILURE with no value."""
+    as BAD_SENSOR_FAILURE with no value. They are compared exactly, in the type the device sends:
+    on a Modbus float32 register (or an OPC UA Float) a sentinel is rounded to the nearest float32,
+    so `-9999.9` or `3.4028235e38` match what the device writes for them; on a Modbus integer
+    register a sentinel must be a whole number the register can hold (`-32768` on a uint16
+    register is refused: it reads that pattern as 32768), string tags take none, bool tags only 0
+    or 1. OPC UA integers are compared as doubles, exactly up to 2**53."""
 
     @model_validator(mode="after")
     def _valid_range_ordered(self) -> TagBase:
@@ -110,7 +128,7 @@ class TagBase(Model):
             raise ValueError(f"valid_min ({self.valid_min}) must be below valid_max ({self.valid_max})")
         return self
 
-    def validity(self) -> tuple[float | None, float | None, list[float]]:
+    def validity(self) -> tuple[float | None, float | None, list[int | float]]:
         """(valid_min, valid_max, sentinels): what edge_agent.types.ValidityRules takes per tag."""
         return self.valid_min, self.valid_max, self.sentinels
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -19,6 +20,34 @@ ModbusType = Literal[
 
 
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
+
+
+#: Values an integer register of each type can hold, to refuse sentinels it never sends.
+_INTEGER_RANGE: dict[str, tuple[int, int]] = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+
+#: Signed twin of each unsigned type, to suggest when a negative sentinel sits on an unsigned tag.
+_SIGNED = {"uint16": "int16", "uint32": "int32", "uint64": "int64"}
+
+
+def _article(word: str) -> str:
+    """The article before a type name: an int16, a uint16."""
+    return "an" if word[0] in "aeio" else "a"
+
+
+def _fits_float32(number: float) -> bool:
+    """True when `number` rounds to a finite float32 (3.4028235e38 does, 3.4028236e38 does not)."""
+    try:
+        struct.pack(">f", number)
+    except OverflowError:
+        return False
+    return True
 
 
 class ModbusTag(TagBase):
@@ -60,7 +89,59 @@ class ModbusTag(TagBase):
             raise ValueError('type = "string" needs `length` (number of registers)')
         if self.type != "string" and self.length is not None:
             raise ValueError('`length` only applies to type = "string"')
+        problems = self._sentinel_problems()
+        if problems:
+            raise ValueError(f"tag {self.name}: " + "; ".join(problems))
         return self
+
+    def _sentinel_problems(self) -> list[str]:
+        """Sentinels the tag's type can never hold, each with the way out (the comparison is exact)."""
+        if not self.sentinels:
+            return []
+        if self.type == "string":
+            return ["a string has no number to compare with `sentinels`: remove them"]
+        problems = []
+        for s in self.sentinels:
+            if self.type == "bool":
+                if s not in (0, 1):
+                    problems.append(f"sentinel {s} is neither 0 nor 1, the only values of a bool")
+            elif self.type == "float32":
+                # accepted if it rounds to a float32: compared as that float32, what a device writing it sends
+                if not _fits_float32(s):
+                    problems.append(
+                        f"sentinel {s} is beyond the largest float32 (3.4028235e+38), so the register never "
+                        'holds it: give the value the device sends, or set type = "float64" if the register '
+                        "is 64 bits wide"
+                    )
+            elif self.type in _INTEGER_RANGE:
+                problems += self._integer_sentinel_problem(s, *_INTEGER_RANGE[self.type])
+        return problems
+
+    def _integer_sentinel_problem(self, s: int | float, low: int, high: int) -> list[str]:
+        """Why an integer register never holds `s` (a fraction, or outside low..high); empty if it can."""
+        if isinstance(s, float) and not s.is_integer():
+            hint = ""
+            if self.scale != 0:
+                # likely the engineering value: name the raw one if it is a whole number the register holds
+                raw = (s - self.offset) / self.scale
+                whole = round(raw)
+                if abs(raw - whole) <= 1e-9 * max(1.0, abs(raw)) and low <= whole <= high:
+                    hint = f" ({s} is raw {whole} here)"
+            return [
+                f"sentinel {s} has a fraction, which {_article(self.type)} {self.type} register never holds: "
+                f"sentinels are raw values, before `scale` and `offset`{hint}"
+            ]
+        whole = int(s)
+        if low <= whole <= high:
+            return []
+        where = f"sentinel {s} is outside {self.type} ({low}..{high}), so the register never holds it"
+        signed = _SIGNED.get(self.type)
+        if signed is not None and whole < 0 and _INTEGER_RANGE[signed][0] <= whole:
+            return [
+                f"{where}: write it as the register reads it ({whole + high + 1}), "
+                f'or set type = "{signed}" if the register is signed'
+            ]
+        return [f"{where}: give the raw value as the device sends it, or correct `type`"]
 
 
 class ModbusOptions(Model):
