@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from edge_agent.config import parse_config
 from edge_agent.log_config import setup_logging, split_cli_levels
@@ -43,6 +45,11 @@ HEADLINES = [
     ("mold", "heat_kw", "heat kW", "{:.1f}"),
     ("mold", "delta_t", "ΔT K", "{:.2f}"),
 ]
+
+#: Seconds each page of machines stays on the live view when they do not all fit.
+PAGE_S = 5.0
+#: Recent alarm lines under the live view.
+EVENT_LINES = 5
 
 #: Indicators that set control limits from a baseline (phase I).
 CHARTS = {"imr", "xbar_r", "xbar_s"}
@@ -151,38 +158,65 @@ class DemoView:
             self.events.appendleft(line)
             self._unprinted.append(line)
 
-    def render(self, header: str) -> Group:
-        """The live view: one row per machine signal, then the recent alarms."""
-        table = Table(expand=True, title=header, title_justify="left")
-        for col in ("machine", "signal", "value", "CL", "UCL", "LCL", "Cpk", "machine figures", "alarms"):
-            table.add_column(col, no_wrap=col != "machine figures")
-        for view in self.machines.values():
-            figures = "  ".join(
+    def render(self, title: str, height: int = 24) -> Group:
+        """The live view, made for an 80x24 terminal: one line per machine, then the latest alarms.
+
+        A machine's line shows its headline signal (the first of its shown signals in alarm, else the
+        first): value, CL (or the baseline's progress) and Cpk, two of its figures, its active alarms.
+        Machines that do not fit the height scroll: a page at a time, the next every PAGE_S seconds.
+        """
+        table = Table(
+            title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+            padding=(0, 1, 0, 0), expand=True,
+        )  # fmt: skip
+        # fixed widths for the numbers (never cut: "5..." tells nobody anything); names give way with an
+        # ellipsis, the figures take what is left: 61 columns + figures fit 80
+        table.add_column("machine", no_wrap=True, overflow="ellipsis", width=10)
+        table.add_column("signal", no_wrap=True, overflow="ellipsis", width=14)
+        table.add_column("value", justify="right", no_wrap=True, width=9)
+        table.add_column("CL", justify="right", no_wrap=True, width=10)
+        table.add_column("Cpk", justify="right", no_wrap=True, width=5)
+        table.add_column("figures", no_wrap=True, overflow="ellipsis", ratio=1)
+        table.add_column("alarms", justify="right", no_wrap=True, width=6)
+        events = list(self.events)[:EVENT_LINES] or ["no alarms yet"]
+        # title, column header and its rule; the alarms panel with its border; Live's last line
+        rows = max(1, height - 3 - (len(events) + 2) - 1)
+        machines = list(self.machines.values())
+        shown = machines
+        if len(machines) > rows:
+            rows -= 1  # the caption that says which page this is
+            pages = -(-len(machines) // rows)
+            page = int(time.monotonic() // PAGE_S) % pages
+            shown = machines[page * rows : (page + 1) * rows]
+            first = page * rows + 1
+            table.caption = (
+                f"machines {first}-{first + len(shown) - 1} of {len(machines)}, next page every {PAGE_S:g} s"
+            )
+            table.caption_justify = "left"
+        for view in shown:
+            alarmed = {key.split(":", 1)[0] for key in view.active}
+            name = next((s for s in view.signals if s in alarmed), view.signals[0] if view.signals else "-")
+            spc = view.spc.get(name, {})
+            cl = _fmt(spc.get("cl"))
+            if cl == "–" and name in view.charted:
+                # phase I: the limits are being estimated from the first samples
+                cl = f"[dim]base {view.baseline_progress(name, spc)}/{view.baseline}[/dim]"
+            figures = " ".join(
                 f"{label} {fmt.format(view.figures[label])}"
                 for _f, _k, label, fmt in HEADLINES
                 if label in view.figures and np.isfinite(view.figures[label])
             )
-            alarms = f"[red]{len(view.active)} active[/red]" if view.active else "[green]ok[/green]"
-            for i, name in enumerate(view.signals or ["-"]):
-                spc = view.spc.get(name, {})
-                cl = _fmt(spc.get("cl"))
-                if cl == "–" and name in view.charted:
-                    # phase I: the limits are being estimated from the first samples
-                    cl = f"[dim]baseline {view.baseline_progress(name, spc)}/{view.baseline}[/dim]"
-                table.add_row(
-                    f"{view.name} ({view.kind})" if i == 0 else "",
-                    name,
-                    _fmt(view.values.get(name)),
-                    cl,
-                    _fmt(spc.get("ucl")),
-                    _fmt(spc.get("lcl")),
-                    _fmt(spc.get("cpk"), "{:.2f}"),
-                    figures if i == 0 else "",
-                    alarms if i == 0 else "",
-                )
-            table.add_section()
-        events = "\n".join(self.events) or "no alarms yet"
-        return Group(table, Panel(events, title="recent alarms", title_align="left"))
+            table.add_row(
+                view.name,
+                name,
+                _fmt(view.values.get(name)),
+                cl,
+                _fmt(spc.get("cpk"), "{:.2f}"),
+                figures,
+                f"[red]{len(view.active)}[/red]" if view.active else "[green]ok[/green]",
+            )
+        lines = Text("\n".join(events), no_wrap=True, overflow="ellipsis")  # one line each: the height holds
+        return Group(table, Panel(lines, title="recent alarms", title_align="left"))
 
     def plain(self) -> str:
         """A few lines for a terminal without a live view (or a log)."""
@@ -499,11 +533,19 @@ async def _run_plant(
                 await asyncio.wait_for(stop.wait(), timeout=min(5.0, _left(deadline)))
             print(view.plain(), flush=True)
     else:
-        with Live(view.render(header), console=console, refresh_per_second=4) as live:
+        console.print(header)  # once, whole; the live view's title stays one line
+        title = f"edge-agent demo · web {page.url} · Ctrl-C stops"
+        # log lines go through Live's stderr, above the view: written past it, they tear the view apart
+        handlers = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+        with Live(view.render(title, console.height), console=console, refresh_per_second=4) as live:
+            for handler in handlers:
+                handler.setStream(sys.stderr)
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=min(0.5, _left(deadline)))
-                live.update(view.render(header))
+                live.update(view.render(title, console.height))
+        for handler in handlers:
+            handler.setStream(sys.stderr)
     return view
 
 

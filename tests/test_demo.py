@@ -25,7 +25,7 @@ from rich.console import Console
 
 from edge_agent.cli import build_parser
 from edge_agent.config import BUILTIN_PROFILES_DIR
-from edge_agent.demo import DemoView, demo_command
+from edge_agent.demo import PAGE_S, DemoView, demo_command
 from edge_agent.profiles import find_profile
 from edge_agent.records import Output, Source
 from edge_agent.types import Readings
@@ -131,17 +131,64 @@ def test_live_view_counts_the_baseline_cycles_the_prewhitener_holds_back() -> No
         raw = Readings.of(np.array([0, 1], np.int32), np.full(2, counter, np.int64), np.array([counter, 5.0]))
         view.update("imm-1", Output(raw=[(source, raw)]))
     cushion = next(line for line in _rendered(view).splitlines() if " cushion " in line)
-    assert "baseline 17/50" in cushion
+    assert "base 17/50" in cushion
     # past the baseline the count stops at 50 until the limits arrive
     for counter in range(618, 700):
         raw = Readings.of(np.array([0], np.int32), np.array([counter], np.int64), np.array([counter]))
         view.update("imm-1", Output(raw=[(source, raw)]))
     assert view.machines["imm-1"].cycles == 99
     cushion = next(line for line in _rendered(view).splitlines() if " cushion " in line)
-    assert "baseline 50/50" in cushion
+    assert "base 50/50" in cushion
     # a signal without control limits never shows a baseline
+    view.machines["imm-1"].signals = ["barrel_zone_1"]
     zone = next(line for line in _rendered(view).splitlines() if " barrel_zone_1 " in line)
-    assert "baseline" not in zone
+    assert "base" not in zone
+
+
+def _screen(view: DemoView, width: int = 80, height: int = 24) -> list[str]:
+    console = Console(width=width, height=height, record=True, file=io.StringIO())
+    console.print(view.render("edge-agent demo · web http://127.0.0.1:8080/ · Ctrl-C stops", height))
+    return [line.rstrip() for line in console.export_text().rstrip("\n").split("\n")]
+
+
+def _machines(n: int) -> DemoView:
+    kinds = ["injection_molding", "die_casting", "mold_tcu", "furnace"]
+    profiles = {f"machine-{i:02d}": find_profile(kinds[i % 4], [BUILTIN_PROFILES_DIR]) for i in range(n)}
+    view = DemoView(profiles, ["cushion"])
+    for name, m in view.machines.items():
+        m.values = {s: 12345.678 for s in m.signals}
+        m.spc = {s: {"cl": -1234.5678, "cpk": 12.3456, "n": 60.0} for s in m.signals}
+        m.figures = {"OEE": 0.87, "avail": 1.0, "spread °C": 2.25, "heat kW": 8.4}
+        m.active = {f"{m.signals[0]}:rules": "rules alarm"} if name.endswith("3") else {}
+    for i in range(9):
+        view.events.appendleft(
+            f"03:1{i}:00 machine-03 cushion rules: rules alarm (WE1+WE2+N1+N5+MR_HIGH+EWMA_LOW+CUSUM_NEG)"
+        )
+    return view
+
+
+def test_the_live_view_fits_an_80x24_terminal() -> None:
+    lines = _screen(_machines(4))
+    assert len(lines) <= 23 and max(len(line) for line in lines) <= 80, "\n".join(lines)
+    rows = [line for line in lines if line.startswith("machine-")]
+    assert len(rows) == 4  # one line per machine
+    for row in rows:
+        # the numbers whole, never "1.23…"
+        assert " 1.235e+04 " in row and " -1235 " in row and " 12.35 " in row, row
+    assert rows[3].endswith(" 1") and rows[0].endswith(" ok")
+    assert sum("rules alarm" in line for line in lines) == 5  # the latest alarms, one line each
+
+
+def test_the_live_view_scrolls_machines_that_do_not_fit() -> None:
+    lines = _screen(_machines(40))
+    assert len(lines) <= 23 and max(len(line) for line in lines) <= 80, "\n".join(lines)
+    rows = [line for line in lines if line.startswith("machine-")]
+    caption = next(line for line in lines if line.startswith("machines "))
+    first, last = map(int, caption.split()[1].split("-"))
+    # which page shows depends on the clock; each but the last is full
+    assert caption.endswith(f"of 40, next page every {PAGE_S:g} s") and last - first + 1 == len(rows)
+    assert len(rows) == 12 or last == 40
+    assert [int(row.split()[0].split("-")[1]) + 1 for row in rows] == list(range(first, last + 1))
 
 
 class FakeInfluxDB2:
