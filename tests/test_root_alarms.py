@@ -18,6 +18,8 @@ import pytest_asyncio
 
 from edge_agent.simulators.forging import ForgingSimulator
 from edge_agent.simulators.plating import PlatingLineSimulator, tanks_toml
+from edge_agent.simulators.welding_arc import ArcWeldingSimulator
+from edge_agent.simulators.welding_spot import SpotWeldingSimulator
 from tests.root_rig import Rig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,3 +195,75 @@ async def test_a_healthy_plating_line_raises_nothing_and_reports_its_loads(tmp_p
     assert {f["reason"] for f in idle} == {5.0}  # NO_CURRENT between loads, j is NaN, not 0
     assert all(np.isnan(f["current_density"]) for f in idle)
     assert np.nanmedian([f["current_density"] for f in plating]) == pytest.approx(4.0, abs=0.05)
+
+
+# --------------------------------------------------------------------------- welding (DOMAIN-ROOT.md §2)
+
+#: Arc welding: a 1 s poll (the WPS window counts the polls with the arc on); a weld every 37.3 s.
+ARC_STEP_S = 1.0
+WELD_S = 37.3
+#: Welds before any fault: phase I of the per-weld charts (baseline_samples = 50) and the pre-whitener.
+ARC_BASELINE_WELDS = 60
+
+# Bounds in welds: the weld in progress when the fault starts is partly faulty, the next one wholly.
+ARC_ROWS = [
+    # wire feed and current -12 %: the live current leaves the WPS window for the whole weld
+    Row("worn_contact_tip", "weld", frozenset({"wps_window"}), 2),
+    # 4 L/min of gas against the 10-15 window of the weld's mean flow
+    Row("gas_loss", "weld_gas_flow_mean", frozenset({"spec"}), 2, direction=-1),
+    # travel at 0.7x: Q = 0.23 -> 0.33 kJ/mm, above the 0.28 of the WPS
+    Row("wrong_travel_speed", "weld", frozenset({"heat_input"}), 2, direction=1),
+    # no arc: a weld with 0 A has no heat input (reason NO_CURRENT) and raises no_arc
+    Row("no_arc", "weld", frozenset({"no_arc"}), 2),
+]
+
+
+@pytest.mark.parametrize("row", ARC_ROWS, ids=str)
+async def test_arc_welding_fault_raises_its_alarm(row: Row, tmp_path: Path) -> None:
+    sim = ArcWeldingSimulator(speed=0, seed=12)
+    await sim.start()
+    rig = await Rig.open(sim, sim.device_config(), tmp_path, ARC_STEP_S)
+    try:
+        await rig.step(round(ARC_BASELINE_WELDS * WELD_S / ARC_STEP_S))
+        await rig.in_control(row.signal, row.rules)
+        sim.set_fault(row.fault, True, **dict(row.params))
+        within = round(row.within * WELD_S / ARC_STEP_S) + 1
+        steps = await rig.until(row.signal, row.rules, within, direction=row.direction)
+        print(
+            f"{row.fault}: {sorted(row.rules)} on {row.signal} after {steps * ARC_STEP_S / WELD_S:.1f} weld(s)"
+        )
+    finally:
+        await rig.close()
+        await sim.stop()
+
+
+#: Spot welding: one spot per 3 s step.
+SPOT_S = 3.0
+#: Spots before any fault: the tip-age references are learned over a whole dress interval (200 spots).
+SPOT_BASELINE = 230
+
+SPOT_ROWS = [
+    # the dresser skips: the counter rule fires on the first spot past the interval (at most a whole
+    # interval after the fault, depending on where the tips are in theirs)
+    Row("tip_mushrooming", "spot", frozenset({"dress_overdue"}), 202),
+    # every spot expels: 3 of the last 20 spots pass the 10 % rate
+    Row("expulsion", "spot", frozenset({"expulsion_rate"}), 3),
+    # the current finds another path: energy and resistance 70 % of the tip age's reference
+    Row("shunting", "spot", frozenset({"weak_spot"}), 2),
+]
+
+
+@pytest.mark.parametrize("row", SPOT_ROWS, ids=str)
+async def test_spot_welding_fault_raises_its_alarm(row: Row, tmp_path: Path) -> None:
+    sim = SpotWeldingSimulator(speed=0, seed=12)
+    await sim.start()
+    rig = await Rig.open(sim, sim.device_config(), tmp_path, SPOT_S)
+    try:
+        await rig.step(SPOT_BASELINE)
+        await rig.in_control(row.signal, row.rules)
+        sim.set_fault(row.fault, True, **dict(row.params))
+        spots = await rig.until(row.signal, row.rules, row.within, direction=row.direction)
+        print(f"{row.fault}: {sorted(row.rules)} on {row.signal} after {spots} spot(s)")
+    finally:
+        await rig.close()
+        await sim.stop()

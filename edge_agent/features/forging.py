@@ -5,7 +5,8 @@ share of the press rating, the left/right and front/back balance and the centre 
 (core/traces.py `load_balance`, DOMAIN-ROOT.md §1). A stroke whose channels are not all known gets
 NaN and a reason code, never a balance made from the channels that are. A counter that jumps by
 more than one says strokes were missed: the stroke read is still published (its values were
-written before the counter), the missed ones are counted in `skipped` and logged once.
+written before the counter), the missed ones are counted in `skipped` and logged once. The stroke
+whose values are there when the agent starts is not published: it may be hours old.
 """
 
 from __future__ import annotations
@@ -151,8 +152,12 @@ class Forging(Feature[ForgingSpec, ForgingState]):
         count = value_of(batch, p.rows, spec.counter)
         if not np.isfinite(count) or count == p.last_count:
             return FeatureResult({}, dict(p.conditions or {}))
-        skipped = count - p.last_count - 1 if np.isfinite(p.last_count) and count > p.last_count else 0.0
+        first = not np.isfinite(p.last_count)
+        skipped = count - p.last_count - 1 if not first and count > p.last_count else 0.0
         p.last_count = count
+        if first:
+            # the values read are of a stroke made before the agent started (or of none yet)
+            return FeatureResult()
         if skipped > 0:
             self.no_data.once(
                 p.name,

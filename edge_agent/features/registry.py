@@ -16,6 +16,8 @@ MODULES = (
     "edge_agent.features.mold",
     "edge_agent.features.forging",
     "edge_agent.features.plating",
+    "edge_agent.features.welding_arc",
+    "edge_agent.features.welding_spot",
 )
 
 FEATURES: dict[str, Feature[Any, Any]] = {}
