@@ -27,7 +27,7 @@ from edge_agent.types import Quality, Readings
 from edge_agent.web.config import WebConfig, with_listen
 from edge_agent.web.demo_controls import PlantControls
 from edge_agent.web.server import CSP, WebServer
-from edge_agent.web.state import LiveState, rule_names
+from edge_agent.web.state import LiveState, _headlines, rule_names
 
 TOKEN = "s3cret-web-token-0123456789"
 MQTT_PASSWORD = "mqtt-password-never-shown"
@@ -129,6 +129,22 @@ def test_a_bad_reading_shows_its_quality_and_keeps_the_last_good_read(tmp_path: 
     assert signal["t_ms"] == (t0 + 10**9) // 10**6
     assert view["machine"]["last_good_ms"] == (t0 + 10**9) // 10**6  # shot_counter stayed good
     assert state.machine("no-such-machine") is None
+
+
+def test_a_feature_without_headlines_shows_its_first_fields_on_the_overview() -> None:
+    figures = {
+        "cycle": {"stopped": 0.0},
+        "oee": {"availability": 0.9, "oee": 0.8, "apt_s": 12.0},
+        "weld_quality": {"current_ka": 9.5, "nugget_ok": 1.0, "energy_kj": 2.5, "expulsions": 0.0},
+    }
+    shown = [(f["key"], f["label"], f["unit"], f["value"]) for f in _headlines(figures)]
+    assert shown == [
+        ("oee.oee", "OEE", "%", 0.8),
+        ("oee.availability", "Availability", "%", 0.9),
+        ("weld_quality.current_ka", "Current ka", "", 9.5),
+        ("weld_quality.nugget_ok", "Nugget ok", "", 1.0),
+        ("weld_quality.energy_kj", "Energy kj", "", 2.5),
+    ]
 
 
 def test_rule_names() -> None:

@@ -54,6 +54,9 @@ HEADLINES: dict[str, tuple[tuple[str, str, str], ...]] = {
     "heat_removal": (("heat_kw", "Heat removal", "kW"), ("delta_t", "ΔT", "K"), ("flow", "Flow", "L/min")),
 }  # fmt: skip
 
+#: Pseudo-signals whose fields stay on the machine page: a new feature's first fields show on its card.
+_NOT_HEADLINES = frozenset({"cycle", "maintenance"})
+
 #: Titles and field units of the equipment panels of a machine page (other pseudo-signals show as they are).
 PANELS: dict[str, tuple[str, dict[str, str]]] = {
     "oee": ("OEE (ISO 22400)", {"availability": "%", "performance": "%", "quality": "%", "oee": "%",
@@ -134,6 +137,25 @@ def quality_name(code: int) -> str:
         return Quality(code).name
     except ValueError:
         return f"0x{code:02x}"
+
+
+def _headlines(figures: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
+    """A machine's figures for its overview card: HEADLINES' picks, and the first fields of a feature without."""
+    out = []
+    for pseudo, fields in figures.items():
+        if pseudo in _NOT_HEADLINES:
+            continue
+        units = PANELS.get(pseudo, ("", {}))[1]
+        shown = HEADLINES.get(pseudo) or tuple(
+            (key, LABELS.get(key, key.replace("_", " ").capitalize()), units.get(key, ""))
+            for key in list(fields)[:3]
+        )
+        out += [
+            {"key": f"{pseudo}.{key}", "label": label, "unit": unit, "value": _finite(fields[key])}
+            for key, label, unit in shown
+            if key in fields
+        ]
+    return out
 
 
 def _finite(x: float) -> float | None:
@@ -471,13 +493,7 @@ class LiveState:
             if device is None:
                 continue
             head = self._machine_head(m, device, now_ns)
-            head["figures"] = [
-                {"key": f"{pseudo}.{key}", "label": label, "unit": unit, "value": _finite(fields[key])}
-                for pseudo, shown in HEADLINES.items()
-                if (fields := m.figures.get(pseudo))
-                for key, label, unit in shown
-                if key in fields
-            ]
+            head["figures"] = _headlines(m.figures)
             machines.append(head)
         return {"agent": self._agent(now_ns), "machines": machines}
 
