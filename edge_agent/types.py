@@ -140,39 +140,88 @@ class ValidityRules:
     A value outside its range, or whose raw value is one of its sentinels (e.g. 32767 on an int16
     thermocouple input), is BAD_SENSOR_FAILURE with the value NaN: a number the sensor cannot mean
     must never be published as GOOD. Checked with a few array operations per batch, never per value.
+
+    Sentinels are compared exactly, so they are first converted to the type the device sends: a
+    float32 register holding -9999.9 holds -9999.900390625, which the double -9999.9 never equals.
     """
 
     low: NDArray[np.float64]
     """Lowest valid engineering value per tag (-inf: no bound)."""
     high: NDArray[np.float64]
     """Highest valid engineering value per tag (+inf: no bound)."""
-    sentinels: NDArray[np.float64]
-    """Raw sentinel values, shape (tags, most sentinels of a tag), padded with NaN (which equals nothing)."""
+    sentinels: NDArray
+    """Raw sentinel values, shape (tags, most sentinels of a tag): doubles padded with NaN (which equals
+    nothing), or for 64-bit integers, which doubles cannot all hold, integers padded with the row's own first."""
+    unset: NDArray[np.bool_] | None = None
+    """Integer sentinels only: tags with none at all (their padding must match nothing); None if every tag has one."""
 
     @classmethod
-    def of(cls, rules: Sequence[tuple[float | None, float | None, Sequence[float]]]) -> ValidityRules | None:
-        """From (valid_min, valid_max, sentinels) per tag; None when no tag has a rule (nothing to check)."""
+    def of(
+        cls,
+        rules: Sequence[tuple[float | None, float | None, Sequence[float]]],
+        raw_type: type[np.number] | np.dtype = np.float64,
+    ) -> ValidityRules | None:
+        """From (valid_min, valid_max, sentinels) per tag, the sentinels converted to `raw_type`; None when no tag has a rule.
+
+        The sentinels must fit `raw_type` (the config refuses those that do not); a float32 one is
+        rounded to the nearest float32, as a device writing it would. They are kept as doubles when a
+        double holds every value of `raw_type` exactly, so a batch's doubles can be compared directly.
+        """
         if not any(lo is not None or hi is not None or sent for lo, hi, sent in rules):
             return None
+        dtype = np.dtype(raw_type)
         width = max(len(sent) for _, _, sent in rules)
-        sentinels = np.full((len(rules), width), np.nan)
-        for i, (_, _, sent) in enumerate(rules):
-            sentinels[i, : len(sent)] = sent
+        unset = None
+        if dtype.kind == "f" or dtype.itemsize <= 4:
+            sentinels = np.full((len(rules), width), np.nan)
+            for i, (_, _, sent) in enumerate(rules):
+                sentinels[i, : len(sent)] = np.array(sent, dtype)  # numpy refuses one out of range
+        else:
+            sentinels = np.zeros((len(rules), width), dtype)
+            for i, (_, _, sent) in enumerate(rules):
+                if sent:
+                    # through Python ints: a double would round 2**64 - 1 before the cast
+                    sentinels[i] = [int(s) for s in sent] + [int(sent[0])] * (width - len(sent))
+            empty = np.array([not sent for _, _, sent in rules])
+            unset = empty if empty.any() else None
         return cls(
             np.array([-np.inf if lo is None else lo for lo, _, _ in rules], dtype=np.float64),
             np.array([np.inf if hi is None else hi for _, hi, _ in rules], dtype=np.float64),
             sentinels,
+            unset,
         )
+
+    @property
+    def integer(self) -> bool:
+        """True when the sentinels are integers (64-bit registers): compare them with raw values, not doubles."""
+        return self.sentinels.dtype.kind != "f"
 
     def take(self, index: NDArray) -> ValidityRules:
         """The rules of the tags at `index` (integer positions), in that order."""
-        return ValidityRules(self.low[index], self.high[index], self.sentinels[index])
+        unset = None if self.unset is None else self.unset[index]
+        return ValidityRules(self.low[index], self.high[index], self.sentinels[index], unset)
 
-    def invalid(self, value: NDArray[np.float64], raw: NDArray | None = None) -> NDArray[np.bool_]:
-        """Mask of the values outside their range or whose raw value (default: the value) is a sentinel."""
+    def invalid(
+        self,
+        value: NDArray[np.float64],
+        raw: NDArray | None = None,
+        single: NDArray[np.bool_] | None = None,
+    ) -> NDArray[np.bool_]:
+        """Mask of the values outside their range or whose raw value (default: the value) is a sentinel.
+
+        `single` marks tags whose values arrived as float32 (an OPC UA Float): their sentinels are
+        compared rounded to float32, the only values such a tag can hold.
+        """
         bad = (value < self.low) | (value > self.high)
         if self.sentinels.shape[1]:
-            bad |= (np.asarray(raw if raw is not None else value)[:, None] == self.sentinels).any(axis=1)
+            sentinels = self.sentinels
+            if single is not None and single.any():
+                with np.errstate(over="ignore"):  # beyond float32 becomes inf, which a finite value never is
+                    sentinels = np.where(single[:, None], sentinels.astype(np.float32), sentinels)
+            hit = (np.asarray(raw if raw is not None else value)[:, None] == sentinels).any(axis=1)
+            if self.unset is not None:
+                hit &= ~self.unset
+            bad |= hit
         return bad
 
     def apply(
@@ -181,13 +230,15 @@ class ValidityRules:
         quality: NDArray[np.uint8],
         raw: NDArray | None = None,
         at: NDArray[np.intp] | None = None,
+        single: NDArray[np.bool_] | None = None,
     ) -> None:
         """Set BAD_SENSOR_FAILURE and NaN, in place, where a value breaks its rule.
 
         The rules' tags are `value[at]`, `quality[at]` (all of them, in order, without `at`); `raw`
-        holds their raw values in rule order when they differ from the values (scaled registers).
+        holds their raw values in rule order when they differ from the values (scaled registers);
+        `single` marks the tags whose values are float32 (see `invalid`).
         """
-        bad = self.invalid(value if at is None else value[at], raw)
+        bad = self.invalid(value if at is None else value[at], raw, single)
         if bad.any():
             where = np.flatnonzero(bad) if at is None else at[bad]
             value[where] = np.nan

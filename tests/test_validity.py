@@ -63,6 +63,42 @@ def test_rules_check_ranges_and_raw_sentinels_per_tag() -> None:
     assert quality.tolist() == [Quality.BAD_SENSOR_FAILURE, Quality.GOOD, Quality.BAD_SENSOR_FAILURE]
 
 
+def test_rules_hold_sentinels_in_the_raw_type() -> None:
+    # int16: a double holds every value, so the rules compare doubles
+    rules = ValidityRules.of([(None, None, []), (None, None, [32767, -32768.0]), (None, None, [7])], np.int16)
+    assert rules is not None and not rules.integer
+    raw = np.array([0, 0, 7], np.int16)
+    assert rules.invalid(raw.astype(np.float64), raw).tolist() == [False, False, True]
+    raw = np.array([32767, -32768, 32767], np.int16)
+    assert rules.invalid(raw.astype(np.float64), raw).tolist() == [False, True, False]
+    assert rules.take(np.array([0, 2])).invalid(np.zeros(2), np.array([0, 7], np.int16)).tolist() == [
+        False,
+        True,
+    ]
+    # uint64: integers, exact beyond 2**53 where doubles cannot tell neighbours apart; a tag without
+    # sentinels is padded with 0, which must not make a raw 0 a sentinel
+    big = ValidityRules.of(
+        [(None, None, [2**64 - 1]), (None, None, [2**53 + 1]), (None, None, [])], np.uint64
+    )
+    assert big is not None and big.integer
+    raw64 = np.array([2**64 - 2, 2**53, 0], np.uint64)
+    assert big.invalid(raw64.astype(np.float64), raw64).tolist() == [False, False, False]
+    raw64 = np.array([2**64 - 1, 2**53 + 1, 2**64 - 1], np.uint64)
+    assert big.invalid(raw64.astype(np.float64), raw64).tolist() == [True, True, False]
+    assert big.take(np.array([2, 1])).invalid(np.zeros(2), raw64[[2, 1]]).tolist() == [False, True]
+    # float32: rounded as the register holds it
+    f32 = ValidityRules.of([(None, None, [-9999.9, 3.4028235e38])], np.float32)
+    assert f32 is not None and f32.sentinels.tolist() == [
+        [float(np.float32(-9999.9)), float(np.finfo(np.float32).max)]
+    ]
+    # OPC UA: the same double sentinel matches a Float value (single) but not a Double one
+    opc = ValidityRules.of([(None, None, [-9999.9]), (None, None, [-9999.9])])
+    assert opc is not None
+    value = np.full(2, float(np.float32(-9999.9)))
+    assert opc.invalid(value).tolist() == [False, False]
+    assert opc.invalid(value, single=np.array([True, False])).tolist() == [True, False]
+
+
 def test_profile_ranges_reach_the_tags_that_give_none() -> None:
     text = render_device_toml(FIELDS, name="dc", profile="die_casting", endpoint="modbus-tcp://h:1")
     text = text.replace('name = "die_temp_2"', 'name = "die_temp_2"\nvalid_max = 400.0', 1)
@@ -219,3 +255,149 @@ tags = [
         assert by_tag(names, await driver.read(group))["zone_2_temp"] == (910.0, Quality.GOOD)
     finally:
         await driver.close()
+
+
+# Sentinels compared in the tag's wire type: a float32 register holding -9999.9 holds -9999.900390625,
+# which a float64 sentinel -9999.9 never equals; 64-bit integers are compared as integers, not as doubles.
+WIRE_FIELDS = [
+    RegisterField("trip_setpoint", "holding_register", 0, "float32"),
+    RegisterField("flow_max", "holding_register", 2, "float32"),
+    RegisterField("flow_scaled", "holding_register", 4, "float32", scale=0.5),
+    RegisterField("flow_cdab", "holding_register", 8, "float32", byte_order="CDAB"),
+    RegisterField("energy", "holding_register", 12, "uint64"),
+    RegisterField("strokes", "holding_register", 16, "int64"),
+]
+WIRE_SENTINELS = {
+    "trip_setpoint": "[-9999.9]",
+    "flow_max": "[3.4028235e38]",  # FLT_MAX as a datasheet prints it
+    "flow_scaled": "[-9999.9]",  # raw, before the scale
+    "flow_cdab": "[-9999.9]",
+    "energy": "[18446744073709551615]",  # SunSpec's uint64 "not implemented"
+    "strokes": "[9007199254740993]",  # 2**53 + 1: no double holds it
+}
+
+
+@pytest.fixture
+async def wire_plc() -> AsyncIterator[RegisterMapServer]:
+    server = RegisterMapServer(WIRE_FIELDS)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_modbus_sentinels_are_compared_in_the_registers_own_type(wire_plc: RegisterMapServer) -> None:
+    text = render_device_toml(
+        WIRE_FIELDS, name="press", profile="die_casting", endpoint=f"modbus-tcp://127.0.0.1:{wire_plc.port}"
+    )
+    for name, sentinels in WIRE_SENTINELS.items():
+        text = text.replace(f'name = "{name}"\n', f'name = "{name}"\nsentinels = {sentinels}\n', 1)
+    device = parse_config(text).devices[0]
+    assert isinstance(device, ModbusDevice)
+    assert {t.name: t.sentinels for t in device.tags}["energy"] == [2**64 - 1]  # kept an integer, exactly
+    names = device.signal_names()
+    driver = ModbusDriver(device, {n: i for i, n in enumerate(names)}, backoff=Backoff(0.05, 0.2))
+    # the device sends exactly its sentinel, in its own register type
+    for name in ("trip_setpoint", "flow_scaled", "flow_cdab"):
+        wire_plc.write_raw(name, -9999.9)
+    wire_plc.write_raw("flow_max", 3.4028235e38)
+    wire_plc.write_raw("energy", 2**64 - 1)
+    wire_plc.write_raw("strokes", 2**53 + 1)
+    try:
+        got = by_tag(names, Readings.concat([await driver.read(g) for g in driver.groups()]))
+        for name in WIRE_SENTINELS:
+            assert math.isnan(got[name][0]) and got[name][1] == Quality.BAD_SENSOR_FAILURE, (name, got[name])
+        # neighbours of the sentinels are real readings
+        for name in ("trip_setpoint", "flow_scaled", "flow_cdab"):
+            wire_plc.write_raw(name, -9999.8)
+        wire_plc.write_raw("flow_max", 3.4028233e38)
+        wire_plc.write_raw("energy", 2**64 - 2)
+        wire_plc.write_raw("strokes", 2**53)  # the double nearest 2**53 + 1: not the sentinel
+        got = by_tag(names, Readings.concat([await driver.read(g) for g in driver.groups()]))
+        near = float(np.float32(-9999.8))
+        assert got["trip_setpoint"] == (near, Quality.GOOD)
+        assert got["flow_scaled"] == (near * 0.5, Quality.GOOD)
+        assert got["flow_cdab"] == (near, Quality.GOOD)
+        assert got["flow_max"] == (float(np.float32(3.4028233e38)), Quality.GOOD)
+        assert got["energy"] == (float(2**64 - 2), Quality.GOOD)
+        assert got["strokes"] == (float(2**53), Quality.GOOD)
+    finally:
+        await driver.close()
+
+
+@pytest.mark.parametrize(
+    ("type_", "sentinels", "kept"),
+    [
+        ("float32", [-9999.9, 3.4028235e38], [-9999.9, 3.4028235e38]),  # compared after rounding to float32
+        ("int16", [32767, -32768.0], [32767, -32768.0]),
+        ("uint64", [0, 18446744073709551615], [0, 18446744073709551615]),
+        ("float64", [-1e300], [-1e300]),
+    ],
+)
+def test_modbus_sentinels_a_register_can_hold_are_accepted(
+    type_: str, sentinels: list[float], kept: list[float]
+) -> None:
+    from edge_agent.drivers.modbus.config import ModbusTag
+
+    assert ModbusTag(name="t", address=0, type=type_, sentinels=sentinels).sentinels == kept  # type: ignore[arg-type]
+
+
+async def test_opcua_float_variables_match_their_sentinel_in_float32() -> None:
+    server = Server()
+    await server.init()
+    endpoint = f"opc.tcp://127.0.0.1:{_free_port()}/float32"
+    server.set_endpoint(endpoint)
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    ns = await server.register_namespace("urn:test:float32")
+    machine = await server.nodes.objects.add_object(ns, "Machine")
+    f32 = ua.VariantType.Float
+    trip = await machine.add_variable(f"ns={ns};s=Trip", "Trip", ua.Variant(-9999.9, f32))
+    await machine.add_variable(f"ns={ns};s=Max", "Max", ua.Variant(3.4028235e38, f32))
+    # a Double holding the float32 neighbour of -9999.9 is a real reading: only Float is compared in float32
+    await machine.add_variable(
+        f"ns={ns};s=Wide", "Wide", ua.Variant(float(np.float32(-9999.9)), ua.VariantType.Double)
+    )
+    text = f"""
+[[devices]]
+name = "oven"
+protocol = "opcua"
+profile = "furnace"
+endpoint = "{endpoint}"
+opcua = {{ security_policy = "None", security_mode = "None", allow_insecure = true }}
+tags = [
+  {{ name = "trip", node = "ns=2;s=Trip", sentinels = [-9999.9] }},
+  {{ name = "max", node = "ns=2;s=Max", sentinels = [3.4028235e38] }},
+  {{ name = "wide", node = "ns=2;s=Wide", sentinels = [-9999.9] }},
+  {{ name = "trip_sub", node = "ns=2;s=Trip", sentinels = [-9999.9], mode = "subscribe", interval = 0.05 }},
+  {{ name = "trip_slow", node = "ns=2;s=Trip", sentinels = [-9999.9], interval = 5.0 }},
+  {{ name = "ghost", node = "ns=2;s=NoSuchNode", interval = 5.0 }},
+]
+"""
+    device = parse_config(text).devices[0]
+    assert isinstance(device, OpcUaDevice)
+    names = device.signal_names()
+    notified = Notifications()
+    driver = OpcUaDriver(
+        device, {n: i for i, n in enumerate(names)}, config_dir=Path("."), on_readings=notified
+    )
+    async with server:
+        await driver.connect()
+        try:
+            got = by_tag(names, Readings.concat([await driver.read(g) for g in driver.groups()]))
+            for name in ("trip", "max", "trip_slow"):  # trip_slow shares its group with an unknown node
+                assert math.isnan(got[name][0]) and got[name][1] == Quality.BAD_SENSOR_FAILURE, (
+                    name,
+                    got[name],
+                )
+            assert got["wide"] == (float(np.float32(-9999.9)), Quality.GOOD)
+            assert got["ghost"][1] == Quality.BAD_CONFIG
+            first = by_tag(names, await notified.next())
+            assert math.isnan(first["trip_sub"][0]) and first["trip_sub"][1] == Quality.BAD_SENSOR_FAILURE
+            sub = by_tag(names, await driver.read_subscribed())
+            assert sub["trip_sub"][1] == Quality.BAD_SENSOR_FAILURE
+            await trip.write_value(ua.Variant(-9999.8, f32))
+            assert by_tag(names, await notified.next())["trip_sub"] == (
+                float(np.float32(-9999.8)),
+                Quality.GOOD,
+            )
+        finally:
+            await driver.close()

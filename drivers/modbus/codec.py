@@ -81,6 +81,16 @@ def resolution_steps(scales: NDArray[np.float64], offsets: NDArray[np.float64]) 
     return np.array(steps, dtype=np.float64)
 
 
+def sentinel_type(kind: str) -> np.dtype:
+    """The type a DecodeBatch's raw values have, which its sentinels are converted to, to compare exactly.
+
+    float32 sentinels are rounded to float32 (-9999.9 becomes -9999.900390625, what the register
+    holds); 64-bit integer ones stay integers, since a double cannot tell 2**53 from 2**53 + 1.
+    Bits are compared as 0.0/1.0.
+    """
+    return np.dtype(_NUMPY_TYPE[kind]) if kind in _NUMPY_TYPE else np.dtype(np.float64)
+
+
 def is_bit_table(table: str) -> bool:
     """True for the single-bit tables (coils, discrete inputs)."""
     return table in ("coil", "discrete_input")
@@ -182,7 +192,8 @@ class DecodeBatch:
     identity: bool = False
     """True when every scale is 1 and every offset 0 (the arithmetic is skipped)."""
     validity: ValidityRules | None = None
-    """Valid range and sentinel raw values of the tags, in batch order; None when no tag has any."""
+    """Valid range and sentinel raw values of the tags, in batch order, the sentinels converted to the batch's
+    raw type (`sentinel_type`); None when no tag has any."""
     steps: NDArray[np.float64] | None = field(init=False)
     """Integer kinds with scaling: 10**decimals per tag that the engineering values are rounded to;
     None when nothing is rounded (floats, identity scaling, scales without a short decimal)."""
@@ -298,9 +309,11 @@ class DecodeBatch:
         # the assignment converts to float64 in place, without a temporary
         if self.direct:
             # positional arguments: keywords cost frombuffer a third of its time here
-            value[self.target] = np.frombuffer(payload, self.wire, self.out.shape[0], self.first_byte)
+            raw = np.frombuffer(payload, self.wire, self.out.shape[0], self.first_byte)
+            value[self.target] = raw
             if self.validity is not None:
-                self.validity.apply(value, quality, at=self.out)
+                # the doubles hold every raw value exactly, but those of 64-bit integers
+                self.validity.apply(value, quality, raw=raw if self.validity.integer else None, at=self.out)
         elif self.validity is None:
             value[self.target] = self.engineering(payload)
         else:
@@ -357,7 +370,7 @@ def build_batches(
                 scale=np.array([m[2].scale for m in members], dtype=np.float64),
                 offset=np.array([m[2].offset for m in members], dtype=np.float64),
                 identity=all(m[2].scale == 1.0 and m[2].offset == 0.0 for m in members),
-                validity=ValidityRules.of([m[2].validity() for m in members]),
+                validity=ValidityRules.of([m[2].validity() for m in members], sentinel_type(kind)),
             )
         )
     return batches

@@ -136,6 +136,10 @@ def datetime_to_ns(dt: datetime) -> int:
     return ((dt - _UNIX_EPOCH) // _ONE_US) * 1000
 
 
+#: Variant type of a 32-bit float, whose values only equal sentinels rounded to float32.
+_FLOAT = ua.VariantType.Float
+
+
 def _as_float(value: Any) -> float | None:
     """A number for the engine; bools and enums count, text and structures do not."""
     kind = type(value)
@@ -160,11 +164,15 @@ def datavalues_to_readings(
     val = np.empty(n, np.float64)
     q = np.empty(n, np.uint8)
     ts = np.empty(n, np.int64)
+    # a Float holds -9999.9 as -9999.900390625: its sentinels are compared in float32
+    single = np.zeros(n, np.bool_) if validity is not None and validity.sentinels.shape[1] else None
     for i, dv in enumerate(values):
         code = dv.StatusCode.value if dv.StatusCode is not None else 0
         quality = Quality.GOOD if code == 0 else quality_from_opcua_status(code)
         variant = dv.Value
         number = _as_float(variant.Value) if variant is not None else None
+        if single is not None and variant is not None and variant.VariantType is _FLOAT:
+            single[i] = True
         if number is None:
             number = np.nan
             if quality < Quality.BAD:
@@ -174,7 +182,7 @@ def datavalues_to_readings(
         stamp = dv.SourceTimestamp or dv.ServerTimestamp
         ts[i] = datetime_to_ns(stamp) if stamp is not None else now_ns
     if validity is not None:
-        validity.apply(val, q)
+        validity.apply(val, q, single=single)
     return Readings.of(rows, ts, val, q)
 
 
@@ -329,15 +337,14 @@ class OpcUaDriver:
         values = [dv for part in parts for dv in part]
         if len(plan.readable) == len(plan.rows):
             return datavalues_to_readings(plan.rows, values, now_ns, plan.validity)
-        good = datavalues_to_readings(plan.rows[plan.readable], values, now_ns)
+        validity = plan.validity.take(plan.readable) if plan.validity is not None else None
+        good = datavalues_to_readings(plan.rows[plan.readable], values, now_ns, validity)
         out_val = np.full(len(plan.rows), np.nan)
         out_q = plan.quality.copy()
         out_t = np.full(len(plan.rows), now_ns, np.int64)
         out_val[plan.readable] = good.value
         out_q[plan.readable] = good.quality
         out_t[plan.readable] = good.t_ns
-        if plan.validity is not None:
-            plan.validity.apply(out_val, out_q)
         return Readings.of(plan.rows, out_t, out_val, out_q)
 
     async def read_subscribed(self) -> Readings:
@@ -362,15 +369,14 @@ class OpcUaDriver:
             return Readings.of(rows, now_ns, np.full(len(rows), np.nan), quality_from_opcua_status(code))
         except (ConnectionError, OSError, ua.UaError):
             return Readings.of(rows, now_ns, np.full(len(rows), np.nan), Quality.BAD_NOT_CONNECTED)
-        good = datavalues_to_readings(rows[readable], values, now_ns)
+        validity = self._sub_validity.take(readable) if self._sub_validity is not None else None
+        good = datavalues_to_readings(rows[readable], values, now_ns, validity)
         out_val = np.full(len(rows), np.nan)
         out_q = np.full(len(rows), Quality.BAD_CONFIG, np.uint8)
         out_t = np.full(len(rows), now_ns, np.int64)
         out_val[readable] = good.value
         out_q[readable] = good.quality
         out_t[readable] = good.t_ns
-        if self._sub_validity is not None:
-            self._sub_validity.apply(out_val, out_q)
         return Readings.of(rows, out_t, out_val, out_q)
 
     def event_of_signal(self) -> dict[str, str]:
