@@ -77,6 +77,26 @@ class Traces:
             q,
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[Traces]) -> Traces:
+        """The traces of several batches as one, in order (columns padded with NaN to the widest)."""
+        if len(parts) == 1:
+            return parts[0]
+        n = max((p.values.shape[1] for p in parts), default=0)
+        values = np.full((sum(len(p) for p in parts), n), np.nan)
+        at = 0
+        for p in parts:
+            values[at : at + len(p), : p.values.shape[1]] = p.values
+            at += len(p)
+        return cls(
+            np.concatenate([p.signal for p in parts]) if parts else np.empty(0, np.int32),
+            np.concatenate([p.t_ns for p in parts]) if parts else np.empty(0, np.int64),
+            values,
+            np.concatenate([p.length for p in parts]) if parts else np.empty(0, np.int64),
+            np.concatenate([p.points for p in parts]) if parts else np.empty(0, np.int64),
+            np.concatenate([p.quality for p in parts]) if parts else np.empty(0, np.uint8),
+        )
+
     def of_signal(self, row: int) -> NDArray[np.intp]:
         """Positions of the traces of one signal row, oldest first."""
         return np.flatnonzero(self.signal == row)

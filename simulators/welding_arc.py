@@ -7,8 +7,8 @@ standard map, so the addresses are this simulator's own. A robot welds 250 mm se
 (means, arc time, arc energy Σu·i·Δt, arc breaks) and a 50 ms current/voltage trace at 10 kHz taken
 mid-seam, then increments weld_counter: a reader that sees the counter move sees that weld's values.
 
-Traces are blocks of input registers (not tags of the shipped config; the agent reads them once it
-reads register blocks as traces): TRACE_CURRENT_AT.. (500 × uint16, 0.1 A) and TRACE_VOLTAGE_AT..
+Traces are blocks of input registers (the `points` tags current_trace and voltage_trace
+of the shipped config): TRACE_CURRENT_AT.. (500 × uint16, 0.1 A) and TRACE_VOLTAGE_AT..
 (500 × uint16, 0.01 V), sampled every trace_sample_us µs, trace_points long.
 
 Short-circuit transfer (GMAW-S, simulator values (u)): arcs of ~8 ms at 17-22 V with a decaying
@@ -58,6 +58,29 @@ WELDING_ARC_FIELDS: tuple[RegisterField, ...] = (
     RegisterField("job_number", HR, 0, "uint16"),
     RegisterField("arc_on", DI, 0, "bool"),
 )
+
+#: The trace tags of the device config: the weld's current and voltage blocks, latched by the weld counter.
+TRACE_TAGS_TOML = f"""
+[[devices.tags]]
+name = "current_trace"
+table = "input_register"
+address = {TRACE_CURRENT_AT}
+type = "uint16"
+points = {TRACE_POINTS}
+scale = 0.1
+unit = "A"
+latched_by = "weld_counter"
+
+[[devices.tags]]
+name = "voltage_trace"
+table = "input_register"
+address = {TRACE_VOLTAGE_AT}
+type = "uint16"
+points = {TRACE_POINTS}
+scale = 0.01
+unit = "V"
+latched_by = "weld_counter"
+"""
 
 #: source_state values: 0 idle (between seams), 2 welding, 3 error (the arc did not strike)
 IDLE, WELDING, ERROR = 0, 2, 3
@@ -276,6 +299,17 @@ class ArcWeldingSimulator(ModbusMachine):
     def weld_seconds(self) -> float:
         """Simulated seconds from one seam start to the next."""
         return self.arc_s + GAP_S
+
+    def device_config(
+        self, name: str | None = None, endpoint: str | None = None, poll_interval: float = 1.0
+    ) -> str:
+        """The `[[devices]]` block of the register map, with the trace blocks as `points` tags."""
+        return super().device_config(name, endpoint, poll_interval) + TRACE_TAGS_TOML
+
+    @classmethod
+    def config_file_text(cls, endpoint: str) -> str:
+        """The shipped config file: the register map and the trace blocks as `points` tags."""
+        return super().config_file_text(endpoint) + TRACE_TAGS_TOML
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,8 +7,8 @@ displacement, its own expulsion flag, the electrode's spots since dressing, the 
 the stepper stage, then increments spot_counter. The tips mushroom from 5 to ~7 mm over a dress
 interval of 200 spots; the stepper raises the current every 50 spots; the dresser resets the tips.
 
-Traces per spot are blocks of holding registers (not tags of the shipped config; the agent reads
-them once it reads register blocks as traces): TRACE_CURRENT_AT.. (200 × uint16, 0.001 kA) and
+Traces per spot are blocks of holding registers (the `points` tags current_trace and voltage_trace of
+the shipped config): TRACE_CURRENT_AT.. (200 × uint16, 0.001 kA) and
 TRACE_VOLTAGE_AT.. (200 × uint16, 0.0001 V), one point per ms; R(t) = u/i. Dynamic resistance
 (simulator values (u)): ~250 µΩ at first contact, down to α ~150 µΩ, up to β ~190 µΩ as the nugget
 forms, then down; it falls with the tip area.
@@ -50,6 +50,29 @@ WELDING_SPOT_FIELDS: tuple[RegisterField, ...] = (
     RegisterField("trace_sample_us", HR, 21, "uint16", unit="us"),
     RegisterField("expulsion", DI, 0, "bool"),
 )
+
+#: The trace tags of the device config: the spot's current and voltage blocks, latched by the spot counter.
+TRACE_TAGS_TOML = f"""
+[[devices.tags]]
+name = "current_trace"
+table = "holding_register"
+address = {TRACE_CURRENT_AT}
+type = "uint16"
+points = {TRACE_POINTS}
+scale = 0.001
+unit = "kA"
+latched_by = "spot_counter"
+
+[[devices.tags]]
+name = "voltage_trace"
+table = "holding_register"
+address = {TRACE_VOLTAGE_AT}
+type = "uint16"
+points = {TRACE_POINTS}
+scale = 0.0001
+unit = "V"
+latched_by = "spot_counter"
+"""
 
 SPOT_EVERY_S = 3.0
 CURRENT_KA = 9.0
@@ -205,6 +228,17 @@ class SpotWeldingSimulator(ModbusMachine):
         i = words[TRACE_CURRENT_AT : TRACE_CURRENT_AT + TRACE_POINTS].astype(float) * 0.001
         u = words[TRACE_VOLTAGE_AT : TRACE_VOLTAGE_AT + TRACE_POINTS].astype(float) * 0.0001
         return i, u
+
+    def device_config(
+        self, name: str | None = None, endpoint: str | None = None, poll_interval: float = 1.0
+    ) -> str:
+        """The `[[devices]]` block of the register map, with the trace blocks as `points` tags."""
+        return super().device_config(name, endpoint, poll_interval) + TRACE_TAGS_TOML
+
+    @classmethod
+    def config_file_text(cls, endpoint: str) -> str:
+        """The shipped config file: the register map and the trace blocks as `points` tags."""
+        return super().config_file_text(endpoint) + TRACE_TAGS_TOML
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,8 @@ exactly how many cycles a detector needed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from edge_agent.drivers.base import Driver
 from edge_agent.drivers.registry import make_driver
 from edge_agent.pipeline import IndicatorPipeline
 from edge_agent.records import AlarmEvent, IndicatorBatch
+from edge_agent.trace_types import Traces, traces_of, with_traces
 from edge_agent.types import Readings
 
 T0_NS = 1_800_000_000 * 10**9
@@ -48,6 +51,8 @@ class Rig:
     drivers: dict[str, Driver]
     step_s: float
     steps: int = 0
+    elapsed_s: float = 0.0
+    """Simulated seconds the steps covered (a test may change `step_s` on the way)."""
     alarms: list[Alarm] = field(default_factory=list)
     records: list[tuple[str, str, dict[str, float]]] = field(default_factory=list)
     """(device, pseudo-signal, fields) of every feature record, in order."""
@@ -57,6 +62,14 @@ class Rig:
     @classmethod
     async def open(cls, sim: Any, config_text: str, tmp: Path, step_s: float) -> Rig:
         """Build the pipeline and one connected driver per device of the config."""
+        # an OPC UA simulator's own clock task publishes every tick: stopped, only the rig moves and
+        # publishes it, and what a test writes into its nodes stays there until the next step
+        task = getattr(sim, "_task", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            sim._task = None
         (tmp / "agent.toml").write_text(config_text, encoding="utf-8")
         config = parse_config(config_text, "agent.toml", tmp)
         pipeline = IndicatorPipeline(config, profile_dirs(config, tmp))
@@ -75,14 +88,20 @@ class Rig:
     @property
     def sim_ns(self) -> int:
         """The simulated time of the last step, as the pipeline saw it."""
-        return T0_NS + round(self.steps * self.step_s * 1e9)
+        return T0_NS + round(self.elapsed_s * 1e9)
 
-    async def step(self, n: int = 1) -> list[Alarm]:
+    async def step_read(self) -> list[Alarm]:
+        """One step that reads without moving the simulator (the test moved it and changed what it serves)."""
+        return await self.step(1, advance=False)
+
+    async def step(self, n: int = 1, advance: bool = True) -> list[Alarm]:
         """Run n steps; the alarm events they raised or cleared."""
         new: list[Alarm] = []
         for _ in range(n):
             self.steps += 1
-            await self._advance(self.step_s)
+            self.elapsed_s += self.step_s
+            if advance:
+                await self._advance(self.step_s)
             t = self.sim_ns
             for name, driver in self.drivers.items():
                 # each scan class when its interval is due in simulated time, as the scheduler reads them
@@ -94,6 +113,9 @@ class Rig:
                         self._due[(name, g.interval_s)] = t + round(g.interval_s * 1e9) - 1
                 r = Readings.concat(parts)
                 stamped = Readings(r.signal, np.full(len(r), t, np.int64), r.value, r.quality)
+                traces = [tr for p in parts if (tr := traces_of(p)) is not None]
+                if traces:
+                    stamped = with_traces(stamped, Traces.concat(traces).restamped(t))
                 self.raw.append((name, stamped))
                 out = self.pipeline.process(name, stamped, t)
                 tags = self.pipeline.table.tags

@@ -39,7 +39,7 @@ class Row:
     """+1 (-1): the alarm's value must be above (below) its limit, the side the fault drives it to."""
 
     def __str__(self) -> str:
-        return self.fault
+        return f"{self.fault}-{self.signal}"
 
 
 # --------------------------------------------------------------------------- forging (DOMAIN-ROOT.md §1)
@@ -58,6 +58,9 @@ FORGING_ROWS = [
     Row("double_blank", "peak_force", frozenset({"spec"}), 1, direction=1),
     Row("missing_billet", "peak_force", frozenset({"spec"}), 1, direction=-1),
     Row("die_wear", "peak_force", frozenset({"ewma", "cusum"}), 60, (("pct_per_1000", 30.0),), 1),
+    # the signature widens with the wear (the force signature read as a 720-point OPC UA array): RMS off
+    # the reference (the median of the first 20 strokes) passes 8 % in the loading window
+    Row("die_wear", "stroke", frozenset({"signature"}), 60, (("pct_per_1000", 100.0),), 1),
     Row("off_centre_load", "stroke", frozenset({"eccentric_load"}), 3, direction=1),
     Row("cold_billet", "billet_temp", frozenset({"spec"}), 1, direction=-1),
     Row("shut_height_drift", "peak_angle", frozenset({"ewma", "rules"}), 60, (("deg_per_100", -5.0),), -1),
@@ -199,8 +202,8 @@ async def test_a_healthy_plating_line_raises_nothing_and_reports_its_loads(tmp_p
 
 # --------------------------------------------------------------------------- welding (DOMAIN-ROOT.md §2)
 
-#: Arc welding: a 1 s poll (the WPS window counts the polls with the arc on); a weld every 37.3 s.
-ARC_STEP_S = 1.0
+#: Arc welding: a 2 s poll (the WPS window counts the polls with the arc on); a weld every 37.3 s.
+ARC_STEP_S = 2.0
 WELD_S = 37.3
 #: Welds before any fault: phase I of the per-weld charts (baseline_samples = 50) and the pre-whitener.
 ARC_BASELINE_WELDS = 60
@@ -213,6 +216,9 @@ ARC_ROWS = [
     Row("gas_loss", "weld_gas_flow_mean", frozenset({"spec"}), 2, direction=-1),
     # travel at 0.7x: Q = 0.23 -> 0.33 kJ/mm, above the 0.28 of the WPS
     Row("wrong_travel_speed", "weld", frozenset({"heat_input"}), 2, direction=1),
+    # short-circuit period CV 0.15 -> 0.5 in the weld's 10 kHz trace (read as a 500-point register block):
+    # its EWMA (lambda 0.3) passes 0.3 on the second unstable weld
+    Row("unstable_transfer", "weld", frozenset({"arc_stability"}), 4, direction=1),
     # no arc: a weld with 0 A has no heat input (reason NO_CURRENT) and raises no_arc
     Row("no_arc", "weld", frozenset({"no_arc"}), 2),
 ]

@@ -77,6 +77,25 @@ class ModbusTag(TagBase):
     """Unit id behind a Modbus TCP gateway; defaults to the device's `unit_id`."""
     interval: Seconds | None = None
     """Poll interval of this tag in seconds (its scan class); defaults to the device's `poll_interval`."""
+    points: int | None = Field(default=None, ge=2, le=65536)
+    """Read a block of this many values of `type` from `address` on as one trace (a weld's current, a
+    force signature): it reaches the equipment features as a curve per read, not as a value. A block
+    wider than a request is read in several, each a whole number of values."""
+    latched_by: Name | None = None
+    """For a trace: the tag of the counter the device increments after writing the block (its cycle
+    counter). The counter is read before and after the block: a block the device rewrote meanwhile is
+    read once more, and a trace still torn, or of another cycle than the counter read with the
+    group's values, is BAD_VALUE."""
+
+    @model_validator(mode="after")
+    def _check_trace(self) -> ModbusTag:
+        if self.points is not None and (
+            self.table in ("coil", "discrete_input") or self.type in ("bool", "string")
+        ):
+            raise ValueError("`points` reads a block of numbers: use a register table and a numeric type")
+        if self.latched_by is not None and self.points is None:
+            raise ValueError("`latched_by` only applies to a trace (a tag with `points`)")
+        return self
 
     @model_validator(mode="after")
     def _check_type_fields(self) -> ModbusTag:
@@ -191,6 +210,14 @@ class ModbusDevice(DeviceBase):
     @classmethod
     def _unique_tags(cls, v: list[ModbusTag]) -> list[ModbusTag]:
         check_unique(v, "tag")
+        by_name = {t.name: t for t in v}
+        for t in v:
+            counter = by_name.get(t.latched_by) if t.latched_by is not None else None
+            if t.latched_by is not None and (counter is None or counter.points is not None):
+                raise ValueError(
+                    f"tag {t.name!r}: latched_by names {t.latched_by!r}, which is not a scalar tag of the "
+                    "device; name the tag of the counter the device increments after writing the trace"
+                )
         return v
 
     def problems(self, where: str, config_dir: Path) -> list[str]:

@@ -12,8 +12,10 @@ from numpy.typing import NDArray
 
 from edge_agent.drivers.base import TagGroup, scan_groups
 from edge_agent.drivers.modbus.codec import (
+    REGISTER_WIDTH,
     DecodeBatch,
     build_batches,
+    decode_numbers,
     decode_string,
     is_bit_table,
     tag_width,
@@ -30,8 +32,9 @@ from edge_agent.drivers.modbus.connection import (
     acquire_connection,
     release_connection,
 )
-from edge_agent.drivers.modbus.planner import ReadRequest, TagSpan, plan_modbus_requests
+from edge_agent.drivers.modbus.planner import ReadRequest, TagSpan, plan_block_reads, plan_modbus_requests
 from edge_agent.drivers.modbus.quality import quality_from_modbus_exception
+from edge_agent.trace_types import Traces, with_traces
 from edge_agent.types import BAD_THRESHOLD, Quality, Readings
 
 assert Quality.GOOD == 0  # read() relies on it: a zeroed quality column is all GOOD
@@ -56,6 +59,34 @@ class PlannedRead:
 
 
 @dataclass(frozen=True, slots=True)
+class PlannedTrace:
+    """A trace tag (`points`): its block's requests, how its values decode, the counter that latches it."""
+
+    name: str
+    row: int
+    unit_id: int
+    table: str
+    chunks: tuple[tuple[int, int], ...]
+    """(start, count) of the block's requests, each a whole number of values."""
+    type: str
+    byte_order: ByteOrder
+    points: int
+    scale: float
+    offset: float
+    low: float
+    """Points below this engineering value (valid_min) are NaN."""
+    high: float
+    sentinels: tuple[float, ...]
+    """Raw values that mean "no valid point" (NaN)."""
+    counter: tuple[int, str, int, int] | None
+    """(unit id, table, start, registers) of the `latched_by` counter."""
+    counter_decode: tuple[str, ByteOrder, float, float] | None
+    """(type, byte order, scale, offset) of the counter, to compare it with its value read in the group."""
+    counter_pos: int
+    """Position of the counter's value in the group's scalar output, -1 when it is not in the group."""
+
+
+@dataclass(frozen=True, slots=True)
 class GroupPlan:
     """Everything needed to poll one scan group: requests, signal rows, numeric-tag mask."""
 
@@ -70,6 +101,8 @@ class GroupPlan:
     has_floats: bool
     """Whether a float type can bring NaN/Inf (integers cannot)."""
     has_strings: bool
+    traces: tuple[PlannedTrace, ...] = ()
+    """The group's trace tags, read after its values."""
     size: int = field(init=False)
     """Tags in the group."""
     plain: bool = field(init=False)
@@ -93,7 +126,8 @@ def _protocol_address(device: ModbusDevice, tag: ModbusTag) -> int:
 def plan_group(device: ModbusDevice, group: TagGroup, rows: Mapping[str, int]) -> GroupPlan:
     """Plan the requests of one scan group of a device; errors name the device and tag."""
     by_name = {t.name: t for t in device.tags}
-    tags = [by_name[name] for name in group.tags]
+    # trace tags are blocks read on their own (plan_traces), not values among the group's
+    tags = [by_name[name] for name in group.tags if by_name[name].points is None]
     opts = device.modbus
     spans = []
     for tag in tags:
@@ -140,7 +174,7 @@ def plan_group(device: ModbusDevice, group: TagGroup, rows: Mapping[str, int]) -
     missing = [name for name in group.tags if name not in rows]
     if missing:
         raise KeyError(f"device {device.name!r}: no signal-table row for tag(s) {', '.join(missing)}")
-    all_rows = np.array([rows[name] for name in group.tags], dtype=np.int32)
+    all_rows = np.array([rows[t.name] for t in tags], dtype=np.int32)
     numeric = np.array([t.type != "string" for t in tags], dtype=bool)
     numeric_rows = all_rows[numeric]
     numeric_rows.flags.writeable = False  # shared by every Readings of the group
@@ -153,7 +187,72 @@ def plan_group(device: ModbusDevice, group: TagGroup, rows: Mapping[str, int]) -
         all_numeric=bool(numeric.all()),
         has_floats=any(t.type in ("float32", "float64") for t in tags),
         has_strings=any(t.type == "string" for t in tags),
+        traces=plan_traces(device, group, rows, [t.name for t in tags]),
     )
+
+
+def _decode_block(tr: PlannedTrace, payload: bytes) -> NDArray[np.float64]:
+    """The engineering values of a trace block; points outside the tag's valid range or at a sentinel are NaN."""
+    words = np.frombuffer(payload, dtype=">u2")
+    raw = decode_numbers(words.reshape(tr.points, REGISTER_WIDTH[tr.type]), tr.type, tr.byte_order)
+    points = raw * tr.scale + tr.offset if tr.scale != 1.0 or tr.offset != 0.0 else raw.copy()
+    bad = ~np.isfinite(points) | (points < tr.low) | (points > tr.high)
+    if tr.sentinels:
+        bad |= np.isin(raw, tr.sentinels)
+    points[bad] = np.nan
+    return points
+
+
+def plan_traces(
+    device: ModbusDevice, group: TagGroup, rows: Mapping[str, int], scalars: list[str]
+) -> tuple[PlannedTrace, ...]:
+    """The block reads of the group's trace tags; `scalars` are the group's other tags, in output order."""
+    by_name = {t.name: t for t in device.tags}
+    opts = device.modbus
+    out = []
+    for name in group.tags:
+        tag = by_name[name]
+        if tag.points is None:
+            continue
+        width = REGISTER_WIDTH[tag.type]
+        start = _protocol_address(device, tag)
+        try:
+            chunks = plan_block_reads(start, width, tag.points, opts.max_registers_per_request)
+        except ValueError as exc:
+            raise ValueError(f"device {device.name!r} tag {tag.name!r}: {exc}") from None
+        counter, counter_decode = None, None
+        if tag.latched_by is not None:
+            c = by_name[tag.latched_by]
+            counter = (
+                c.unit_id if c.unit_id is not None else opts.unit_id,
+                c.table,
+                _protocol_address(device, c),
+                tag_width(c),
+            )
+            if c.type in REGISTER_WIDTH and c.type != "bool" and not is_bit_table(c.table):
+                counter_decode = (c.type, c.byte_order or opts.byte_order, c.scale, c.offset)
+        low, high, sentinels = tag.validity()
+        out.append(
+            PlannedTrace(
+                name=tag.name,
+                row=int(rows[tag.name]),
+                unit_id=tag.unit_id if tag.unit_id is not None else opts.unit_id,
+                table=tag.table,
+                chunks=tuple(chunks),
+                type=tag.type,
+                byte_order=tag.byte_order or opts.byte_order,
+                points=tag.points,
+                scale=tag.scale,
+                offset=tag.offset,
+                low=-np.inf if low is None else float(low),
+                high=np.inf if high is None else float(high),
+                sentinels=tuple(float(x) for x in sentinels),
+                counter=counter,
+                counter_decode=counter_decode,
+                counter_pos=scalars.index(tag.latched_by) if tag.latched_by in scalars else -1,
+            )
+        )
+    return tuple(out)
 
 
 class ModbusDriver:
@@ -303,6 +402,10 @@ class ModbusDriver:
                 for name, pos, *_ in planned.strings:
                     if quality[pos] != Quality.GOOD:
                         self.last_strings[name] = ("", Quality(int(quality[pos])))
+        if plan.traces:
+            traces = await self._read_traces(conn, plan, value, quality, failure, errors)
+            self.last_error = "; ".join(errors) or None
+            return with_traces(self._readings(plan, t_ns, value, quality, failed=bool(errors)), traces)
         if not errors:
             self.last_error = None
             if plan.plain:
@@ -311,6 +414,99 @@ class ModbusDriver:
             return self._readings(plan, t_ns, value, quality, failed=False)
         self.last_error = "; ".join(errors)
         return self._readings(plan, t_ns, value, quality)
+
+    async def _read_traces(
+        self,
+        conn: ModbusConnection,
+        plan: GroupPlan,
+        value: NDArray[np.float64],
+        quality: NDArray[np.uint8],
+        failure: Quality | None,
+        errors: list[str],
+    ) -> Traces:
+        """Read the group's trace blocks after its values; a failure is the traces' quality, never an exception.
+
+        Blocks latched by one counter are read between one pair of reads of it.
+        """
+        arrays: dict[int, NDArray[np.float64] | None] = {}
+        qualities: dict[int, Quality] = {}
+        stamps: dict[int, int] = {}
+        by_counter: dict[tuple[int, str, int, int] | None, list[int]] = {}
+        for k, tr in enumerate(plan.traces):
+            by_counter.setdefault(tr.counter, []).append(k)
+        for members in by_counter.values():
+            traces = [plan.traces[k] for k in members]
+            blocks: list[NDArray[np.float64] | None] = [None] * len(traces)
+            q = failure
+            if q is None:
+                try:
+                    blocks, q = await self._read_blocks(conn, traces, value, quality)
+                except ModbusExceptionResponse as exc:
+                    q = quality_from_modbus_exception(exc.code)
+                    errors.append(str(exc))
+                except MalformedResponse as exc:
+                    q = Quality.BAD_COMM_FAILURE
+                    errors.append(str(exc))
+                except TimeoutError as exc:
+                    q = Quality.BAD_TIMEOUT
+                    errors.append(str(exc))
+                except NotConnected as exc:
+                    q = Quality.BAD_NOT_CONNECTED
+                    errors.append(str(exc))
+            now = time.time_ns()
+            for k, block in zip(members, blocks, strict=True):
+                arrays[k], qualities[k], stamps[k] = block, q if q is not None else Quality.GOOD, now
+        order = range(len(plan.traces))
+        return Traces.of(
+            [tr.row for tr in plan.traces],
+            [stamps[k] for k in order],
+            [arrays[k] for k in order],
+            [tr.points for tr in plan.traces],
+            [qualities[k] for k in order],
+        )
+
+    async def _read_blocks(
+        self,
+        conn: ModbusConnection,
+        traces: list[PlannedTrace],
+        value: NDArray[np.float64],
+        quality: NDArray[np.uint8],
+    ) -> tuple[list[NDArray[np.float64] | None], Quality | None]:
+        """Blocks latched by one counter: read between two reads of it, again once if the device rewrote them."""
+        timeout = self._timeout
+        first = traces[0]
+        none: list[NDArray[np.float64] | None] = [None] * len(traces)
+        for _ in range(2):
+            before = await self._read_counter(conn, first)
+            payloads = []
+            for tr in traces:
+                parts = []
+                for start, count in tr.chunks:
+                    self.requests_sent += 1
+                    parts.append(
+                        await conn.read(tr.table, tr.unit_id, start, count, timeout, self.bad_frames)
+                    )
+                payloads.append(b"".join(parts))
+            after = await self._read_counter(conn, first)
+            if before == after:
+                break
+        else:
+            return none, Quality.BAD_VALUE  # the device kept rewriting the blocks while they were read
+        decode = first.counter_decode
+        if decode is not None and first.counter_pos >= 0 and quality[first.counter_pos] < BAD_THRESHOLD:
+            type_, order, scale, offset = decode
+            words = np.frombuffer(before, dtype=">u2").reshape(1, REGISTER_WIDTH[type_])
+            if float(decode_numbers(words, type_, order)[0]) * scale + offset != value[first.counter_pos]:
+                return none, Quality.BAD_VALUE  # a cycle ended between the group's values and the blocks
+        return [_decode_block(tr, payload) for tr, payload in zip(traces, payloads, strict=True)], None
+
+    async def _read_counter(self, conn: ModbusConnection, tr: PlannedTrace) -> bytes:
+        """The raw registers of the trace's counter (empty without one)."""
+        if tr.counter is None:
+            return b""
+        unit, table, start, width = tr.counter
+        self.requests_sent += 1
+        return await conn.read(table, unit, start, width, self._timeout, self.bad_frames)
 
     def _decode_strings(self, planned: PlannedRead, payload: bytes) -> None:
         for name, _, offset, width, order in planned.strings:

@@ -104,3 +104,21 @@ def plan_modbus_requests(
         req_key, req_start, req_end, cap = key, span.start, span.end, span_cap
     close()
     return requests
+
+
+def plan_block_reads(start: int, width: int, points: int, max_registers: int) -> list[tuple[int, int]]:
+    """(start, count) of the requests that read `points` values of `width` registers from `start` on.
+
+    Each request holds a whole number of values, as many as fit `max_registers`: a value split
+    across two requests could mix two writes of the device.
+    """
+    if width < 1 or points < 1:
+        raise ValueError(f"a block needs width >= 1 and points >= 1, got {width} and {points}")
+    per = max_registers // width
+    if per < 1:
+        raise ValueError(f"a value of {width} registers does not fit a request of {max_registers}")
+    end = start + width * points
+    if end > 65536:
+        raise ValueError(f"the block {start}..{end - 1} ends past address 65535")
+    step = per * width
+    return [(a, min(step, end - a)) for a in range(start, end, step)]

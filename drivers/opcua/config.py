@@ -40,11 +40,17 @@ class OpcUaTag(TagBase):
     """Server-side queue of a monitored item, so bursts between publishes are not dropped."""
     unit: str = ""
     """Engineering unit shown with the value (overrides what the server reports, if anything)."""
+    points: int | None = Field(default=None, ge=2, le=1_000_000)
+    """Read the variable as an array of this many numbers, one curve per read (a force signature over
+    the crank angle): it reaches the equipment features as a trace, not as a value. An array of
+    another length is still read, and flagged shorter or longer than configured. Polled only."""
 
     @model_validator(mode="after")
     def _one_address(self) -> OpcUaTag:
         if (self.node is None) == (self.path is None):
             raise ValueError("give exactly one of `node` (a NodeId) or `path` (a browse path)")
+        if self.points is not None and self.mode != "poll":
+            raise ValueError('a trace (`points`) is read with the values beside it: use mode = "poll"')
         return self
 
     @field_validator("node")

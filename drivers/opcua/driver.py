@@ -25,6 +25,7 @@ from edge_agent.drivers.base import ReadingsCallback, TagGroup, scan_groups
 from edge_agent.drivers.opcua.address import split_browse_path, split_node_id
 from edge_agent.drivers.opcua.config import OpcUaDevice, OpcUaOptions, OpcUaTag
 from edge_agent.drivers.opcua.quality import quality_from_opcua_status
+from edge_agent.trace_types import Traces, with_traces
 from edge_agent.types import Quality, Readings, ValidityRules
 
 log = logging.getLogger(__package__)  # edge_agent.drivers.opcua, as users filter it
@@ -200,6 +201,17 @@ class _GroupPlan:
     """BAD_CONFIG where the node did not resolve, GOOD elsewhere."""
     validity: ValidityRules | None = None
     """Valid range and sentinels of the group's tags, in `rows` order; None when no tag has any."""
+    names: tuple[str, ...] = ()
+    """Tag names, in `rows` order."""
+    points: tuple[int, ...] = ()
+    """Per tag, the `points` of a trace tag (an array read as a curve), 0 for a value."""
+    last_values: list[ua.DataValue] | None = None
+    """The DataValues of the readable tags from the last Read (None when it failed): the arrays of its traces."""
+
+    @property
+    def trace(self) -> NDArray[np.bool_]:
+        """Which tags of the group are traces."""
+        return np.array([p > 0 for p in self.points], bool)
 
 
 @dataclass(slots=True)
@@ -271,6 +283,8 @@ class OpcUaDriver:
             g: _GroupPlan(
                 np.array([self._rows[t] for t in g.tags], np.int32),
                 validity=ValidityRules.of([self._tags[t].validity() for t in g.tags]),
+                names=g.tags,
+                points=tuple(self._tags[t].points or 0 for t in g.tags),
             )
             for g in self._groups
         }
@@ -318,8 +332,48 @@ class OpcUaDriver:
         self._task = asyncio.create_task(self._supervise(), name=f"opcua-{self.name}")
 
     async def read(self, group: TagGroup) -> Readings:
-        """One batched Read of a scan group (chunked by MaxNodesPerRead); problems become qualities."""
+        """One batched Read of a scan group (chunked by MaxNodesPerRead); problems become qualities.
+
+        Trace tags (`points`) are read in the same Read as the group's values, so a curve and the
+        cycle counter beside it are of one moment; they come back as the batch's traces.
+        """
         plan = self._plans[group]
+        readings = await self._read_values(group)
+        if not any(plan.points):
+            return readings
+        trace = plan.trace
+        return with_traces(readings.take(~trace), self._traces(plan, readings, trace))
+
+    def _traces(self, plan: _GroupPlan, readings: Readings, trace: NDArray[np.bool_]) -> Traces:
+        """The arrays of the group's trace tags from the last Read; a failed read is the trace's quality."""
+        at = {int(p): k for k, p in enumerate(plan.readable)}
+        values = plan.last_values
+        arrays: list[NDArray[np.float64] | None] = []
+        qualities, stamps = [], []
+        for pos in np.flatnonzero(trace):
+            q, t, array = int(readings.quality[pos]), int(readings.t_ns[pos]), None
+            k = at.get(int(pos))
+            if values is not None and k is not None:
+                dv = values[k]
+                code = dv.StatusCode.value if dv.StatusCode is not None else 0
+                q = Quality.GOOD if code == 0 else quality_from_opcua_status(code)
+                raw = dv.Value.Value if dv.Value is not None else None
+                if q < Quality.BAD:
+                    array = _as_array(raw)
+                    if array is None:
+                        q = Quality.BAD_VALUE
+                        why = "`points` is set, but its value is not an array of numbers"
+                        self._bad_config(plan.names[pos], why)
+            qualities.append(q)
+            stamps.append(t)
+            arrays.append(array)
+        rows = plan.rows[trace]
+        return Traces.of(rows.tolist(), stamps, arrays, [p for p in plan.points if p > 0], qualities)
+
+    async def _read_values(self, group: TagGroup) -> Readings:
+        """The Read of a group: every tag's value (a trace tag's is BAD_VALUE: it is not a number)."""
+        plan = self._plans[group]
+        plan.last_values = None
         now_ns = time.time_ns()
         client = self._client
         if client is None or not self._connected:
@@ -335,6 +389,7 @@ class OpcUaDriver:
             log.debug("%s: read failed: %s", self.name, exc)
             return Readings.of(plan.rows, now_ns, np.full(len(plan.rows), np.nan), Quality.BAD_NOT_CONNECTED)
         values = [dv for part in parts for dv in part]
+        plan.last_values = values
         if len(plan.readable) == len(plan.rows):
             return datavalues_to_readings(plan.rows, values, now_ns, plan.validity)
         validity = plan.validity.take(plan.readable) if plan.validity is not None else None
@@ -941,6 +996,17 @@ class OpcUaDriver:
                     qual[j] = Quality.GOOD
             self.stats.events += 1
             self.on_readings(Readings.of(rows, t_ns, vals, qual))
+
+
+def _as_array(value: Any) -> NDArray[np.float64] | None:
+    """A 1-D array of numbers as float64 (NaN stays NaN); None for anything else."""
+    if not isinstance(value, list | tuple) or (value and isinstance(value[0], str | bytes)):
+        return None
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return array if array.ndim == 1 else None
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

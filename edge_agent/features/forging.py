@@ -2,7 +2,10 @@
 
 Once per stroke (a new value of the stroke counter) the channels' peak forces give the total, the
 share of the press rating, the left/right and front/back balance and the centre of load
-(core/traces.py `load_balance`, DOMAIN-ROOT.md §1). A stroke whose channels are not all known gets
+(core/traces.py `load_balance`, DOMAIN-ROOT.md §1). With the force signature read as a trace (a
+`points` tag over the crank angle), the stroke's peak angle, energy ∫F dh, % of the capacity curve
+of a mechanical press, and its deviation from the reference signature (the median of the first good
+strokes) in up to four crank-angle windows: RMS and max |f − r| and the peak-angle shift. A stroke whose channels are not all known gets
 NaN and a reason code, never a balance made from the channels that are. A counter that jumps by
 more than one says strokes were missed: the stroke read is still published (its values were
 written before the counter), the missed ones are counted in `skipped` and logged once. The stroke
@@ -13,14 +16,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
 from edge_agent.config_model import Model
-from edge_agent.core.traces import TraceReason, load_balance
+from edge_agent.core.traces import (
+    TraceReason,
+    load_balance,
+    mechanical_capacity_curve,
+    ram_height,
+    reference_curve,
+    signature_deviation,
+    stroke_indicators,
+)
 from edge_agent.features.base import (
     AlarmCondition,
     Condition,
@@ -33,6 +44,7 @@ from edge_agent.features.base import (
     value_of,
 )
 from edge_agent.features.no_data import NoDataLog
+from edge_agent.features.trace_input import TraceInput, latest_traces
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +59,20 @@ STROKE_FIELDS = (
     "y_c",
     "skipped",
     "reason",
+    "peak_angle",
+    "energy",
+    "curve_pct",
+    "rms_1",
+    "rms_2",
+    "rms_3",
+    "rms_4",
+    "rms_max",
+    "max_dev",
+    "peak_shift",
+    "trace_reason",
 )
+#: Crank-angle windows of a signature (tonnage monitors have four "data windows").
+MAX_WINDOWS = 4
 
 
 class ForgingSpec(Model):
@@ -72,6 +97,24 @@ class ForgingSpec(Model):
     """Largest reverse load in % of the rating (DOMAIN-ROOT.md §1: ~10 %, above 15 % is dangerous)."""
     max_capacity_pct: float = Field(default=100.0, gt=0)
     """Largest total peak force in % of the rating (an overload above)."""
+    signature: Signal | None = None
+    """The stroke's total force over the crank angle (a `points` tag)."""
+    angle_start: float = 0.0
+    """Crank angle of the signature's first point, degrees from TDC."""
+    angle_step: float = Field(default=0.5, gt=0)
+    """Crank angle between two points of the signature, degrees."""
+    windows: list[tuple[float, float]] = Field(default_factory=list, max_length=MAX_WINDOWS)
+    """Crank-angle windows [start, end) in degrees where the signature is compared with the reference."""
+    reference_strokes: int = Field(default=20, ge=3)
+    """Good strokes whose pointwise median is the reference signature."""
+    max_rms_pct: float = Field(default=3.0, gt=0)
+    """Largest RMS deviation from the reference in any window, % of the reference peak."""
+    crank_radius_mm: float | None = Field(default=None, gt=0)
+    """Crank radius of a mechanical press (ram travel and energy)."""
+    rod_length_mm: float | None = Field(default=None, gt=0)
+    """Connecting-rod length of a mechanical press."""
+    rating_height_mm: float | None = Field(default=None, gt=0)
+    """Height above BDC where the rating holds (12.7 mm for many mechanical presses): gives the capacity curve."""
 
     @model_validator(mode="after")
     def _one_position_per_channel(self) -> ForgingSpec:
@@ -80,7 +123,25 @@ class ForgingSpec(Model):
                 raise ValueError(
                     f"{name} has {len(positions)} positions for {len(self.channels)} channels; give one per channel"
                 )
+        if self.signature is not None and not self.windows:
+            raise ValueError("a signature needs `windows`: the crank-angle windows it is compared in")
+        if (self.crank_radius_mm is None) != (self.rod_length_mm is None):
+            raise ValueError("give crank_radius_mm and rod_length_mm together (the ram's travel)")
+        if self.rating_height_mm is not None and self.crank_radius_mm is None:
+            raise ValueError("rating_height_mm needs crank_radius_mm and rod_length_mm (the capacity curve)")
         return self
+
+
+@dataclass
+class _Signature:
+    """A press's signature input: its trace row, axes, capacity curve and the strokes for the reference."""
+
+    trace: TraceInput
+    angle: NDArray[np.float64] | None = None
+    height: NDArray[np.float64] | None = None
+    capacity: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
+    good: list[NDArray[np.float64]] = field(default_factory=list)
+    reference: NDArray[np.float64] | None = None
 
 
 @dataclass
@@ -91,8 +152,11 @@ class _Press:
     name: str
     rows: Mapping[str, int]
     channel_rows: NDArray[np.int64]
+    signature: _Signature | None = None
     last_count: float = float("nan")
     conditions: dict[str, Condition] | None = None
+    said: NoDataLog = field(default_factory=lambda: NoDataLog(log, "stroke balance"), repr=False)
+    """What the log said about the device: each reason once per pipeline."""
 
 
 @dataclass
@@ -125,10 +189,14 @@ class Forging(Feature[ForgingSpec, ForgingState]):
         AlarmCondition(
             "overload", "stroke", "alarm", "stroke force {value:.0f} % of rating above {limit:.0f} %"
         ),
+        AlarmCondition(
+            "signature",
+            "stroke",
+            "warning",
+            "force signature {value:.1f} % (RMS) off the reference in a window (limit {limit:.1f} %): "
+            "die wear, lube, stock?",
+        ),
     )
-
-    def __init__(self) -> None:
-        self.no_data = NoDataLog(log, "stroke balance")
 
     def build(self, members: Sequence[tuple[ForgingSpec, DeviceContext]]) -> ForgingState:
         """One press per device; channels the device has no tag for make its balance unknown (warned once)."""
@@ -142,7 +210,8 @@ class Forging(Feature[ForgingSpec, ForgingState]):
                     ", ".join(missing),
                 )
             rows = np.array([ctx.rows.get(c, -1) for c in spec.channels], np.int64)
-            presses.append(_Press(spec, ctx.name, ctx.rows, rows))
+            signature = _Signature(TraceInput.of(ctx, [spec.signature])) if spec.signature else None
+            presses.append(_Press(spec, ctx.name, ctx.rows, rows, signature))
         return ForgingState(presses)
 
     def update(self, state: ForgingState, slot: int, batch: DeviceBatch) -> FeatureResult:
@@ -159,7 +228,7 @@ class Forging(Feature[ForgingSpec, ForgingState]):
             # the values read are of a stroke made before the agent started (or of none yet)
             return FeatureResult()
         if skipped > 0:
-            self.no_data.once(
+            p.said.once(
                 p.name,
                 "skipped",
                 "the stroke counter skipped %d stroke(s) (polled slower than the press strokes?); "
@@ -175,7 +244,7 @@ class Forging(Feature[ForgingSpec, ForgingState]):
             min_total=0.0,
         )
         reason = int(bal.reason[0])
-        self.no_data.reason(p.name, reason)
+        p.said.reason(p.name, reason)
         total = float(bal.total[0])
         reverse = value_of(batch, p.rows, spec.reverse)
         fields = {
@@ -209,7 +278,82 @@ class Forging(Feature[ForgingSpec, ForgingState]):
                 ok,
             ),
         }
+        if p.signature is not None:
+            fields.update(self._signature(p, p.signature, batch))
+            rms = fields["rms_max"]
+            p.conditions["signature"] = Condition(
+                bool(rms > spec.max_rms_pct), rms, spec.max_rms_pct, bool(np.isfinite(rms))
+            )
         return FeatureResult({"stroke": fields}, dict(p.conditions))
+
+    def _signature(self, p: _Press, sig: _Signature, batch: DeviceBatch) -> dict[str, float]:
+        """Peak angle, energy, capacity-curve use and deviation from the reference of the stroke's signature."""
+        spec = p.spec
+        nan = float("nan")
+        out = dict.fromkeys(STROKE_FIELDS[STROKE_FIELDS.index("peak_angle") :], nan)
+        got = latest_traces(batch, sig.trace)
+        if got is None:
+            out["trace_reason"] = float(TraceReason.NO_DATA)
+            p.said.reason(p.name, TraceReason.NO_DATA, "no force signature read with the stroke counter")
+            return out
+        (force,), reason_in, _ = got
+        if sig.angle is None or sig.angle.shape[0] != force.shape[0]:
+            self._axes(spec, sig, force.shape[0])
+        assert sig.angle is not None
+        cap_h, cap = sig.capacity if sig.capacity is not None else (None, None)
+        ind = stroke_indicators(
+            force[None, :],
+            sig.angle,
+            spec.rated_force,
+            height=sig.height,
+            capacity_height=cap_h,
+            capacity=cap,
+            reason=[reason_in],
+        )
+        reason = int(ind.reason[0])
+        out.update(
+            peak_angle=float(ind.peak_angle[0]),
+            energy=float(ind.energy[0]) / 1000.0,  # kN·mm = J -> kJ
+            curve_pct=float(ind.curve_pct[0]),
+        )
+        if reason == TraceReason.OK and sig.reference is None:
+            sig.good.append(force.copy())
+            if len(sig.good) >= spec.reference_strokes:
+                sig.reference = reference_curve(np.array(sig.good), min_strokes=spec.reference_strokes)
+                sig.good.clear()
+        dev = signature_deviation(
+            force[None, :],
+            sig.reference if sig.reference is not None else np.full(force.shape[0], np.nan),
+            sig.angle,
+            spec.windows,
+            reason=[reason],
+        )
+        reason = int(dev.reason[0])
+        out["trace_reason"] = float(reason)
+        # a stroke before the reference exists is not "no data": only its deviation is not known yet
+        if reason not in (TraceReason.OK, TraceReason.NO_REFERENCE):
+            p.said.reason(p.name, reason, "the stroke's force signature")
+        if reason == TraceReason.OK:
+            rms = 100.0 * dev.rms[0]
+            for k, value in enumerate(rms):
+                out[f"rms_{k + 1}"] = float(value)
+            out["rms_max"] = float(np.nanmax(rms))
+            out["max_dev"] = float(np.nanmax(dev.max_abs[0]))
+            shifts = dev.peak_shift[0][np.isfinite(dev.peak_shift[0])]
+            out["peak_shift"] = float(shifts[np.argmax(np.abs(shifts))]) if shifts.size else nan
+        return out
+
+    @staticmethod
+    def _axes(spec: ForgingSpec, sig: _Signature, n: int) -> None:
+        """The crank angle of each of the signature's n points, the ram height and the capacity curve."""
+        angle = spec.angle_start + spec.angle_step * np.arange(n, dtype=np.float64)
+        sig.angle = angle
+        if spec.crank_radius_mm is not None and spec.rod_length_mm is not None:
+            sig.height = ram_height(angle, spec.crank_radius_mm, spec.rod_length_mm)
+            if spec.rating_height_mm is not None:
+                sig.capacity = mechanical_capacity_curve(
+                    spec.rated_force, spec.rating_height_mm, spec.crank_radius_mm, spec.rod_length_mm
+                )
 
 
 FEATURE = Forging()

@@ -152,6 +152,8 @@ class _Tank:
     load_i: list[float] = field(default_factory=list)
     thickness: Condition = field(default_factory=lambda: Condition(False, float("nan"), float("nan"), False))
     """The verdict on the last whole load's deposit (unknown before one is seen)."""
+    said: NoDataLog = field(default_factory=lambda: NoDataLog(log, "tank current density"), repr=False)
+    """What the log said about the device: each reason once per pipeline."""
 
 
 @dataclass
@@ -212,9 +214,6 @@ class Tank(Feature[TankSpec, TankState]):
         ),
     )
 
-    def __init__(self) -> None:
-        self.no_data = NoDataLog(log, "tank current density")
-
     def build(self, members: Sequence[tuple[TankSpec, DeviceContext]]) -> TankState:
         """One tank per device."""
         return TankState([_Tank(spec, ctx.name, ctx.rows) for spec, ctx in members])
@@ -239,7 +238,7 @@ class Tank(Feature[TankSpec, TankState]):
         # a rectifier between loads (no current, no voltage) has no current density and nothing is wrong
         idle = reason == TraceReason.NO_CURRENT or (reason == TraceReason.OK and not live)
         if reason in (TraceReason.OPEN_CIRCUIT, TraceReason.NO_DATA, TraceReason.NO_LOAD):
-            self.no_data.reason(tank.name, reason, f"I = {i:g} A, U = {u:g} V, area = {area:g} dm²")
+            tank.said.reason(tank.name, reason, f"I = {i:g} A, U = {u:g} V, area = {area:g} dm²")
         t_s = batch.t_ns / 1e9
         resistance = u / i if live else float("nan")
         if live and (spec.current_setpoint is None or i >= 0.9 * setpoint):
@@ -357,7 +356,7 @@ class Tank(Feature[TankSpec, TankState]):
             slope = float(trend.slope[0])
             final = float(u[-1])
         if reason:
-            self.no_data.reason(tank.name, reason, f"load counter {previous_count:g} -> {count:g}")
+            tank.said.reason(tank.name, reason, f"load counter {previous_count:g} -> {count:g}")
             thickness = mean_j = float("nan")
             load_ah = float("nan")
         if spec.min_thickness_um is not None:

@@ -142,6 +142,8 @@ class _Source:
     in_window: int = 0
     stability: float = float("nan")
     conditions: dict[str, Condition] = field(default_factory=dict)
+    said: NoDataLog = field(default_factory=lambda: NoDataLog(log, "weld indicators"), repr=False)
+    """What the log said about the device: each reason once per pipeline."""
 
 
 @dataclass
@@ -179,9 +181,6 @@ class ArcWeld(Feature[ArcWeldSpec, ArcWeldState]):
         ),
         AlarmCondition("no_arc", "weld", "alarm", "a weld without an arc (0 A)"),
     )
-
-    def __init__(self) -> None:
-        self.no_data = NoDataLog(log, "weld indicators")
 
     def build(self, members: Sequence[tuple[ArcWeldSpec, DeviceContext]]) -> ArcWeldState:
         """One source per device."""
@@ -226,7 +225,7 @@ class ArcWeld(Feature[ArcWeldSpec, ArcWeldState]):
             src.arc_polls = src.in_window = 0
             return FeatureResult()
         if skipped > 0:
-            self.no_data.once(
+            src.said.once(
                 src.name, "skipped", "the weld counter skipped %d weld(s); they have no record", int(skipped)
             )
         fields, conditions = self._weld(src, batch)
@@ -253,7 +252,7 @@ class ArcWeld(Feature[ArcWeldSpec, ArcWeldState]):
             float(deposition_kg_per_h(wfs, spec.wire_diameter_mm)) if spec.wire_diameter_mm else float("nan")
         )
         if reason:
-            self.no_data.reason(src.name, reason, f"mean current {i:g} A, arc time {t_arc:g} s")
+            src.said.reason(src.name, reason, f"mean current {i:g} A, arc time {t_arc:g} s")
             q = power = deposition = float("nan")
         share = 100.0 * src.in_window / src.arc_polls if src.arc_polls else float("nan")
         src.arc_polls = src.in_window = 0
@@ -298,7 +297,7 @@ class ArcWeld(Feature[ArcWeldSpec, ArcWeldState]):
         got = latest_traces(batch, src.traces)
         if got is None:
             out["trace_reason"] = float(TraceReason.NO_DATA)
-            self.no_data.reason(
+            src.said.reason(
                 src.name, TraceReason.NO_DATA, "no current/voltage trace read with the weld counter"
             )
             return out
@@ -313,7 +312,7 @@ class ArcWeld(Feature[ArcWeldSpec, ArcWeldState]):
         reason = int(ind.reason[0])
         out["trace_reason"] = float(reason)
         if reason or quality >= Quality.BAD:
-            self.no_data.reason(src.name, reason or TraceReason.NO_DATA, "the weld's trace")
+            src.said.reason(src.name, reason or TraceReason.NO_DATA, "the weld's trace")
             return out
         cv = float(ind.short_period_cv[0])
         out.update(

@@ -112,6 +112,8 @@ class _Gun:
     samples: dict[str, list[list[float]]] = field(default_factory=dict)
     reference: dict[str, np.ndarray] = field(default_factory=dict)
     conditions: dict[str, Condition] = field(default_factory=dict)
+    said: NoDataLog = field(default_factory=lambda: NoDataLog(log, "spot indicators"), repr=False)
+    """What the log said about the device: each reason once per pipeline."""
 
 
 @dataclass
@@ -150,9 +152,6 @@ class SpotWeld(Feature[SpotWeldSpec, SpotWeldState]):
         ),
     )
 
-    def __init__(self) -> None:
-        self.no_data = NoDataLog(log, "spot indicators")
-
     def build(self, members: Sequence[tuple[SpotWeldSpec, DeviceContext]]) -> SpotWeldState:
         """One gun per device."""
         guns = []
@@ -179,7 +178,7 @@ class SpotWeld(Feature[SpotWeldSpec, SpotWeldState]):
             # the latched values are of a spot made before the agent started (or of none yet)
             return FeatureResult()
         if skipped > 0:
-            self.no_data.once(
+            gun.said.once(
                 gun.name, "skipped", "the spot counter skipped %d spot(s); they have no record", int(skipped)
             )
         interval = (
@@ -250,7 +249,7 @@ class SpotWeld(Feature[SpotWeldSpec, SpotWeldState]):
         spec = gun.spec
         got = latest_traces(batch, gun.traces)
         if got is None:
-            self.no_data.reason(
+            gun.said.reason(
                 gun.name, TraceReason.NO_DATA, "no current/voltage trace read with the spot counter"
             )
             return {"reason": float(TraceReason.NO_DATA)}
@@ -264,7 +263,7 @@ class SpotWeld(Feature[SpotWeldSpec, SpotWeldState]):
         )
         reason = int(ind.reason[0])
         if reason:
-            self.no_data.reason(gun.name, reason, "the spot's trace")
+            gun.said.reason(gun.name, reason, "the spot's trace")
         return {
             "r_beta": float(ind.r_beta[0]),
             "beta_drop": float(ind.beta_drop[0]),
