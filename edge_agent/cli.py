@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web", metavar="HOST:PORT", help="serve the live web page there ([web] in the config)")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("demo", help="run the four simulators and the agent, with a live view")
+    p = sub.add_parser("demo", help="run simulated machines and the agent, with a live view")
     p.add_argument("--mqtt-url", help="publish to this broker instead of an embedded one")
     p.add_argument(
         "--broker-port", type=int, default=0, help="port of the embedded broker (default: a free one)"
@@ -188,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--influx-bucket", default="process", help="InfluxDB bucket")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--speed", type=float, default=20.0, help="simulated time per wall-clock second")
+    p.add_argument(
+        "--machines",
+        metavar="KIND,...",
+        help="the simulated machines to run, comma-separated, or all: imm, die-casting, mold-tcu, furnace, "
+        "forging, welding-arc, welding-spot, plating (default: all; with the agent about a third of a core)",
+    )
     p.add_argument("--fault", action="append", default=[], help="inject a fault, e.g. imm:check_ring_wear")
     p.add_argument(
         "--fault-after",

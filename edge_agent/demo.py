@@ -1,4 +1,4 @@
-"""`edge-agent demo`: four simulated machines, the agent, an MQTT broker and a live terminal view."""
+"""`edge-agent demo`: simulated machines (`--machines`, default one of each kind), the agent, an MQTT broker and a live terminal view."""
 
 from __future__ import annotations
 
@@ -44,6 +44,14 @@ HEADLINES = [
     ("furnace_uniformity", "overshoot_c", "overshoot °C", "{:.1f}"),
     ("mold", "heat_kw", "heat kW", "{:.1f}"),
     ("mold", "delta_t", "ΔT K", "{:.2f}"),
+    ("forging_stroke", "capacity_pct", "load %", "{:.0f}"),
+    ("forging_stroke", "left_right", "L/R", "{:+.2f}"),
+    ("arc_weld", "heat_input", "Q kJ/mm", "{:.3f}"),
+    ("arc_weld", "in_window_pct", "WPS %", "{:.0f}"),
+    ("spot_weld", "electrode_life", "tip life", "{:.0f}"),
+    ("spot_weld", "expulsion_rate", "expulsion", "{:.0%}"),
+    ("plating_tank", "current_density", "A/dm²", "{:.2f}"),
+    ("plating_load", "thickness_um", "µm/load", "{:.1f}"),
 ]
 
 #: Seconds each page of machines stays on the live view when they do not all fit.
@@ -470,7 +478,7 @@ async def _run_plant(
     stack: contextlib.AsyncExitStack,
 ) -> DemoView:
     from edge_agent.agent import Agent
-    from edge_agent.simulators.plant import Plant
+    from edge_agent.simulators.plant import Plant, parse_machines
 
     mqtt_url, protocol = args.mqtt_url, "5"
     if mqtt_url is None:
@@ -479,7 +487,8 @@ async def _run_plant(
         stack.push_async_callback(broker.shutdown)  # type: ignore[attr-defined]
         protocol = "3.1.1"  # amqtt speaks MQTT 3.1.1
     fault_after = getattr(args, "fault_after", None)
-    plant = Plant(speed=args.speed, faults={} if fault_after else faults)
+    kinds = parse_machines(getattr(args, "machines", None))
+    plant = Plant(speed=args.speed, faults={} if fault_after else faults, kinds=kinds)
     stack.push_async_callback(plant.stop)
     await plant.start()
     text = demo_config(

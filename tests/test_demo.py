@@ -74,7 +74,10 @@ def test_demo_runs_the_plant_through_its_embedded_broker(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []
     assert lines[-1].startswith("demo stopped:")
     last = {line.split(":")[0]: line for line in lines if " polls=" in line}
-    assert set(last) == {"imm-1", "dcm1", "tcu1", "furnace-1"}
+    assert set(last) == {
+        *("imm-1", "dcm1", "tcu1", "furnace-1", "press-1", "weld-arc-1", "spot-1"),
+        *("plating-ni1", "plating-ni2", "plating-anod"),
+    }
     assert all(int(line.split("polls=")[1].split()[0]) >= 5 for line in last.values())
     assert "spread °C=" in last["furnace-1"] and "heat kW=" in last["tcu1"] and "OEE=" in last["dcm1"]
     for machine in ("imm-1", "dcm1", "tcu1", "furnace-1"):

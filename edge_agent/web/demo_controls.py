@@ -85,7 +85,10 @@ async def start_demo_page(agent: Any, plant: PlantLike, listen: str | None) -> A
     from edge_agent.web.config import WebConfig, with_listen
     from edge_agent.web.server import WebServer
 
-    controls = PlantControls(plant, {device: key for key, (device, _cycle) in MACHINES.items()})
+    # the plant names its devices (a plating line is three tank devices of one machine)
+    devices = getattr(plant, "devices", None)
+    mapping = devices() if callable(devices) else {device: key for key, (device, _cycle) in MACHINES.items()}
+    controls = PlantControls(plant, mapping)
     config = with_listen(WebConfig(), listen or DEMO_LISTEN)
     page = WebServer(agent, config, demo=controls)
     try:
