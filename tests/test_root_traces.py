@@ -331,3 +331,25 @@ def test_traces_pack_and_concatenate() -> None:
     assert np.isnan(t.values[1]).all()
     both = Traces.concat([t, Traces.of([5], [3], [np.ones(8)], [8], [Quality.GOOD])])
     assert both.values.shape == (3, 8) and both.signal.tolist() == [3, 4, 5]
+
+
+async def test_an_array_read_as_a_value_says_how_to_read_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = ForgingSimulator(speed=1e-9, seed=4)
+    await sim.start()
+    rig = await Rig.open(sim, sim.device_config().replace("points = 720\n", ""), tmp_path, 3.0)
+    try:
+        with caplog.at_level(logging.WARNING, "edge_agent.drivers.opcua.driver"):
+            await rig.step(3)
+    finally:
+        await rig.close()
+        await sim.stop()
+    row = rig.pipeline.rows_of("press-1")["force_signature"]
+    bad = [r.quality[r.signal == row] for _, r in rig.raw]
+    assert all(q.tolist() == [Quality.BAD_VALUE] for q in bad)
+    lines = [r.getMessage() for r in caplog.records if "force_signature" in r.getMessage()]
+    assert lines == [
+        "press-1: signal 'force_signature' is BAD_VALUE: its node holds an array of 720 numbers, not a value; "
+        "to read it as one curve per cycle, give the tag points = 720 (logged once)"
+    ]

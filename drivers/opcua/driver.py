@@ -339,10 +339,35 @@ class OpcUaDriver:
         """
         plan = self._plans[group]
         readings = await self._read_values(group)
+        if plan.last_values is not None and (readings.quality == Quality.BAD_VALUE).any():
+            self._explain_arrays(plan, readings)
         if not any(plan.points):
             return readings
         trace = plan.trace
         return with_traces(readings.take(~trace), self._traces(plan, readings, trace))
+
+    def _explain_arrays(self, plan: _GroupPlan, readings: Readings) -> None:
+        """Say once why a value tag whose node holds an array is BAD_VALUE, and how to read it as a trace."""
+        values = plan.last_values
+        assert values is not None
+        for k, pos in enumerate(plan.readable.tolist()):
+            name = plan.names[pos]
+            if plan.points[pos] or readings.quality[pos] != Quality.BAD_VALUE:
+                continue
+            if name in self._bad_config_logged:
+                continue
+            variant = values[k].Value
+            array = _as_array(variant.Value) if variant is not None else None
+            if array is not None:
+                self._bad_config_logged.add(name)
+                log.warning(
+                    "%s: signal %r is BAD_VALUE: its node holds an array of %d numbers, not a value; "
+                    "to read it as one curve per cycle, give the tag points = %d (logged once)",
+                    self.name,
+                    name,
+                    array.shape[0],
+                    array.shape[0],
+                )
 
     def _traces(self, plan: _GroupPlan, readings: Readings, trace: NDArray[np.bool_]) -> Traces:
         """The arrays of the group's trace tags from the last Read; a failed read is the trace's quality."""
