@@ -63,6 +63,10 @@ KINDS: dict[str, MachineKind] = {
 #: Machine key -> (device name in the config, nominal cycle in simulated s, or None for no cycles).
 MACHINES: dict[str, tuple[str, float | None]] = {k: (m.device, m.cycle_s) for k, m in KINDS.items()}
 
+#: The moulding, casting and heat-treatment line a Plant runs unless told otherwise; deploy/docker-compose.yml
+#: runs the same four.
+FIRST_LINE: tuple[str, ...] = ("imm", "die-casting", "mold-tcu", "furnace")
+
 #: What `edge-agent demo` runs without --machines: one machine of every kind. The eight simulators and the
 #: agent take about 0.3 of a core at the demo's 20x (45 s of `demo --plain`: 13.7 s of CPU), well within two.
 DEFAULT_MACHINES: tuple[str, ...] = tuple(KINDS)
@@ -95,7 +99,7 @@ class Plant:
     machines: dict[str, Any] = field(default_factory=dict)
     warmup_cycles: int = 600
     """Cycles of simulated production run before the servers start, so the process is past its warm-up."""
-    kinds: Sequence[str] = ("imm", "die-casting", "mold-tcu", "furnace")
+    kinds: Sequence[str] = FIRST_LINE
     """The machines to run (keys of KINDS)."""
 
     def __post_init__(self) -> None:

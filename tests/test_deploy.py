@@ -26,7 +26,7 @@ from edge_agent import schema
 from edge_agent.config import Config, load_config, profile_dirs
 from edge_agent.pipeline import PSEUDO_SIGNALS, IndicatorPipeline, pseudo_family
 from edge_agent.profiles import load_profile
-from edge_agent.simulators.plant import MACHINES
+from edge_agent.simulators.plant import FIRST_LINE, MACHINES
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -448,8 +448,10 @@ def test_compose_agent_runs_the_mounted_config_and_reaches_the_services() -> Non
 def test_compose_simulators_match_the_agent_devices() -> None:
     services = load_compose()["services"]
     config = agent_config()
-    assert sorted(d.name for d in config.devices) == sorted(name for name, _ in MACHINES.values())
-    for key, (device_name, cycle_s) in MACHINES.items():
+    # the compose stack runs the first line's four machines
+    assert sorted(d.name for d in config.devices) == sorted(MACHINES[key][0] for key in FIRST_LINE)
+    for key in FIRST_LINE:
+        device_name, cycle_s = MACHINES[key]
         device = next(d for d in config.devices if d.name == device_name)
         match = re.fullmatch(r"[\w.+-]+://([\w-]+):(\d+)(/.*)?", device.endpoint)
         assert match, device.endpoint

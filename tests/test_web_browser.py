@@ -25,7 +25,7 @@ from playwright import sync_api as playwright_sync
 from edge_agent.agent import Agent
 from edge_agent.config import BUILTIN_PROFILES_DIR, parse_config
 from edge_agent.demo import demo_config
-from edge_agent.simulators.plant import MACHINES, Plant
+from edge_agent.simulators.plant import FIRST_LINE, MACHINES, Plant
 from edge_agent.web.config import WebConfig
 from edge_agent.web.demo_controls import PlantControls
 from edge_agent.web.server import WebServer
@@ -45,7 +45,7 @@ CHROMIUM_ARGS = [
 SPEED = 60.0
 BASELINE = 12
 IMM_CYCLE_MS = MACHINES["imm"][1] * 1000 / SPEED  # type: ignore[operator]
-MACHINE_NAMES = [name for name, _cycle in MACHINES.values()]
+MACHINE_NAMES = [MACHINES[key][0] for key in FIRST_LINE]  # what Plant() runs
 PAGES = ["/", "/machines/imm-1", "/machines/furnace-1", "/alarms", "/sinks"]
 SCREENSHOTS = os.environ.get("EDGE_AGENT_WEB_SCREENSHOTS")
 
